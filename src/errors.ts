@@ -1,0 +1,41 @@
+/**
+ * The error catalogue: every error the service answers with, by stable code.
+ * Clients branch on `code`; `title` is the same for every occurrence, `detail` says what happened this time.
+ */
+export const ERROR_CATALOGUE = {
+  invalid_request: { status: 400, title: 'The request is malformed' },
+  invalid_key: { status: 400, title: 'The object key is not valid' },
+  invalid_context: { status: 400, title: 'The upload context is not valid' },
+  invalid_metadata: { status: 400, title: 'The metadata is not valid' },
+  empty_file: { status: 400, title: 'The file is empty' },
+  not_found: { status: 404, title: 'No such object' },
+  image_too_large: { status: 413, title: 'The image is too large' },
+  unsupported_media_type: { status: 415, title: 'The content is not an allowed image type' },
+  storage_error: { status: 502, title: 'The storage backend failed' },
+  storage_access_denied: { status: 502, title: 'The storage backend refused the credentials' },
+  bucket_not_found: { status: 502, title: 'The storage bucket does not exist' },
+  storage_unavailable: { status: 503, title: 'The storage backend is unreachable', retryAfterSeconds: 5 },
+  internal_error: { status: 500, title: 'Internal error' },
+} as const satisfies Record<string, { status: number; title: string; retryAfterSeconds?: number }>
+
+export type ErrorCode = keyof typeof ERROR_CATALOGUE
+
+/** An error with a contract code; the problem-details plugin turns it into application/problem+json. */
+export class ApiError extends Error {
+  override name = 'ApiError'
+  readonly status: number
+
+  constructor(
+    readonly code: ErrorCode,
+    readonly detail: string,
+    options?: { cause?: unknown },
+  ) {
+    super(`${code}: ${detail}`, options)
+    this.status = ERROR_CATALOGUE[code].status
+  }
+
+  get retryAfterSeconds(): number | undefined {
+    const entry = ERROR_CATALOGUE[this.code]
+    return 'retryAfterSeconds' in entry ? entry.retryAfterSeconds : undefined
+  }
+}

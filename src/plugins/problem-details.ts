@@ -1,0 +1,80 @@
+import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
+import fp from 'fastify-plugin'
+import { ApiError, ERROR_CATALOGUE } from '../errors.js'
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** Errors on this route carry `fallback_url` (DEFAULT_PORTRAIT_URL) so the bot can fall back in one step. */
+    offersFallback?: boolean
+  }
+}
+
+/** How long to keep reading (and discarding) an unread request body after an early answer. */
+const LINGER_MS = 5000
+
+const FASTIFY_ERROR_CODES: Record<string, ApiError['code']> = {
+  FST_ERR_CTP_INVALID_MEDIA_TYPE: 'unsupported_media_type',
+  FST_ERR_CTP_BODY_TOO_LARGE: 'image_too_large',
+}
+
+/** Any error as a contract error: ours as they are, a framework's 4xx as the client's mistake, the rest a bug. */
+function asApiError(error: FastifyError): ApiError {
+  if (error instanceof ApiError) return error
+  const mapped = FASTIFY_ERROR_CODES[error.code]
+  if (mapped) return new ApiError(mapped, error.message)
+  const status = error.statusCode ?? 500
+  if (error.validation || (status >= 400 && status < 500)) return new ApiError('invalid_request', error.message)
+  return new ApiError('internal_error', 'An unexpected error occurred; it has been logged with the request id.', { cause: error })
+}
+
+/**
+ * Answering before the body has been read: the connection must close, but closing at once with unread
+ * data makes the kernel reset it, which can destroy the answer before the client reads it. So half-close,
+ * keep reading and discarding for a moment, and only then let the socket go.
+ */
+function closeAfterAnswering(request: FastifyRequest, reply: FastifyReply): void {
+  reply.header('connection', 'close')
+  const socket = request.raw.socket
+  request.raw.unpipe()
+  request.raw.resume()
+  socket.destroySoon = function lingeringClose() {
+    this.end()
+    const timer = setTimeout(() => this.destroy(), LINGER_MS).unref()
+    this.once('close', () => clearTimeout(timer))
+  }
+}
+
+export function sendProblem(request: FastifyRequest, reply: FastifyReply, error: ApiError, fallbackUrl?: string): FastifyReply {
+  if (!request.raw.complete) closeAfterAnswering(request, reply)
+  const retryAfter = error.retryAfterSeconds
+  if (retryAfter !== undefined) reply.header('retry-after', String(retryAfter))
+  return reply
+    .code(error.status)
+    .type('application/problem+json')
+    .send({
+      type: `urn:image-upload-service:problem:${error.code}`,
+      title: ERROR_CATALOGUE[error.code].title,
+      status: error.status,
+      detail: error.detail,
+      code: error.code,
+      request_id: request.id,
+      ...(fallbackUrl !== undefined && { fallback_url: fallbackUrl }),
+    })
+}
+
+/** Every error, and every unknown route, answers RFC 9457 problem+json with a stable code. */
+export default fp(
+  async (app, options: { defaultPortraitUrl?: string | undefined }) => {
+    app.setErrorHandler((error: FastifyError, request, reply) => {
+      const problem = asApiError(error)
+      if (problem.status >= 500) request.log.error({ err: error, code: problem.code }, problem.detail)
+      else request.log.info({ code: problem.code, detail: problem.detail }, 'request refused')
+      const fallbackUrl = request.routeOptions.config.offersFallback ? options.defaultPortraitUrl : undefined
+      return sendProblem(request, reply, problem, fallbackUrl)
+    })
+    app.setNotFoundHandler((request, reply) =>
+      sendProblem(request, reply, new ApiError('not_found', `There is no route ${request.method} ${request.url.split('?')[0]}.`)),
+    )
+  },
+  { name: 'problem-details' },
+)

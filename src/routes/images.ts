@@ -1,0 +1,185 @@
+import { Readable } from 'node:stream'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import multipart, { type Multipart } from '@fastify/multipart'
+import type { Config } from '../config.js'
+import { ApiError } from '../errors.js'
+import { assertValidKey, baseFilename, publicUrlOf } from '../upload/keys.js'
+import {
+  MAX_FILENAME_BYTES,
+  assertValidContext,
+  clientMetadata,
+  metadataFromRequestHeaders,
+  metadataToResponseHeaders,
+} from '../upload/metadata.js'
+import { storeUpload, type UploadSource } from '../upload/pipeline.js'
+
+/** Raw-body uploads: any image/* type or octet-stream; the declared type is never trusted. */
+const RAW_BODY_TYPES = /^(image\/[\w.+-]+|application\/octet-stream)$/
+const MAX_FORM_PARTS = 100
+
+/**
+ * Routes that read the client's body are the client's fault when it fails: a malformed form,
+ * or a body that ended early. Contract errors raised on purpose pass through.
+ */
+function asClientError(error: unknown): unknown {
+  if (error instanceof ApiError) return error
+  const message = error instanceof Error ? error.message : String(error)
+  return new ApiError('invalid_request', `The request body could not be read: ${message}.`)
+}
+
+async function* readClientBody(stream: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+  try {
+    yield* stream
+  } catch (error) {
+    throw asClientError(error)
+  }
+}
+
+function checkedFilename(filename: string | undefined): string | undefined {
+  const base = filename === undefined ? undefined : baseFilename(filename)
+  if (base !== undefined && Buffer.byteLength(base) > MAX_FILENAME_BYTES) {
+    throw new ApiError('invalid_request', `The filename is longer than ${MAX_FILENAME_BYTES} bytes.`)
+  }
+  return base
+}
+
+interface RawUploadQuery {
+  filename?: string
+  context?: string
+}
+
+/** Raw body: the image is the whole body; filename and context in the query, metadata in X-Meta-* headers. */
+function rawUploadSource(request: FastifyRequest<{ Querystring: RawUploadQuery }>, maxBytes: number): UploadSource {
+  const declaredLength = Number(request.headers['content-length'])
+  if (declaredLength > maxBytes) {
+    throw new ApiError('image_too_large', `The image is larger than the limit of ${maxBytes} bytes.`)
+  }
+  return {
+    filename: checkedFilename(request.query.filename),
+    context: assertValidContext(request.query.context),
+    metadata: clientMetadata(metadataFromRequestHeaders(request.headers)),
+    body: readClientBody((request.body as Readable | undefined) ?? Readable.from([])),
+  }
+}
+
+/** multipart/form-data: text fields first, then exactly one file part named `file`, then nothing. */
+async function multipartUploadSource(request: FastifyRequest, maxBytes: number): Promise<UploadSource> {
+  const parts = request.parts({
+    // One byte over the limit reaches the pipeline, which answers 413; busboy alone would only truncate.
+    limits: { fileSize: maxBytes + 1, fieldSize: 2048, fieldNameSize: 100, parts: MAX_FORM_PARTS, headerPairs: 100 },
+  })[Symbol.asyncIterator]()
+  const nextPart = async (): Promise<Multipart | undefined> => {
+    try {
+      const { value, done } = await parts.next()
+      return done ? undefined : value
+    } catch (error) {
+      throw asClientError(error)
+    }
+  }
+  const fields: [string, string][] = []
+  let context: string | undefined
+  for (let part = await nextPart(); part !== undefined; part = await nextPart()) {
+    if (part.type === 'field') {
+      if (part.fieldnameTruncated || part.valueTruncated) {
+        throw new ApiError('invalid_metadata', `The form field "${part.fieldname.slice(0, 64)}" is too long.`)
+      }
+      if (part.fieldname === 'context') context = String(part.value)
+      else fields.push([part.fieldname, String(part.value)])
+      continue
+    }
+    if (part.fieldname !== 'file') {
+      throw new ApiError('invalid_request', `The file part must be named "file", not "${part.fieldname.slice(0, 64)}".`)
+    }
+    const file = part.file
+    return {
+      filename: checkedFilename(part.filename),
+      context: assertValidContext(context),
+      metadata: clientMetadata(fields),
+      body: readClientBody(file),
+      beforeCommit: async () => {
+        const following = await nextPart()
+        if (following !== undefined) {
+          const what = following.type === 'file' ? 'A second file' : `The field "${following.fieldname.slice(0, 64)}"`
+          throw new ApiError('invalid_request', `${what} follows the file part; send text fields first and one file.`)
+        }
+      },
+    }
+  }
+  throw new ApiError('invalid_request', 'The form has no file part named "file".')
+}
+
+/** Aborts backend work when the client goes away before it has its answer. */
+function abortWhenClientLeaves(reply: FastifyReply): AbortSignal {
+  const controller = new AbortController()
+  reply.raw.once('close', () => {
+    if (!reply.raw.writableFinished) controller.abort(new ApiError('invalid_request', 'The client closed the connection.'))
+  })
+  return controller.signal
+}
+
+function keyOf(request: FastifyRequest): string {
+  return assertValidKey((request.params as { '*': string })['*'])
+}
+
+async function findObject(app: FastifyInstance, key: string) {
+  const object = await app.storage.head(key)
+  if (!object) throw new ApiError('not_found', `There is no object with the key "${key}".`)
+  return object
+}
+
+/** POST /v1/images and the per-key HEAD, GET and DELETE. */
+export default async function imageRoutes(app: FastifyInstance, options: { config: Config }) {
+  const { config } = options
+  // This context reads upload bodies only: multipart, or the raw image as an unparsed stream.
+  app.removeAllContentTypeParsers()
+  app.addContentTypeParser(RAW_BODY_TYPES, (_request, payload, done) => done(null, payload))
+  await app.register(multipart, { throwFileSizeLimit: false })
+
+  const policy = {
+    driver: app.storage,
+    maxBytes: config.maxUploadBytes,
+    allowedTypes: config.allowedTypes,
+    publicUrl: config.publicUrl,
+  }
+
+  app.post<{ Querystring: RawUploadQuery }>('/v1/images', { config: { offersFallback: true } }, async (request, reply) => {
+    const source = request.isMultipart()
+      ? await multipartUploadSource(request, config.maxUploadBytes)
+      : rawUploadSource(request, config.maxUploadBytes)
+    const stored = await storeUpload(source, policy, abortWhenClientLeaves(reply))
+    request.log.info({ key: stored.key, size: stored.size, type: stored.content_type, sha256: stored.sha256 }, 'image stored')
+    return reply.code(201).header('location', stored.url).send(stored)
+  })
+
+  app.head('/v1/images/*', async (request, reply) => {
+    const object = await findObject(app, keyOf(request))
+    reply.headers({
+      'content-type': object.contentType,
+      'content-length': String(object.size),
+      etag: object.etag,
+      'last-modified': object.lastModified.toUTCString(),
+      ...(object.cacheControl && { 'cache-control': object.cacheControl }),
+      ...metadataToResponseHeaders(object.metadata),
+    })
+    return reply.send()
+  })
+
+  app.get('/v1/images/*', { exposeHeadRoute: false }, async (request) => {
+    const key = keyOf(request)
+    const object = await findObject(app, key)
+    return {
+      key,
+      url: publicUrlOf(config.publicUrl, key),
+      size: object.size,
+      content_type: object.contentType,
+      last_modified: object.lastModified.toISOString(),
+      etag: object.etag,
+      metadata: object.metadata,
+    }
+  })
+
+  app.delete('/v1/images/*', async (request, reply) => {
+    await app.storage.delete(keyOf(request))
+    return reply.code(204).send()
+  })
+}

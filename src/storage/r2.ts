@@ -1,0 +1,156 @@
+import type { Readable } from 'node:stream'
+import {
+  DeleteObjectCommand,
+  HeadBucketCommand,
+  HeadObjectCommand,
+  PutObjectCommand,
+  S3Client,
+  S3ServiceException,
+} from '@aws-sdk/client-s3'
+import { Upload } from '@aws-sdk/lib-storage'
+import type { R2Settings } from '../config.js'
+import { ApiError } from '../errors.js'
+import { decodeStoredMetadata, encodeStoredMetadata } from '../upload/metadata.js'
+import { SINGLE_REQUEST_MAX_BYTES, type ObjectWrite, type StorageDriver, type StoredObject } from './driver.js'
+
+/** Parts in flight per multipart upload: with 5 MiB parts, an upload holds about 15 MiB. */
+const PART_QUEUE_SIZE = 2
+
+export interface R2Timeouts {
+  /** Give up connecting after this long: an unreachable backend must answer the client quickly. */
+  connectMs: number
+  /** Give up on a request whose socket has been idle this long (a stalled backend). */
+  idleMs: number
+}
+
+const DEFAULT_TIMEOUTS: R2Timeouts = { connectMs: 1000, idleMs: 15_000 }
+
+/** Cloudflare R2 (or any S3-compatible server) through the AWS SDK. */
+export class R2Driver implements StorageDriver {
+  readonly name = 'r2'
+  readonly client: S3Client
+  private readonly bucket: string
+
+  constructor(settings: R2Settings, timeouts: R2Timeouts = DEFAULT_TIMEOUTS) {
+    this.bucket = settings.bucket
+    this.client = new S3Client({
+      region: 'auto',
+      endpoint: settings.endpoint,
+      forcePathStyle: settings.forcePathStyle,
+      credentials: { accessKeyId: settings.accessKeyId, secretAccessKey: settings.secretAccessKey },
+      // The SDK's default aws-chunked streaming checksums are stored as the object by some S3 servers
+      // and were refused by R2; single puts send their own SHA-256 instead.
+      requestChecksumCalculation: 'WHEN_REQUIRED',
+      responseChecksumValidation: 'WHEN_REQUIRED',
+      // One quick retry at most: the client is waiting, and has a fallback.
+      maxAttempts: 2,
+      requestHandler: { connectionTimeout: timeouts.connectMs, requestTimeout: timeouts.idleMs },
+    })
+  }
+
+  async put(key: string, body: Buffer | Readable, write: ObjectWrite, signal: AbortSignal): Promise<void> {
+    const params = {
+      Bucket: this.bucket,
+      Key: key,
+      ContentType: write.contentType,
+      CacheControl: write.cacheControl,
+      Metadata: encodeStoredMetadata(write.metadata),
+      // Never overwrite: R2 answers 412 if the key exists (sent on PutObject and CompleteMultipartUpload).
+      IfNoneMatch: '*',
+    }
+    if (Buffer.isBuffer(body)) {
+      const checksum = write.sha256 && Buffer.from(write.sha256, 'hex').toString('base64')
+      const command = new PutObjectCommand({ ...params, Body: body, ContentLength: body.length, ChecksumSHA256: checksum })
+      await this.guarded(this.client.send(command, { abortSignal: signal }), signal)
+      return
+    }
+    // lib-storage sends equal parts (R2's rule) and aborts the multipart upload when the body errors.
+    let bodyError: unknown
+    body.once('error', (error) => (bodyError = error))
+    const destroyBody = () => body.destroy(signal.reason as Error)
+    signal.addEventListener('abort', destroyBody, { once: true })
+    try {
+      await new Upload({
+        client: this.client,
+        params: { ...params, Body: body },
+        partSize: SINGLE_REQUEST_MAX_BYTES,
+        queueSize: PART_QUEUE_SIZE,
+        leavePartsOnError: false,
+      }).done()
+    } catch (error) {
+      // The body's own error (size limit, client gone) is the real cause, not what the abort answered.
+      throw bodyError ?? storageErrorOf(error)
+    } finally {
+      signal.removeEventListener('abort', destroyBody)
+    }
+  }
+
+  async head(key: string): Promise<StoredObject | undefined> {
+    try {
+      const head = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: key }))
+      return {
+        size: head.ContentLength ?? 0,
+        contentType: head.ContentType ?? 'application/octet-stream',
+        cacheControl: head.CacheControl,
+        etag: head.ETag ?? '',
+        lastModified: head.LastModified ?? new Date(0),
+        metadata: decodeStoredMetadata(head.Metadata),
+      }
+    } catch (error) {
+      if (error instanceof S3ServiceException && error.$metadata.httpStatusCode === 404 && error.name !== 'NoSuchBucket') {
+        return undefined
+      }
+      throw storageErrorOf(error)
+    }
+  }
+
+  async delete(key: string): Promise<void> {
+    await this.guarded(this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: key })))
+  }
+
+  async checkReady(): Promise<void> {
+    try {
+      await this.client.send(new HeadBucketCommand({ Bucket: this.bucket }))
+    } catch (error) {
+      // HeadBucket has no body, so a missing bucket is only a bare 404.
+      if (error instanceof S3ServiceException && error.$metadata.httpStatusCode === 404) {
+        throw new ApiError('bucket_not_found', `The bucket "${this.bucket}" does not exist.`, { cause: error })
+      }
+      throw storageErrorOf(error)
+    }
+  }
+
+  async close(): Promise<void> {
+    this.client.destroy()
+  }
+
+  private async guarded<T>(call: Promise<T>, signal?: AbortSignal): Promise<T> {
+    try {
+      return await call
+    } catch (error) {
+      throw signal?.aborted ? signal.reason : storageErrorOf(error)
+    }
+  }
+}
+
+const ACCESS_DENIED = new Set(['AccessDenied', 'InvalidAccessKeyId', 'SignatureDoesNotMatch', 'InvalidToken', 'ExpiredToken'])
+const UNREACHABLE = new Set(['ECONNREFUSED', 'ECONNRESET', 'ENOTFOUND', 'EAI_AGAIN', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EPIPE'])
+
+/** Maps what the SDK threw to the contract's storage codes. */
+export function storageErrorOf(error: unknown): ApiError {
+  if (error instanceof ApiError) return error
+  const name = (error as Error).name
+  const code = (error as NodeJS.ErrnoException).code
+  const status = error instanceof S3ServiceException ? error.$metadata.httpStatusCode : undefined
+  if (name === 'NoSuchBucket') return new ApiError('bucket_not_found', 'The storage bucket does not exist.', { cause: error })
+  if (ACCESS_DENIED.has(name) || status === 401 || status === 403) {
+    return new ApiError('storage_access_denied', 'The storage backend refused the service’s credentials.', { cause: error })
+  }
+  if (name === 'TimeoutError' || (code !== undefined && UNREACHABLE.has(code)) || status === 503) {
+    return new ApiError('storage_unavailable', 'The storage backend is unreachable or timing out.', { cause: error })
+  }
+  if (name === 'PreconditionFailed') {
+    return new ApiError('storage_error', 'An object with this key already exists.', { cause: error })
+  }
+  return new ApiError('storage_error', `The storage backend failed (${name}).`, { cause: error })
+}

@@ -1,0 +1,54 @@
+import { randomInt } from 'node:crypto'
+import { ApiError } from '../errors.js'
+
+const MAX_KEY_BYTES = 1024
+const KEY_SEGMENT = /^[A-Za-z0-9._-]+$/
+const ID_LENGTH = 20
+const ID_ALPHABET = 'abcdefghijklmnopqrstuvwxyz'
+const MAX_STEM_LENGTH = 50
+
+/** Checks a client-supplied key against the contract's grammar before any storage call is made. */
+export function assertValidKey(key: string): string {
+  const segments = key.split('/')
+  const valid =
+    Buffer.byteLength(key) <= MAX_KEY_BYTES &&
+    segments.every((segment) => KEY_SEGMENT.test(segment) && segment !== '.' && segment !== '..')
+  if (!valid) {
+    throw new ApiError(
+      'invalid_key',
+      'A key is at most 1024 bytes of "/"-separated segments of [A-Za-z0-9._-], none empty, "." or "..".',
+    )
+  }
+  return key
+}
+
+/** The client's filename without any directory part ("C:\\pics\\a.png" and "../a.png" are both "a.png"). */
+export function baseFilename(filename: string): string {
+  return filename.split(/[\\/]/).pop() ?? ''
+}
+
+function randomId(): string {
+  let id = ''
+  for (let i = 0; i < ID_LENGTH; i++) id += ID_ALPHABET[randomInt(ID_ALPHABET.length)]
+  return id
+}
+
+function safeStem(filename: string): string {
+  const base = baseFilename(filename)
+  const dot = base.lastIndexOf('.')
+  const stem = dot > 0 ? base.slice(0, dot) : base
+  const cleaned = stem.replace(/[^A-Za-z0-9_-]/g, '_').slice(0, MAX_STEM_LENGTH)
+  return /[A-Za-z0-9]/.test(cleaned) ? cleaned : 'image'
+}
+
+/** `{context}/{yyyy}/{mm}/{id}_{name}.{ext}`, UTC; the random id makes every upload's key new. */
+export function newObjectKey(context: string, filename: string, extension: string, now = new Date()): string {
+  const year = now.getUTCFullYear()
+  const month = String(now.getUTCMonth() + 1).padStart(2, '0')
+  return `${context}/${year}/${month}/${randomId()}_${safeStem(filename)}.${extension}`
+}
+
+/** Public URL of a key: the base followed by the key with each segment percent-encoded. */
+export function publicUrlOf(baseUrl: string, key: string): string {
+  return `${baseUrl}/${key.split('/').map(encodeURIComponent).join('/')}`
+}

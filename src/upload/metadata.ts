@@ -1,0 +1,101 @@
+import type { IncomingHttpHeaders } from 'node:http'
+import { ApiError } from '../errors.js'
+
+const CONTEXT_PATTERN = /^[a-z0-9][a-z0-9_-]{0,62}$/
+const NAME_PATTERN = /^[a-z0-9][a-z0-9_]{0,63}$/
+const MAX_CLIENT_METADATA_BYTES = 2048
+export const MAX_FILENAME_BYTES = 255
+export const DEFAULT_CONTEXT = 'general'
+/** Metadata the service computes itself; a client may not send these. */
+export const SERVICE_OWNED_METADATA = ['sha256', 'filename', 'width', 'height'] as const
+const ISO_8601 = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})$/
+const HEADER_PREFIX = 'x-meta-'
+
+export function assertValidContext(context: string | undefined): string {
+  if (context === undefined) return DEFAULT_CONTEXT
+  if (!CONTEXT_PATTERN.test(context)) {
+    throw new ApiError('invalid_context', 'context must match ^[a-z0-9][a-z0-9_-]{0,62}$.')
+  }
+  return context
+}
+
+/**
+ * Validates the client's metadata (names case-folded) and adds `uploaded_at` unless the client sent a
+ * valid ISO 8601 one. The service-owned entries are added later, when the bytes have been seen.
+ */
+export function clientMetadata(entries: Iterable<[string, string]>, now = new Date()): Record<string, string> {
+  const metadata: Record<string, string> = {}
+  let bytes = 0
+  for (const [rawName, value] of entries) {
+    const name = rawName.toLowerCase()
+    if (!NAME_PATTERN.test(name)) {
+      throw new ApiError('invalid_metadata', `Metadata name "${rawName.slice(0, 64)}" must match ^[a-z0-9][a-z0-9_]{0,63}$.`)
+    }
+    if ((SERVICE_OWNED_METADATA as readonly string[]).includes(name)) {
+      throw new ApiError('invalid_metadata', `Metadata "${name}" is set by the service and may not be sent.`)
+    }
+    if (name in metadata) throw new ApiError('invalid_metadata', `Metadata "${name}" is sent twice.`)
+    bytes += Buffer.byteLength(name) + Buffer.byteLength(value)
+    if (bytes > MAX_CLIENT_METADATA_BYTES) {
+      throw new ApiError('invalid_metadata', `Metadata names and values total more than ${MAX_CLIENT_METADATA_BYTES} bytes of UTF-8.`)
+    }
+    metadata[name] = value
+  }
+  const sent = metadata.uploaded_at
+  if (sent === undefined || !ISO_8601.test(sent) || Number.isNaN(Date.parse(sent))) {
+    metadata.uploaded_at = now.toISOString()
+  }
+  return metadata
+}
+
+/** `character_name` ↔ `character-name`: the form metadata names take in headers (ours and S3's). */
+export const headerNameOf = (name: string): string => name.replaceAll('_', '-')
+export const metadataNameOf = (headerName: string): string => headerName.toLowerCase().replaceAll('-', '_')
+
+function decodeValue(name: string, value: string): string {
+  try {
+    return decodeURIComponent(value)
+  } catch {
+    throw new ApiError('invalid_metadata', `Metadata "${name}" is not valid percent-encoded UTF-8.`)
+  }
+}
+
+/** `X-Meta-*` request headers (raw-body uploads) as metadata entries, values percent-decoded. */
+export function metadataFromRequestHeaders(headers: IncomingHttpHeaders): [string, string][] {
+  const entries: [string, string][] = []
+  for (const [header, value] of Object.entries(headers)) {
+    if (!header.startsWith(HEADER_PREFIX) || value === undefined) continue
+    const name = metadataNameOf(header.slice(HEADER_PREFIX.length))
+    const single = Array.isArray(value) ? value.join(', ') : value
+    entries.push([name, decodeValue(name, single)])
+  }
+  return entries
+}
+
+/** Metadata as `X-Meta-Character-Name: Thorgar%20%C3%98` response headers. */
+export function metadataToResponseHeaders(metadata: Record<string, string>): Record<string, string> {
+  const headers: Record<string, string> = {}
+  for (const [name, value] of Object.entries(metadata)) {
+    const title = headerNameOf(name).replace(/(^|-)([a-z])/g, (_, dash: string, letter: string) => dash + letter.toUpperCase())
+    headers[`X-Meta-${title}`] = encodeURIComponent(value)
+  }
+  return headers
+}
+
+/** Stored metadata travels as HTTP headers (S3 `x-amz-meta-*`), so names and values are made header-safe. */
+export function encodeStoredMetadata(metadata: Record<string, string>): Record<string, string> {
+  return Object.fromEntries(Object.entries(metadata).map(([name, value]) => [headerNameOf(name), encodeURIComponent(value)]))
+}
+
+export function decodeStoredMetadata(stored: Record<string, string> | undefined): Record<string, string> {
+  return Object.fromEntries(
+    Object.entries(stored ?? {}).map(([name, value]) => {
+      // An object written by another tool may hold a value that is not percent-encoded: show it as stored.
+      let decoded = value
+      try {
+        decoded = decodeURIComponent(value)
+      } catch {}
+      return [metadataNameOf(name), decoded]
+    }),
+  )
+}

@@ -1,0 +1,172 @@
+import { createHash } from 'node:crypto'
+import { Readable } from 'node:stream'
+import { fileTypeFromBuffer } from 'file-type'
+import { imageSize } from 'image-size'
+import { ApiError } from '../errors.js'
+import type { StorageDriver } from '../storage/driver.js'
+import { SINGLE_REQUEST_MAX_BYTES } from '../storage/driver.js'
+import { IMAGE_EXTENSIONS, asImageType, type ImageType } from './image-types.js'
+import { newObjectKey, publicUrlOf } from './keys.js'
+
+/** file-type needs at most this many leading bytes to recognise any format. */
+const TYPE_SNIFF_BYTES = 4100
+/** JPEG dimensions can sit behind large EXIF segments; past this the header is not believable. */
+const MAX_HEADER_BYTES = 1024 * 1024
+export const CACHE_CONTROL = 'public, max-age=31536000, immutable'
+
+export interface UploadSource {
+  /** The client's filename, directory part removed. */
+  filename: string | undefined
+  context: string
+  /** Validated client metadata (uploaded_at included). */
+  metadata: Record<string, string>
+  body: AsyncIterable<Buffer>
+  /** Awaited after the body ends and before the object is committed, to reject what follows the file. */
+  beforeCommit?: () => Promise<void>
+}
+
+export interface UploadPolicy {
+  driver: StorageDriver
+  maxBytes: number
+  allowedTypes: readonly ImageType[]
+  publicUrl: string
+}
+
+/** The 201 body. */
+export interface StoredUpload {
+  url: string
+  key: string
+  size: number
+  filename: string
+  content_type: ImageType
+  sha256: string
+  width: number
+  height: number
+}
+
+/**
+ * Reads the upload once: sniffs the type from the first bytes and the dimensions from the header before
+ * anything reaches storage, then counts, hashes and streams the rest to the driver. A body that fits one
+ * request is buffered (at most SINGLE_REQUEST_MAX_BYTES) so its SHA-256 can be stored and verified with
+ * it; a larger one streams, holding only the driver's parts in memory.
+ */
+export async function storeUpload(source: UploadSource, policy: UploadPolicy, signal: AbortSignal): Promise<StoredUpload> {
+  const reader = new CountingReader(source.body, policy.maxBytes)
+  await reader.fillTo(TYPE_SNIFF_BYTES)
+  if (reader.size === 0) throw new ApiError('empty_file', 'The file has no bytes.')
+
+  const contentType = await detectType(reader.head(), policy.allowedTypes)
+  const { width, height } = await readDimensions(reader)
+  const extension = IMAGE_EXTENSIONS[contentType]
+  const filename = source.filename || `image.${extension}`
+  const key = newObjectKey(source.context, filename, extension)
+  const metadata = { ...source.metadata, filename, width: String(width), height: String(height) }
+  const write = { contentType, cacheControl: CACHE_CONTROL, metadata }
+
+  await reader.fillTo(SINGLE_REQUEST_MAX_BYTES + 1)
+  if (reader.ended) {
+    await source.beforeCommit?.()
+    const sha256 = reader.sha256()
+    await policy.driver.put(key, reader.head(), { ...write, metadata: { ...metadata, sha256 }, sha256 }, signal)
+  } else {
+    const body = Readable.from(reader.drain(source.beforeCommit), { objectMode: false })
+    await policy.driver.put(key, body, write, signal)
+  }
+  return {
+    url: publicUrlOf(policy.publicUrl, key),
+    key,
+    size: reader.size,
+    filename,
+    content_type: contentType,
+    sha256: reader.sha256(),
+    width,
+    height,
+  }
+}
+
+async function detectType(head: Buffer, allowedTypes: readonly ImageType[]): Promise<ImageType> {
+  const detected = await fileTypeFromBuffer(head)
+  const type = asImageType(detected?.mime)
+  if (type === undefined || !allowedTypes.includes(type)) {
+    const what = detected ? `${detected.mime} content` : 'content that is not a recognised image'
+    throw new ApiError('unsupported_media_type', `The file is ${what}; allowed: ${allowedTypes.join(', ')}.`)
+  }
+  return type
+}
+
+/** Reads more of the body until the header gives width and height, or the header is not believable. */
+async function readDimensions(reader: CountingReader): Promise<{ width: number; height: number }> {
+  for (;;) {
+    try {
+      const { width, height } = imageSize(reader.head())
+      if (width > 0 && height > 0) return { width, height }
+    } catch {
+      // The header is not complete yet, or not valid: read on while that can still change the answer.
+    }
+    if (reader.ended || reader.bufferedBytes >= MAX_HEADER_BYTES) {
+      throw new ApiError('unsupported_media_type', 'The image header is corrupt: its width and height cannot be read.')
+    }
+    await reader.fillTo(reader.bufferedBytes + 1)
+  }
+}
+
+/** Pulls chunks from the body, enforcing the size limit and hashing every byte exactly once. */
+class CountingReader {
+  size = 0
+  ended = false
+  bufferedBytes = 0
+  private buffered: Buffer[] = []
+  private readonly hash = createHash('sha256')
+  private readonly iterator: AsyncIterator<Buffer>
+
+  constructor(
+    body: AsyncIterable<Buffer>,
+    private readonly maxBytes: number,
+  ) {
+    this.iterator = body[Symbol.asyncIterator]()
+  }
+
+  private async next(): Promise<Buffer | undefined> {
+    const result = await this.iterator.next()
+    if (result.done) {
+      this.ended = true
+      return undefined
+    }
+    const chunk = result.value
+    this.size += chunk.length
+    if (this.size > this.maxBytes) {
+      throw new ApiError('image_too_large', `The image is larger than the limit of ${this.maxBytes} bytes.`)
+    }
+    this.hash.update(chunk)
+    return chunk
+  }
+
+  /** Buffers chunks until at least `bytes` are held or the body ends. */
+  async fillTo(bytes: number): Promise<void> {
+    while (!this.ended && this.bufferedBytes < bytes) {
+      const chunk = await this.next()
+      if (chunk === undefined) return
+      this.buffered.push(chunk)
+      this.bufferedBytes += chunk.length
+    }
+  }
+
+  head(): Buffer {
+    if (this.buffered.length > 1) this.buffered = [Buffer.concat(this.buffered)]
+    return this.buffered[0] ?? Buffer.alloc(0)
+  }
+
+  /** The buffered bytes, then the rest of the body as it arrives; `beforeEnd` runs before the stream ends. */
+  async *drain(beforeEnd: (() => Promise<void>) | undefined): AsyncGenerator<Buffer> {
+    const buffered = this.buffered
+    this.buffered = []
+    this.bufferedBytes = 0
+    yield* buffered
+    for (let chunk = await this.next(); chunk !== undefined; chunk = await this.next()) yield chunk
+    await beforeEnd?.()
+  }
+
+  sha256(): string {
+    return this.hash.copy().digest('hex')
+  }
+}

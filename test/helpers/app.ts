@@ -1,0 +1,31 @@
+import { mkdtemp, readdir, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import type { Test } from 'tap'
+import { buildApp, type BuildOptions } from '../../src/app.js'
+import { loadConfig } from '../../src/config.js'
+
+/**
+ * Builds the app for one test, on the local-disk driver in a fresh directory unless `env` says otherwise,
+ * and closes it (and removes the directory) when the test ends.
+ */
+export async function buildTestApp(t: Test, env: NodeJS.ProcessEnv = {}, options: BuildOptions = {}) {
+  const dataDir = await mkdtemp(path.join(tmpdir(), 'images-'))
+  const config = loadConfig({ DATA_DIR: dataDir, LOG_LEVEL: 'silent', ...env })
+  const app = await buildApp(config, { logger: false, ...options })
+  t.teardown(async () => {
+    await app.close()
+    await rm(dataDir, { recursive: true, force: true })
+  })
+  return { app, config, dataDir }
+}
+
+/** Every object file the local-disk driver holds under its data directory (relative paths). */
+export async function storedFiles(dataDir: string): Promise<string[]> {
+  try {
+    const entries = await readdir(path.join(dataDir, 'objects'), { recursive: true, withFileTypes: true })
+    return entries.filter((entry) => entry.isFile()).map((entry) => path.relative(path.join(dataDir, 'objects'), path.join(entry.parentPath, entry.name)))
+  } catch {
+    return []
+  }
+}

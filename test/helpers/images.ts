@@ -1,0 +1,119 @@
+import { createHash } from 'node:crypto'
+import { deflateSync } from 'node:zlib'
+
+const crcTable = Array.from({ length: 256 }, (_, n) => {
+  let c = n
+  for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1
+  return c >>> 0
+})
+
+function crc32(data: Buffer): number {
+  let crc = 0xffffffff
+  for (const byte of data) crc = crcTable[(crc ^ byte) & 0xff]! ^ (crc >>> 8)
+  return (crc ^ 0xffffffff) >>> 0
+}
+
+function pngChunk(type: string, data: Buffer): Buffer {
+  const length = Buffer.alloc(4)
+  length.writeUInt32BE(data.length)
+  const typed = Buffer.concat([Buffer.from(type, 'ascii'), data])
+  const crc = Buffer.alloc(4)
+  crc.writeUInt32BE(crc32(typed))
+  return Buffer.concat([length, typed, crc])
+}
+
+const PNG_SIGNATURE = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a])
+
+function pngHeader(width: number, height: number): Buffer {
+  const ihdr = Buffer.alloc(13)
+  ihdr.writeUInt32BE(width, 0)
+  ihdr.writeUInt32BE(height, 4)
+  ihdr.set([8, 2, 0, 0, 0], 8) // 8-bit RGB
+  return Buffer.concat([PNG_SIGNATURE, pngChunk('IHDR', ihdr)])
+}
+
+/** A real, decodable PNG of one colour. */
+export function png(width = 4, height = 3): Buffer {
+  const row = Buffer.concat([Buffer.from([0]), Buffer.alloc(width * 3, 0x7f)])
+  const pixels = Buffer.concat(Array.from({ length: height }, () => row))
+  return Buffer.concat([pngHeader(width, height), pngChunk('IDAT', deflateSync(pixels)), pngChunk('IEND', Buffer.alloc(0))])
+}
+
+/** Deterministic pseudo-random bytes (xorshift), so large bodies are not trivially compressible. */
+export function noise(length: number, seed = 1): Buffer {
+  const out = Buffer.alloc(Math.ceil(length / 4) * 4)
+  let x = seed >>> 0 || 1
+  for (let i = 0; i < out.length; i += 4) {
+    x ^= x << 13
+    x ^= x >>> 17
+    x ^= x << 5
+    out.writeUInt32LE(x >>> 0, i)
+  }
+  return out.subarray(0, length)
+}
+
+/** A PNG of exactly `size` bytes: a valid header, then a private ancillary chunk of noise, then IEND. */
+export function pngOfSize(size: number, seed = 1): Buffer {
+  const head = pngHeader(16, 16)
+  const end = pngChunk('IEND', Buffer.alloc(0))
+  const payload = size - head.length - end.length - 12
+  if (payload < 0) throw new Error(`a PNG needs at least ${head.length + end.length + 12} bytes`)
+  return Buffer.concat([head, pngChunk('prVt', noise(payload, seed)), end])
+}
+
+/**
+ * A PNG of `size` bytes produced chunk by chunk, never held whole in memory; `sha256()` is the hash of
+ * everything yielded so far (call it after the stream is consumed).
+ */
+export function pngStream(size: number, chunkSize = 64 * 1024) {
+  const hash = createHash('sha256')
+  async function* generate() {
+    const head = pngHeader(16, 16)
+    const chunkHeader = Buffer.alloc(8)
+    chunkHeader.writeUInt32BE(size - head.length - 8, 0)
+    chunkHeader.write('prVt', 4, 'ascii')
+    let first: Buffer | undefined = Buffer.concat([head, chunkHeader])
+    let sent = 0
+    let seed = 7
+    while (sent < size) {
+      const piece: Buffer = first ?? noise(Math.min(chunkSize, size - sent), seed++)
+      first = undefined
+      const bounded = piece.subarray(0, size - sent)
+      hash.update(bounded)
+      sent += bounded.length
+      yield bounded
+    }
+  }
+  return { stream: generate(), sha256: () => hash.digest('hex') }
+}
+
+/** Baseline JPEG header bytes: SOI, JFIF APP0, a quantisation table and SOF0 with the dimensions, then EOI. */
+export function jpeg(width = 5, height = 7): Buffer {
+  const app0 = Buffer.from([0xff, 0xe0, 0x00, 0x10, 0x4a, 0x46, 0x49, 0x46, 0x00, 0x01, 0x01, 0x00, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00])
+  const dqt = Buffer.concat([Buffer.from([0xff, 0xdb, 0x00, 0x43, 0x00]), Buffer.alloc(64, 1)])
+  const sof = Buffer.from([0xff, 0xc0, 0x00, 0x11, 0x08, height >> 8, height & 0xff, width >> 8, width & 0xff, 0x03, 0x01, 0x22, 0x00, 0x02, 0x11, 0x01, 0x03, 0x11, 0x01])
+  return Buffer.concat([Buffer.from([0xff, 0xd8]), app0, dqt, sof, Buffer.from([0xff, 0xd9])])
+}
+
+export function gif(width = 6, height = 2): Buffer {
+  const header = Buffer.alloc(13)
+  header.write('GIF89a', 0, 'ascii')
+  header.writeUInt16LE(width, 6)
+  header.writeUInt16LE(height, 8)
+  // One-pixel image data with an empty global colour table, then the trailer.
+  return Buffer.concat([header, Buffer.from([0x2c, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b])])
+}
+
+/** A lossless WebP (VP8L) header carrying the dimensions. */
+export function webp(width = 9, height = 8): Buffer {
+  const bits = (width - 1) | ((height - 1) << 14)
+  const vp8l = Buffer.alloc(5)
+  vp8l[0] = 0x2f
+  vp8l.writeUInt32LE(bits >>> 0, 1)
+  const chunk = Buffer.concat([Buffer.from('VP8L', 'ascii'), Buffer.from([vp8l.length, 0, 0, 0]), vp8l, Buffer.alloc(1)])
+  const riffSize = Buffer.alloc(4)
+  riffSize.writeUInt32LE(4 + chunk.length)
+  return Buffer.concat([Buffer.from('RIFF', 'ascii'), riffSize, Buffer.from('WEBP', 'ascii'), chunk])
+}
+
+export const sha256 = (data: Buffer | string): string => createHash('sha256').update(data).digest('hex')

@@ -1,0 +1,65 @@
+import { createHash } from 'node:crypto'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import type { Readable } from 'node:stream'
+import { GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3'
+import S3rver from 's3rver'
+
+export const TEST_BUCKET = 'test-images'
+
+/** Environment for an app that stores on the local S3 server through the R2 driver. */
+export function r2Env(endpoint: string, bucket = TEST_BUCKET): NodeJS.ProcessEnv {
+  return {
+    STORAGE_DRIVER: 'r2',
+    R2_ENDPOINT: endpoint,
+    R2_ACCESS_KEY_ID: 'S3RVER', // the only access key s3rver accepts
+    R2_SECRET_ACCESS_KEY: 'S3RVER',
+    R2_BUCKET_NAME: bucket,
+    R2_PUBLIC_URL: 'https://images.example.test',
+  }
+}
+
+/** The local S3 protocol server (s3rver), in-process on 127.0.0.1 with one bucket, plus an independent client. */
+export async function startS3(): Promise<{
+  endpoint: string
+  client: S3Client
+  sha256Of(key: string): Promise<string>
+  keys(): Promise<string[]>
+  stop(): Promise<void>
+}> {
+  const directory = await mkdtemp(path.join(tmpdir(), 's3rver-'))
+  const server = new S3rver({ address: '127.0.0.1', port: 0, silent: true, directory, configureBuckets: [{ name: TEST_BUCKET }] })
+  const { port } = await server.run()
+  const endpoint = `http://127.0.0.1:${port}`
+  const client = new S3Client({
+    region: 'auto',
+    endpoint,
+    forcePathStyle: true,
+    credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' },
+    requestChecksumCalculation: 'WHEN_REQUIRED',
+    responseChecksumValidation: 'WHEN_REQUIRED',
+  })
+  return {
+    endpoint,
+    client,
+    /** Reads the stored object back and hashes it as it streams. */
+    async sha256Of(key) {
+      const object = await client.send(new GetObjectCommand({ Bucket: TEST_BUCKET, Key: key }))
+      const hash = createHash('sha256')
+      for await (const chunk of object.Body as Readable) hash.update(chunk as Buffer)
+      return hash.digest('hex')
+    },
+    async keys() {
+      const listed = await client.send(new ListObjectsV2Command({ Bucket: TEST_BUCKET }))
+      return (listed.Contents ?? []).map((object) => object.Key!)
+    },
+    async stop() {
+      client.destroy()
+      await server.close()
+      await rm(directory, { recursive: true, force: true })
+    },
+  }
+}
+
+export { HeadObjectCommand }
