@@ -28,20 +28,34 @@ function asApiError(error: FastifyError): ApiError {
 }
 
 /**
- * Answering before the body has been read: the connection must close, but closing at once with unread
- * data makes the kernel reset it, which can destroy the answer before the client reads it. So half-close,
- * keep reading and discarding for a moment, and only then let the socket go.
+ * Answering before the body has been read: the connection must close, but closing while the client is
+ * still sending makes the kernel reset it, which can destroy the answer before the client reads it. So
+ * the answer is written in full at once (it has a Content-Length, so the client can act on it), and the
+ * response is ended, which closes the connection, only once the client stopped sending: it finished or
+ * hung up, or LINGER_MS passed. Meanwhile what it still sends is read and discarded.
  */
 function closeAfterAnswering(request: FastifyRequest, reply: FastifyReply): void {
   reply.header('connection', 'close')
-  const socket = request.raw.socket
-  request.raw.unpipe()
-  request.raw.resume()
-  socket.destroySoon = function lingeringClose() {
-    this.end()
-    const timer = setTimeout(() => this.destroy(), LINGER_MS).unref()
-    this.once('close', () => clearTimeout(timer))
-  }
+  const incoming = request.raw
+  // Stop whoever was reading (a form parser piped in, or an abandoned async iterator, whose 'readable'
+  // listener would keep the stream paused) and let the rest flow into the void.
+  incoming.unpipe()
+  incoming.removeAllListeners('readable')
+  incoming.resume()
+  const response = reply.raw
+  const end = response.end.bind(response)
+  response.end = ((...args: Parameters<typeof end>) => {
+    const [chunk] = args
+    if (chunk !== undefined && typeof chunk !== 'function') response.write(chunk)
+    const finish = () => {
+      clearTimeout(timer)
+      end()
+    }
+    const timer = setTimeout(finish, LINGER_MS)
+    if (incoming.complete || incoming.destroyed) finish()
+    else incoming.once('end', finish).once('close', finish)
+    return response
+  }) as typeof response.end
 }
 
 export function sendProblem(request: FastifyRequest, reply: FastifyReply, error: ApiError, fallbackUrl?: string): FastifyReply {

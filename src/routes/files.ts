@@ -1,12 +1,12 @@
 import type { FastifyInstance } from 'fastify'
 import { ApiError } from '../errors.js'
 import type { FsDriver } from '../storage/fs.js'
-import { assertValidKey } from '../upload/keys.js'
+import { keyFromPath } from '../upload/keys.js'
 
 /** GET /files/{key}: the local-disk driver's public bytes, served as a CDN would serve them. */
 export default async function fileRoutes(app: FastifyInstance, options: { driver: FsDriver }) {
   app.get('/files/*', async (request, reply) => {
-    const key = assertValidKey((request.params as { '*': string })['*'])
+    const key = keyFromPath(request.url, '/files/')
     const found = await options.driver.open(key)
     if (!found) throw new ApiError('not_found', `There is no object with the key "${key}".`)
     const { object, stream } = found

@@ -3,7 +3,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import multipart, { type Multipart } from '@fastify/multipart'
 import type { Config } from '../config.js'
 import { ApiError } from '../errors.js'
-import { assertValidKey, baseFilename, publicUrlOf } from '../upload/keys.js'
+import { baseFilename, keyFromPath, publicUrlOf } from '../upload/keys.js'
 import {
   MAX_FILENAME_BYTES,
   assertValidContext,
@@ -117,9 +117,8 @@ function abortWhenClientLeaves(reply: FastifyReply): AbortSignal {
   return controller.signal
 }
 
-function keyOf(request: FastifyRequest): string {
-  return assertValidKey((request.params as { '*': string })['*'])
-}
+const IMAGES_PREFIX = '/v1/images/'
+const keyOf = (request: FastifyRequest): string => keyFromPath(request.url, IMAGES_PREFIX)
 
 async function findObject(app: FastifyInstance, key: string) {
   const object = await app.storage.head(key)
@@ -151,7 +150,7 @@ export default async function imageRoutes(app: FastifyInstance, options: { confi
     return reply.code(201).header('location', stored.url).send(stored)
   })
 
-  app.head('/v1/images/*', async (request, reply) => {
+  app.head(`${IMAGES_PREFIX}*`, async (request, reply) => {
     const object = await findObject(app, keyOf(request))
     reply.headers({
       'content-type': object.contentType,
@@ -164,7 +163,7 @@ export default async function imageRoutes(app: FastifyInstance, options: { confi
     return reply.send()
   })
 
-  app.get('/v1/images/*', { exposeHeadRoute: false }, async (request) => {
+  app.get(`${IMAGES_PREFIX}*`, { exposeHeadRoute: false }, async (request) => {
     const key = keyOf(request)
     const object = await findObject(app, key)
     return {
@@ -178,7 +177,7 @@ export default async function imageRoutes(app: FastifyInstance, options: { confi
     }
   })
 
-  app.delete('/v1/images/*', async (request, reply) => {
+  app.delete(`${IMAGES_PREFIX}*`, async (request, reply) => {
     await app.storage.delete(keyOf(request))
     return reply.code(204).send()
   })

@@ -22,6 +22,16 @@ export function assertValidKey(key: string): string {
   return key
 }
 
+/**
+ * The key of a `<prefix>*` route, taken from the path exactly as it came on the wire. The grammar has no
+ * `%`, so a key never needs percent-encoding, and any encoded form (`%2e%2e`, `%2f`, `%00`) is refused
+ * rather than decoded into something else.
+ */
+export function keyFromPath(url: string, prefix: string): string {
+  const path = url.split('?', 1)[0] ?? ''
+  return assertValidKey(path.startsWith(prefix) ? path.slice(prefix.length) : '')
+}
+
 /** The client's filename without any directory part ("C:\\pics\\a.png" and "../a.png" are both "a.png"). */
 export function baseFilename(filename: string): string {
   return filename.split(/[\\/]/).pop() ?? ''

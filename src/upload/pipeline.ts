@@ -88,8 +88,8 @@ async function detectType(head: Buffer, allowedTypes: readonly ImageType[]): Pro
   const detected = await fileTypeFromBuffer(head)
   const type = asImageType(detected?.mime)
   if (type === undefined || !allowedTypes.includes(type)) {
-    const what = detected ? `${detected.mime} content` : 'content that is not a recognised image'
-    throw new ApiError('unsupported_media_type', `The file is ${what}; allowed: ${allowedTypes.join(', ')}.`)
+    const what = detected ? `is ${detected.mime}` : 'is not a recognised image'
+    throw new ApiError('unsupported_media_type', `The content ${what}; allowed: ${allowedTypes.join(', ')}.`)
   }
   return type
 }
@@ -98,7 +98,9 @@ async function detectType(head: Buffer, allowedTypes: readonly ImageType[]): Pro
 async function readDimensions(reader: CountingReader): Promise<{ width: number; height: number }> {
   for (;;) {
     try {
-      const { width, height } = imageSize(reader.head())
+      // A copy with its own ArrayBuffer: image-size reads through the whole underlying buffer, and a
+      // pooled Buffer would let a truncated header borrow another allocation's bytes.
+      const { width, height } = imageSize(new Uint8Array(reader.head()))
       if (width > 0 && height > 0) return { width, height }
     } catch {
       // The header is not complete yet, or not valid: read on while that can still change the answer.

@@ -22,3 +22,13 @@ export function multipartBody(parts: FormPart[], boundary = `----test${Math.rand
   chunks.push(Buffer.from(`--${boundary}--\r\n`))
   return { payload: Buffer.concat(chunks), headers: { 'content-type': `multipart/form-data; boundary=${boundary}` } }
 }
+
+/** A multipart/form-data body whose file part is streamed from `file`, never held whole in memory. */
+export function multipartStream(filename: string, file: AsyncIterable<Buffer>, boundary = `----stream${Math.random().toString(16).slice(2)}`) {
+  async function* generate() {
+    yield Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="${filename}"\r\nContent-Type: image/png\r\n\r\n`)
+    yield* file
+    yield Buffer.from(`\r\n--${boundary}--\r\n`)
+  }
+  return { stream: generate(), headers: { 'content-type': `multipart/form-data; boundary=${boundary}` } }
+}

@@ -1,0 +1,64 @@
+import { spawnSync } from 'node:child_process'
+import t from 'tap'
+import { ConfigError, loadConfig } from '../src/config.js'
+
+t.test('defaults give the local-disk driver on port 3000', async (t) => {
+  const config = loadConfig({})
+  t.equal(config.port, 3000)
+  t.equal(config.host, '0.0.0.0')
+  t.equal(config.storage.driver, 'fs')
+  t.equal(config.publicUrl, 'http://localhost:3000/files')
+  t.equal(config.maxUploadBytes, 104_857_600)
+  t.same(config.allowedTypes, ['image/jpeg', 'image/png', 'image/gif', 'image/webp'])
+})
+
+t.test('R2 settings select the r2 driver and its endpoint', async (t) => {
+  const account = 'a'.repeat(32)
+  const config = loadConfig({
+    R2_ACCOUNT_ID: account,
+    R2_ACCESS_KEY_ID: 'id',
+    R2_SECRET_ACCESS_KEY: 'secret',
+    R2_PUBLIC_URL: 'https://images.example.com/',
+  })
+  t.match(config.storage, { driver: 'r2', endpoint: `https://${account}.r2.cloudflarestorage.com`, forcePathStyle: false, bucket: 'azeroth-bound-images' })
+  t.equal(config.publicUrl, 'https://images.example.com', 'trailing slash dropped')
+  const custom = loadConfig({ R2_ENDPOINT: 'http://127.0.0.1:9000', R2_ACCESS_KEY_ID: 'id', R2_SECRET_ACCESS_KEY: 's', R2_PUBLIC_URL: 'https://x.test' })
+  t.match(custom.storage, { endpoint: 'http://127.0.0.1:9000', forcePathStyle: true })
+})
+
+const refusals: [string, NodeJS.ProcessEnv, RegExp][] = [
+  ['MAX_UPLOAD_BYTES=abc', { MAX_UPLOAD_BYTES: 'abc' }, /MAX_UPLOAD_BYTES/],
+  ['MAX_UPLOAD_BYTES=0', { MAX_UPLOAD_BYTES: '0' }, /MAX_UPLOAD_BYTES/],
+  ['STORAGE_DRIVER=s4', { STORAGE_DRIVER: 's4' }, /STORAGE_DRIVER/],
+  ['PORT=70000', { PORT: '70000' }, /PORT/],
+  ['LOG_LEVEL=loud', { LOG_LEVEL: 'loud' }, /LOG_LEVEL/],
+  ['ALLOWED_TYPES with an unknown type', { ALLOWED_TYPES: 'image/png,image/tiff' }, /ALLOWED_TYPES.*image\/tiff/],
+  ['ALLOWED_TYPES with SVG, which is not supported yet', { ALLOWED_TYPES: 'image/svg+xml' }, /ALLOWED_TYPES/],
+  ['DEFAULT_PORTRAIT_URL not a URL', { DEFAULT_PORTRAIT_URL: 'portrait.png' }, /DEFAULT_PORTRAIT_URL/],
+  ['R2_ACCOUNT_ID malformed', { R2_ACCOUNT_ID: 'nope' }, /R2_ACCOUNT_ID/],
+  ['r2 without credentials', { STORAGE_DRIVER: 'r2', R2_PUBLIC_URL: 'https://x.test' }, /R2_ACCOUNT_ID.*\n.*R2_ACCESS_KEY_ID.*\n.*R2_SECRET_ACCESS_KEY/],
+  ['r2 without a public URL', { R2_ENDPOINT: 'http://127.0.0.1:1', R2_ACCESS_KEY_ID: 'id', R2_SECRET_ACCESS_KEY: 's' }, /R2_PUBLIC_URL/],
+  ['production without R2 settings', { NODE_ENV: 'production' }, /NODE_ENV=production needs the R2 settings/],
+]
+
+for (const [name, env, message] of refusals) {
+  t.test(`refuses ${name}`, async (t) => {
+    t.throws(() => loadConfig(env), { name: ConfigError.name, message })
+  })
+}
+
+t.test('production may store on local disk only when asked explicitly', async (t) => {
+  t.equal(loadConfig({ NODE_ENV: 'production', STORAGE_DRIVER: 'fs' }).storage.driver, 'fs')
+})
+
+t.test('the server exits non-zero, naming the variable, on a bad value', async (t) => {
+  for (const env of [{ MAX_UPLOAD_BYTES: 'abc' }, { STORAGE_DRIVER: 's4' }, { NODE_ENV: 'production' }]) {
+    const result = spawnSync(process.execPath, ['--import', 'tsx', 'src/server.ts'], {
+      env: { PATH: process.env.PATH, ...env },
+      encoding: 'utf8',
+      timeout: 20_000,
+    })
+    t.equal(result.status, 1, `${JSON.stringify(env)} exits 1`)
+    t.match(result.stderr, Object.keys(env)[0] === 'NODE_ENV' ? /R2_ACCESS_KEY_ID/ : new RegExp(Object.keys(env)[0]!))
+  }
+})

@@ -1,0 +1,311 @@
+import type { InjectOptions } from 'fastify'
+import t from 'tap'
+import { FsDriver } from '../src/storage/fs.js'
+import { buildTestApp, storedFiles } from './helpers/app.js'
+import { gif, jpeg, png, pngOfSize, sha256, webp } from './helpers/images.js'
+import { listen, rawRequest } from './helpers/http.js'
+import { multipartBody, type FormPart } from './helpers/multipart.js'
+
+const KEY_PATTERN = /^(?<context>[a-z0-9][a-z0-9_-]*)\/\d{4}\/\d{2}\/[a-z]{20}_(?<stem>[A-Za-z0-9_-]{1,50})\.(?<ext>jpg|png|gif|webp)$/
+const filePart = (data: Buffer, filename = 'portrait.png', contentType = 'image/png'): FormPart => ({ name: 'file', filename, contentType, data })
+const form = (...parts: FormPart[]) => ({ method: 'POST' as const, url: '/v1/images', ...multipartBody(parts) })
+
+t.test('type is decided by content, not by the name or the declared type', async (t) => {
+  const { app, dataDir } = await buildTestApp(t)
+  const image = png(4, 3)
+
+  const multipart = await app.inject(form(filePart(image, 'x.jpg', 'image/jpeg')))
+  t.equal(multipart.statusCode, 201)
+  const body = multipart.json()
+  t.match(body, { content_type: 'image/png', filename: 'x.jpg', size: image.length, sha256: sha256(image), width: 4, height: 3 })
+  t.match(body.key, KEY_PATTERN)
+  t.match(body.key, /_x\.png$/, 'a .png key for PNG bytes named x.jpg')
+  t.equal(body.url, `http://localhost:3000/files/${body.key}`)
+  t.equal(multipart.headers.location, body.url)
+
+  const raw = await app.inject({ method: 'POST', url: '/v1/images?filename=x.jpg', headers: { 'content-type': 'image/jpeg' }, payload: image })
+  t.equal(raw.statusCode, 201)
+  t.match(raw.json(), { content_type: 'image/png', key: /_x\.png$/ })
+
+  const served = await app.inject({ method: 'GET', url: `/files/${body.key}` })
+  t.equal(served.statusCode, 200)
+  t.equal(served.headers['content-type'], 'image/png')
+  t.equal(sha256(served.rawPayload), sha256(image), 'the url serves the same bytes')
+
+  const before = await storedFiles(dataDir)
+  for (const [name, content] of [
+    ['plain text', 'just some text, not an image at all'],
+    ['HTML', '<!doctype html><html><body><img src=x onerror=alert(1)></body></html>'],
+    ['a PDF', '%PDF-1.4\n%âãÏÓ\n1 0 obj\n<<>>\nendobj\n'],
+  ] as const) {
+    for (const request of [
+      form(filePart(Buffer.from(content), 'x.png', 'image/png')),
+      { method: 'POST' as const, url: '/v1/images?filename=x.png', headers: { 'content-type': 'image/png' }, payload: content },
+    ]) {
+      const refused = await app.inject(request)
+      t.equal(refused.statusCode, 415, `${name} is refused`)
+      t.equal(refused.headers['content-type'], 'application/problem+json; charset=utf-8')
+      t.equal(refused.json().code, 'unsupported_media_type')
+    }
+  }
+  t.same(await storedFiles(dataDir), before, 'nothing stored for the refused uploads')
+})
+
+t.test('JPEG, GIF and WebP are stored with their type, extension and dimensions', async (t) => {
+  const { app } = await buildTestApp(t)
+  for (const [image, type, ext, width, height] of [
+    [jpeg(640, 480), 'image/jpeg', 'jpg', 640, 480],
+    [gif(6, 2), 'image/gif', 'gif', 6, 2],
+    [webp(300, 200), 'image/webp', 'webp', 300, 200],
+  ] as const) {
+    const response = await app.inject(form(filePart(image, `hero.${ext}`)))
+    t.equal(response.statusCode, 201, type)
+    t.match(response.json(), { content_type: type, key: new RegExp(`_hero\\.${ext}$`), width, height })
+  }
+})
+
+t.test('ALLOWED_TYPES narrows what is accepted', async (t) => {
+  const { app } = await buildTestApp(t, { ALLOWED_TYPES: 'image/png' })
+  t.equal((await app.inject(form(filePart(png())))).statusCode, 201)
+  const refused = await app.inject(form(filePart(jpeg(), 'a.jpg')))
+  t.equal(refused.statusCode, 415)
+  t.match(refused.json().detail, /image\/jpeg/)
+})
+
+t.test('a corrupt header is refused, not stored', async (t) => {
+  const { app, dataDir } = await buildTestApp(t)
+  const truncated = png().subarray(0, 20) // signature and part of IHDR: recognisable, but no dimensions
+  const response = await app.inject(form(filePart(truncated)))
+  t.equal(response.statusCode, 415)
+  t.same(await storedFiles(dataDir), [])
+})
+
+t.test('keys follow {context}/{yyyy}/{mm}/{id}_{name}.{ext}', async (t) => {
+  const { app } = await buildTestApp(t)
+  const now = new Date()
+  const month = `${now.getUTCFullYear()}/${String(now.getUTCMonth() + 1).padStart(2, '0')}`
+  const cases: [string, string | undefined, RegExp, string][] = [
+    ['portraits', 'Thorgar.png', new RegExp(`^portraits/${month}/[a-z]{20}_Thorgar\\.png$`), 'Thorgar.png'],
+    ['general', 'my portrait (1).png', /_my_portrait__1_\.png$/, 'my portrait (1).png'],
+    ['general', '../../etc/passwd.png', /_passwd\.png$/, 'passwd.png'],
+    ['general', 'C:\\Users\\me\\hero.png', /_hero\.png$/, 'hero.png'],
+    ['general', '永久.png', /_image\.png$/, '永久.png'],
+    ['general', `${'a'.repeat(80)}.png`, new RegExp(`_${'a'.repeat(50)}\\.png$`), `${'a'.repeat(80)}.png`],
+  ]
+  const keys = new Set<string>()
+  for (const [context, filename, key, returnedName] of cases) {
+    const parts: FormPart[] = context === 'general' ? [] : [{ name: 'context', value: context }]
+    const response = await app.inject(form(...parts, filePart(png(), filename)))
+    t.equal(response.statusCode, 201, `${filename}`)
+    t.match(response.json(), { key, filename: returnedName })
+    keys.add(response.json().key)
+  }
+  t.equal(keys.size, cases.length, 'every upload gets a new key')
+
+  const unnamed = await app.inject({ method: 'POST', url: '/v1/images?context=bot', headers: { 'content-type': 'application/octet-stream' }, payload: png() })
+  t.equal(unnamed.statusCode, 201)
+  t.match(unnamed.json(), { key: /^bot\/\d{4}\/\d{2}\/[a-z]{20}_image\.png$/, filename: 'image.png' })
+
+  for (const context of ['Portraits', '-x', 'a/b', 'x'.repeat(64), '']) {
+    const refused = await app.inject(form({ name: 'context', value: context }, filePart(png())))
+    t.equal(refused.statusCode, 400, `context ${JSON.stringify(context)}`)
+    t.equal(refused.json().code, 'invalid_context')
+  }
+  const longName = await app.inject(form(filePart(png(), `${'n'.repeat(300)}.png`)))
+  t.equal(longName.statusCode, 400)
+  t.equal(longName.json().code, 'invalid_request')
+})
+
+t.test('metadata round-trips, non-ASCII included, through GET and HEAD', async (t) => {
+  const { app } = await buildTestApp(t)
+  const name = 'Thorgar Ø 永久'
+  const viaForm = await app.inject(form({ name: 'character_name', value: name }, { name: 'Uploader_ID', value: '1234' }, filePart(png())))
+  const viaHeaders = await app.inject({
+    method: 'POST',
+    url: '/v1/images?filename=p.png',
+    headers: { 'content-type': 'image/png', 'X-Meta-Character-Name': encodeURIComponent(name), 'x-meta-uploader-id': '1234' },
+    payload: png(),
+  })
+  for (const upload of [viaForm, viaHeaders]) {
+    t.equal(upload.statusCode, 201)
+    const { key, sha256: hash, size } = upload.json()
+    const metadata = await app.inject({ method: 'GET', url: `/v1/images/${key}` })
+    t.equal(metadata.statusCode, 200)
+    const body = metadata.json()
+    t.match(body, { key, url: `http://localhost:3000/files/${key}`, size, content_type: 'image/png', etag: /^".+"$/ })
+    t.ok(!Number.isNaN(Date.parse(body.last_modified)), 'last_modified is a date')
+    t.match(body.metadata, { character_name: name, uploader_id: '1234', sha256: hash, width: '4', height: '3' })
+    t.ok(!Number.isNaN(Date.parse(body.metadata.uploaded_at)), 'uploaded_at is set')
+
+    const head = await app.inject({ method: 'HEAD', url: `/v1/images/${key}` })
+    t.equal(head.statusCode, 200)
+    t.equal(head.rawPayload.length, 0, 'no body')
+    t.match(head.headers, {
+      'content-type': 'image/png',
+      'content-length': String(size),
+      etag: body.etag,
+      'last-modified': new Date(body.last_modified).toUTCString(),
+      'cache-control': 'public, max-age=31536000, immutable',
+      'x-meta-character-name': encodeURIComponent(name),
+      'x-meta-uploader-id': '1234',
+      'x-meta-sha256': hash,
+    })
+  }
+})
+
+t.test('metadata rules', async (t) => {
+  const { app, dataDir } = await buildTestApp(t)
+  const kept = await app.inject(form({ name: 'uploaded_at', value: '2024-05-01T10:00:00Z' }, filePart(png())))
+  t.equal((await app.inject({ method: 'GET', url: `/v1/images/${kept.json().key}` })).json().metadata.uploaded_at, '2024-05-01T10:00:00Z')
+  const replaced = await app.inject(form({ name: 'uploaded_at', value: 'yesterday' }, filePart(png())))
+  const replacedAt = (await app.inject({ method: 'GET', url: `/v1/images/${replaced.json().key}` })).json().metadata.uploaded_at
+  t.not(replacedAt, 'yesterday')
+  t.ok(Math.abs(Date.parse(replacedAt) - Date.now()) < 60_000, 'an invalid uploaded_at is replaced by the time of upload')
+
+  const before = await storedFiles(dataDir)
+  const refusals: [string, InjectOptions][] = [
+    ['a name with a dash', form({ name: 'character-name', value: 'x' }, filePart(png()))],
+    ['a name starting with _', form({ name: '_x', value: 'x' }, filePart(png()))],
+    ['a service-owned name', form({ name: 'sha256', value: 'x' }, filePart(png()))],
+    ['width', form({ name: 'Width', value: '1' }, filePart(png()))],
+    ['over 2 KiB', form({ name: 'a', value: 'x'.repeat(1024) }, { name: 'b', value: 'y'.repeat(1024) }, filePart(png()))],
+    ['over 2 KiB in one field', form({ name: 'a', value: 'é'.repeat(1100) }, filePart(png()))],
+    [
+      'bad percent-encoding in a header',
+      { method: 'POST', url: '/v1/images', headers: { 'content-type': 'image/png', 'x-meta-name': '%E0%A4%A' }, payload: png() },
+    ],
+    [
+      'a reserved name in a header',
+      { method: 'POST', url: '/v1/images', headers: { 'content-type': 'image/png', 'x-meta-filename': 'x.png' }, payload: png() },
+    ],
+  ]
+  for (const [what, request] of refusals) {
+    const response = await app.inject(request)
+    t.equal(response.statusCode, 400, what)
+    t.equal(response.json().code, 'invalid_metadata', what)
+  }
+  t.same(await storedFiles(dataDir), before, 'nothing stored')
+})
+
+t.test('multipart shape: text fields, then exactly one file part named file', async (t) => {
+  const { app, dataDir } = await buildTestApp(t)
+  const cases: [string, FormPart[]][] = [
+    ['a field after the file', [filePart(png()), { name: 'character_name', value: 'late' }]],
+    ['a second file', [filePart(png()), filePart(png(), 'b.png')]],
+    ['no file', [{ name: 'character_name', value: 'x' }]],
+    ['a file part with another name', [{ name: 'image', filename: 'a.png', data: png() }]],
+  ]
+  for (const [what, parts] of cases) {
+    const response = await app.inject(form(...parts))
+    t.equal(response.statusCode, 400, what)
+    t.equal(response.json().code, 'invalid_request', what)
+  }
+  const { payload, headers } = multipartBody([filePart(png())])
+  const truncated = await app.inject({ method: 'POST', url: '/v1/images', headers, payload: payload.subarray(0, payload.length - 30) })
+  t.equal(truncated.statusCode, 400, 'a truncated form')
+  t.equal(truncated.json().code, 'invalid_request')
+  const noBoundary = await app.inject({ method: 'POST', url: '/v1/images', headers: { 'content-type': 'multipart/form-data' }, payload })
+  t.equal(noBoundary.statusCode, 400, 'no boundary')
+  t.same(await storedFiles(dataDir), [], 'nothing stored')
+})
+
+t.test('raw bodies: declared types, empty bodies, other content types', async (t) => {
+  const { app, dataDir } = await buildTestApp(t)
+  for (const request of [
+    { method: 'POST' as const, url: '/v1/images', headers: { 'content-type': 'image/png' }, payload: '' },
+    form(filePart(Buffer.alloc(0))),
+  ]) {
+    const empty = await app.inject(request)
+    t.equal(empty.statusCode, 400)
+    t.equal(empty.json().code, 'empty_file')
+  }
+  for (const contentType of ['text/plain', 'application/json', 'text/html']) {
+    const response = await app.inject({ method: 'POST', url: '/v1/images', headers: { 'content-type': contentType }, payload: png() })
+    t.equal(response.statusCode, 415, contentType)
+    t.equal(response.json().code, 'unsupported_media_type')
+  }
+  t.same(await storedFiles(dataDir), [])
+})
+
+t.test('size: the limit is inclusive and enforced for both body kinds', async (t) => {
+  const { app, dataDir } = await buildTestApp(t, { MAX_UPLOAD_BYTES: '2000' })
+  t.equal((await app.inject(form(filePart(pngOfSize(2000))))).statusCode, 201, 'exactly the limit is accepted')
+  const stored = await storedFiles(dataDir)
+  for (const request of [
+    form(filePart(pngOfSize(2001))),
+    { method: 'POST' as const, url: '/v1/images', headers: { 'content-type': 'image/png' }, payload: pngOfSize(2001) },
+  ]) {
+    const response = await app.inject(request)
+    t.equal(response.statusCode, 413)
+    t.equal(response.json().code, 'image_too_large')
+  }
+  t.same(await storedFiles(dataDir), stored, 'nothing more stored')
+})
+
+t.test('HEAD, GET and DELETE by key', async (t) => {
+  const { app, dataDir } = await buildTestApp(t)
+  const { key } = (await app.inject(form(filePart(png())))).json()
+  t.equal((await app.inject({ method: 'DELETE', url: `/v1/images/${key}` })).statusCode, 204)
+  t.equal((await app.inject({ method: 'DELETE', url: `/v1/images/${key}` })).statusCode, 204, 'deleting again is 204 too')
+  const gone = await app.inject({ method: 'GET', url: `/v1/images/${key}` })
+  t.equal(gone.statusCode, 404)
+  t.equal(gone.headers['content-type'], 'application/problem+json; charset=utf-8')
+  t.match(gone.json(), { code: 'not_found', status: 404, title: String, detail: String, type: String, request_id: String })
+  t.equal((await app.inject({ method: 'HEAD', url: `/v1/images/${key}` })).statusCode, 404)
+  t.equal((await app.inject({ method: 'GET', url: `/files/${key}` })).statusCode, 404)
+  t.same(await storedFiles(dataDir), [])
+})
+
+t.test('invalid keys are refused before storage is touched', async (t) => {
+  const calls: string[] = []
+  const driver = await new FsDriver(t.testdir()).init()
+  for (const method of ['head', 'delete', 'put', 'open'] as const) {
+    const original = driver[method].bind(driver) as (...args: unknown[]) => unknown
+    ;(driver as unknown as Record<string, unknown>)[method] = (...args: unknown[]) => {
+      calls.push(method)
+      return original(...args)
+    }
+  }
+  const { app } = await buildTestApp(t, {}, { driver })
+  const server = await listen(app)
+  const keys = ['a/../b', 'a/%2e%2e/b', '..', 'a//b', 'a/./b', 'a%2Fb', 'a%00b', 'a\\b', 'k'.repeat(1025), 'sp%20ace.png', '%C3%BC.png']
+  for (const key of keys) {
+    for (const [method, prefix] of [['GET', '/v1/images/'], ['HEAD', '/v1/images/'], ['DELETE', '/v1/images/'], ['GET', '/files/']] as const) {
+      const response = await rawRequest(server, method, prefix + key)
+      t.equal(response.status, 400, `${method} ${prefix}${key}`)
+      if (method !== 'HEAD') t.equal(JSON.parse(response.body).code, 'invalid_key')
+    }
+  }
+  t.same(calls, [], 'the driver was never called')
+})
+
+t.test('/files serves like a CDN: stored type, cache headers, ETag and 304', async (t) => {
+  const { app } = await buildTestApp(t)
+  const image = gif()
+  const { key } = (await app.inject(form(filePart(image, 'a.png')))).json()
+  const served = await app.inject({ method: 'GET', url: `/files/${key}` })
+  t.equal(served.statusCode, 200)
+  t.match(served.headers, {
+    'content-type': 'image/gif',
+    'content-length': String(image.length),
+    'cache-control': 'public, max-age=31536000, immutable',
+    'x-content-type-options': 'nosniff',
+    etag: `"${sha256(image)}"`,
+  })
+  t.same(served.rawPayload, image)
+  const again = await app.inject({ method: 'GET', url: `/files/${key}`, headers: { 'if-none-match': served.headers.etag as string } })
+  t.equal(again.statusCode, 304)
+  t.equal(again.rawPayload.length, 0)
+})
+
+t.test('health, readiness, request ids and unknown routes', async (t) => {
+  const { app } = await buildTestApp(t)
+  t.same((await app.inject('/healthz')).json(), { status: 'ok' })
+  t.same((await app.inject('/readyz')).json(), { status: 'ready', storage: 'fs' })
+  const traced = await app.inject({ url: '/healthz', headers: { 'x-request-id': 'bot-42.a' } })
+  t.equal(traced.headers['x-request-id'], 'bot-42.a', 'a sane X-Request-Id is honoured')
+  const forged = await app.inject({ url: '/nope', headers: { 'x-request-id': 'evil\nline' } })
+  t.not(forged.headers['x-request-id'], 'evil\nline')
+  t.equal(forged.statusCode, 404)
+  t.match(forged.json(), { code: 'not_found', request_id: forged.headers['x-request-id'] })
+})
