@@ -8,7 +8,7 @@ export const ERROR_CATALOGUE = {
   invalid_context: { status: 400, title: 'The upload context is not valid' },
   invalid_metadata: { status: 400, title: 'The metadata is not valid' },
   empty_file: { status: 400, title: 'The file is empty' },
-  not_found: { status: 404, title: 'No such object' },
+  not_found: { status: 404, title: 'Not found' },
   image_too_large: { status: 413, title: 'The image is too large' },
   unsupported_media_type: { status: 415, title: 'The content is not an allowed image type' },
   storage_error: { status: 502, title: 'The storage backend failed' },

@@ -309,3 +309,29 @@ t.test('health, readiness, request ids and unknown routes', async (t) => {
   t.equal(forged.statusCode, 404)
   t.match(forged.json(), { code: 'not_found', request_id: forged.headers['x-request-id'] })
 })
+
+t.test('edge cases of the request a careful client may send', async (t) => {
+  const { app } = await buildTestApp(t)
+  const twice = await app.inject({ method: 'POST', url: '/v1/images?filename=a.png&filename=b.png', headers: { 'content-type': 'image/png' }, payload: png() })
+  t.equal(twice.statusCode, 400, 'a repeated query parameter is a client error, not a crash')
+  t.equal(twice.json().code, 'invalid_request')
+
+  for (const contentType of ['image/png; name=x.png', 'application/octet-stream; charset=binary', 'IMAGE/PNG']) {
+    const response = await app.inject({ method: 'POST', url: '/v1/images', headers: { 'content-type': contentType }, payload: png() })
+    t.equal(response.statusCode, 201, `Content-Type: ${contentType}`)
+  }
+
+  const longSegment = `a/${'b'.repeat(300)}.png` // a valid key, too long for a file name
+  t.equal((await app.inject({ method: 'GET', url: `/v1/images/${longSegment}` })).statusCode, 404)
+  t.equal((await app.inject({ method: 'HEAD', url: `/v1/images/${longSegment}` })).statusCode, 404)
+  t.equal((await app.inject({ method: 'GET', url: `/files/${longSegment}` })).statusCode, 404)
+  t.equal((await app.inject({ method: 'DELETE', url: `/v1/images/${longSegment}` })).statusCode, 204)
+
+  const { key } = (await app.inject(form(filePart(png())))).json()
+  const { etag } = (await app.inject({ method: 'GET', url: `/files/${key}` })).headers
+  for (const ifNoneMatch of [etag as string, `"other", ${etag}`, `W/${etag}`, '*']) {
+    const response = await app.inject({ method: 'GET', url: `/files/${key}`, headers: { 'if-none-match': ifNoneMatch } })
+    t.equal(response.statusCode, 304, `If-None-Match: ${ifNoneMatch}`)
+  }
+  t.equal((await app.inject({ method: 'GET', url: `/files/${key}`, headers: { 'if-none-match': '"other"' } })).statusCode, 200)
+})

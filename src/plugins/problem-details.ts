@@ -1,3 +1,4 @@
+import type { IncomingMessage } from 'node:http'
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { ApiError, ERROR_CATALOGUE } from '../errors.js'
@@ -27,6 +28,8 @@ function asApiError(error: FastifyError): ApiError {
   return new ApiError('internal_error', 'An unexpected error occurred; it has been logged with the request id.', { cause: error })
 }
 
+const bodyRead = (incoming: IncomingMessage): boolean => incoming.complete || incoming.readableEnded
+
 /**
  * Answering before the body has been read: the connection must close, but closing while the client is
  * still sending makes the kernel reset it, which can destroy the answer before the client reads it. So
@@ -52,14 +55,14 @@ function closeAfterAnswering(request: FastifyRequest, reply: FastifyReply): void
       end()
     }
     const timer = setTimeout(finish, LINGER_MS)
-    if (incoming.complete || incoming.destroyed) finish()
+    if (bodyRead(incoming) || incoming.destroyed) finish()
     else incoming.once('end', finish).once('close', finish)
     return response
   }) as typeof response.end
 }
 
 export function sendProblem(request: FastifyRequest, reply: FastifyReply, error: ApiError, fallbackUrl?: string): FastifyReply {
-  if (!request.raw.complete) closeAfterAnswering(request, reply)
+  if (!bodyRead(request.raw)) closeAfterAnswering(request, reply)
   const retryAfter = error.retryAfterSeconds
   if (retryAfter !== undefined) reply.header('retry-after', String(retryAfter))
   return reply

@@ -3,6 +3,15 @@ import { ApiError } from '../errors.js'
 import type { FsDriver } from '../storage/fs.js'
 import { keyFromPath } from '../upload/keys.js'
 
+/** If-None-Match: `*` or a list of tags, weak ones compared weakly (RFC 9110 §13.1.2). */
+function matchesEtag(ifNoneMatch: string | undefined, etag: string): boolean {
+  if (ifNoneMatch === undefined) return false
+  return ifNoneMatch.split(',').some((tag) => {
+    const trimmed = tag.trim()
+    return trimmed === '*' || trimmed.replace(/^W\//, '') === etag
+  })
+}
+
 /** GET /files/{key}: the local-disk driver's public bytes, served as a CDN would serve them. */
 export default async function fileRoutes(app: FastifyInstance, options: { driver: FsDriver }) {
   app.get('/files/*', async (request, reply) => {
@@ -17,7 +26,7 @@ export default async function fileRoutes(app: FastifyInstance, options: { driver
       'x-content-type-options': 'nosniff',
       ...(object.cacheControl && { 'cache-control': object.cacheControl }),
     })
-    if (request.headers['if-none-match'] === object.etag) {
+    if (matchesEtag(request.headers['if-none-match'], object.etag)) {
       stream.destroy()
       return reply.code(304).send()
     }

@@ -14,7 +14,7 @@ import {
 import { storeUpload, type UploadSource } from '../upload/pipeline.js'
 
 /** Raw-body uploads: any image/* type or octet-stream; the declared type is never trusted. */
-const RAW_BODY_TYPES = /^(image\/[\w.+-]+|application\/octet-stream)$/
+const RAW_BODY_TYPES = /^(image\/[\w.+-]+|application\/octet-stream)\s*(;.*)?$/i
 const MAX_FORM_PARTS = 100
 
 /**
@@ -141,7 +141,12 @@ export default async function imageRoutes(app: FastifyInstance, options: { confi
     publicUrl: config.publicUrl,
   }
 
-  app.post<{ Querystring: RawUploadQuery }>('/v1/images', { config: { offersFallback: true } }, async (request, reply) => {
+  const uploadQuery = {
+    type: 'object',
+    properties: { filename: { type: 'string' }, context: { type: 'string' } },
+  } as const
+
+  app.post<{ Querystring: RawUploadQuery }>('/v1/images', { schema: { querystring: uploadQuery }, config: { offersFallback: true } }, async (request, reply) => {
     const source = request.isMultipart()
       ? await multipartUploadSource(request, config.maxUploadBytes)
       : rawUploadSource(request, config.maxUploadBytes)

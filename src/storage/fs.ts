@@ -114,7 +114,7 @@ export class FsDriver implements StorageDriver {
       await fs.rm(this.pathIn(this.objectsDir, key), { force: true })
       await fs.rm(this.pathIn(this.metaDir, key, '.json'), { force: true })
     } catch (error) {
-      throw asStorageError(error)
+      if (!isMissing(error)) throw asStorageError(error)
     }
   }
 
@@ -129,9 +129,10 @@ export class FsDriver implements StorageDriver {
   async close(): Promise<void> {}
 }
 
+/** No such file; a name too long for the file system cannot exist either. */
 function isMissing(error: unknown): boolean {
   const code = (error as NodeJS.ErrnoException).code
-  return code === 'ENOENT' || code === 'ENOTDIR'
+  return code === 'ENOENT' || code === 'ENOTDIR' || code === 'ENAMETOOLONG'
 }
 
 /** Errors from the body (the client's, or the pipeline's ApiError) pass through; file-system ones are ours. */
