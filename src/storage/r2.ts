@@ -97,7 +97,11 @@ export class R2Driver implements StorageDriver {
         metadata: decodeStoredMetadata(head.Metadata),
       }
     } catch (error) {
-      if (error instanceof S3ServiceException && error.$metadata.httpStatusCode === 404 && error.name !== 'NoSuchBucket') {
+      if (error instanceof S3ServiceException && error.$metadata.httpStatusCode === 404) {
+        // HeadObject's 404 has no body, so the SDK names a missing object and a missing bucket alike
+        // ("NotFound"; a name check for NoSuchBucket never matched). Only on a miss, ask HeadBucket, so a
+        // misconfigured bucket answers bucket_not_found rather than "no such object".
+        await this.checkReady()
         return undefined
       }
       throw storageErrorOf(error)

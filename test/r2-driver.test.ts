@@ -1,0 +1,340 @@
+import { once } from 'node:events'
+import net from 'node:net'
+import { S3ServiceException } from '@aws-sdk/client-s3'
+import type { FastifyInstance } from 'fastify'
+import t from 'tap'
+import { R2Driver } from '../src/storage/r2.js'
+import { buildTestApp } from './helpers/app.js'
+import { streamUpload } from './helpers/client.js'
+import { listen } from './helpers/http.js'
+import { pngOfSize, sha256 } from './helpers/images.js'
+import { multipartBody, type FormPart } from './helpers/multipart.js'
+import { HeadObjectCommand, TEST_BUCKET, r2Env as s3Env, startS3 } from './helpers/s3.js'
+
+const CACHE_CONTROL = 'public, max-age=31536000, immutable'
+const PROBLEM_JSON = /^application\/problem\+json/
+const FALLBACK_URL = 'https://cdn.example.test/default.png'
+const KiB = 1024
+const MiB = 1024 * 1024
+
+const s3 = await startS3()
+t.teardown(() => s3.stop())
+
+/** One SDK command as the driver sent it (seen by a middleware; the request still goes to s3rver). */
+interface SentCommand {
+  name: string
+  input: Record<string, unknown>
+}
+
+/** Records every command the driver's S3 client sends, without changing anything. */
+function recordCommands(driver: R2Driver): SentCommand[] {
+  const sent: SentCommand[] = []
+  driver.client.middlewareStack.add(
+    (next, context) => async (args) => {
+      sent.push({ name: context.commandName ?? '?', input: args.input as Record<string, unknown> })
+      return next(args)
+    },
+    { step: 'initialize', name: 'testRecordCommands' },
+  )
+  return sent
+}
+
+function r2DriverOf(app: FastifyInstance): R2Driver {
+  if (!(app.storage instanceof R2Driver)) throw new Error(`expected the r2 driver, got ${app.storage.name}`)
+  return app.storage
+}
+
+const WIRE_CHUNK = 64 * KiB
+
+/** The body in network-sized pieces, as a client's socket delivers it. */
+async function* piecesOf(payload: Buffer): AsyncGenerator<Buffer> {
+  for (let offset = 0; offset < payload.length; offset += WIRE_CHUNK) yield payload.subarray(offset, offset + WIRE_CHUNK)
+}
+
+const addresses = new WeakMap<FastifyInstance, Promise<{ host: string; port: number }>>()
+
+/**
+ * POSTs a multipart upload over a real connection (the app listens on a loopback port on first use), in
+ * network-sized pieces, and stops sending once the answer arrives. A real socket rather than app.inject:
+ * an injected body reaches the pipeline as one chunk (so a 12 MiB body never crosses the limit mid-stream),
+ * and an injected request never reports `complete`, which makes the early-answer linger wait on errors.
+ */
+async function upload(app: FastifyInstance, data: Buffer, fields: FormPart[] = [], filename = 'portrait.png') {
+  const { payload, headers } = multipartBody([...fields, { name: 'file', filename, contentType: 'image/png', data }])
+  if (!addresses.has(app)) addresses.set(app, listen(app))
+  const target = await addresses.get(app)!
+  const res = await streamUpload(target, '/v1/images', { ...headers, 'content-length': payload.length }, piecesOf(payload))
+  return { ...res, statusCode: res.status, json: () => JSON.parse(res.body) }
+}
+
+/** The port of a 127.0.0.1 listener that has just been closed: nothing answers there. */
+async function closedPort(): Promise<number> {
+  const server = net.createServer()
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  const { port } = server.address() as net.AddressInfo
+  await new Promise<void>((resolve, reject) => server.close((error) => (error ? reject(error) : resolve())))
+  return port
+}
+
+t.test('uploads of 1 KiB, 500 KB and 12 MiB are stored byte-exact with their headers and metadata', async (t) => {
+  const { app } = await buildTestApp(t, r2Env())
+  const sent = recordCommands(r2DriverOf(app))
+
+  for (const size of [1 * KiB, 500_000, 12 * MiB]) {
+    await t.test(`${size} bytes`, async (t) => {
+      const data = pngOfSize(size, size)
+      const expected = sha256(data)
+      sent.length = 0
+
+      const res = await upload(app, data)
+      t.equal(res.statusCode, 201, res.body.slice(0, 300))
+      const body = res.json()
+      t.equal(body.sha256, expected, '201 sha256 is the hash of the bytes sent')
+      t.equal(body.size, size)
+      t.equal(body.content_type, 'image/png')
+      t.equal(body.filename, 'portrait.png')
+      t.equal(body.width, 16)
+      t.equal(body.height, 16)
+      t.match(body.key, /^general\/\d{4}\/\d{2}\/[a-z0-9]{16,}_portrait\.png$/)
+      t.equal(body.url, `https://images.example.test/${body.key}`)
+      t.equal(res.headers.location, body.url)
+
+      // Byte-exact in the backend: read back from s3rver and hashed.
+      t.equal(await s3.sha256Of(body.key), expected, 'stored bytes hash to what was sent')
+      t.equal(await s3.sha256Of(body.key), body.sha256, 'stored bytes hash to the 201 sha256')
+
+      const head = await s3.client.send(new HeadObjectCommand({ Bucket: TEST_BUCKET, Key: body.key }))
+      t.equal(head.ContentLength, size)
+      t.equal(head.ContentType, 'image/png')
+      t.equal(head.CacheControl, CACHE_CONTROL)
+      const metadata = head.Metadata ?? {}
+      t.equal(metadata.filename, 'portrait.png')
+      t.equal(metadata.width, '16')
+      t.equal(metadata.height, '16')
+      t.ok(metadata['uploaded-at'], 'uploaded_at is stored')
+
+      const commands = sent.map((command) => command.name)
+      if (size <= 5 * MiB) {
+        t.equal(metadata.sha256, expected, 'a single-request upload stores its sha256 as metadata')
+        t.same(commands, ['PutObjectCommand'], 'one PutObject')
+        t.equal(sent[0]?.input.IfNoneMatch, '*', 'PutObject never overwrites')
+        t.equal(sent[0]?.input.ChecksumSHA256, Buffer.from(expected, 'hex').toString('base64'), 'PutObject carries the SHA-256 checksum')
+      } else {
+        t.notOk('sha256' in metadata, 'a multipart upload stores no sha256 metadata')
+        t.equal(commands[0], 'CreateMultipartUploadCommand')
+        t.equal(commands.filter((name) => name === 'UploadPartCommand').length, 3, '12 MiB goes up as three 5 MiB parts')
+        t.equal(commands.at(-1), 'CompleteMultipartUploadCommand')
+        t.equal(sent.at(-1)?.input.IfNoneMatch, '*', 'CompleteMultipartUpload never overwrites')
+      }
+
+      // Through the service.
+      const got = await app.inject({ method: 'GET', url: `/v1/images/${body.key}` })
+      t.equal(got.statusCode, 200)
+      t.match(got.headers['content-type'], /^application\/json/)
+      const json = got.json()
+      t.equal(json.key, body.key)
+      t.equal(json.url, body.url)
+      t.equal(json.size, size)
+      t.equal(json.content_type, 'image/png')
+      t.equal(json.etag, head.ETag)
+      t.equal(json.last_modified, head.LastModified?.toISOString())
+      t.match(json.last_modified, /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$/)
+      t.equal(json.metadata.filename, 'portrait.png')
+      t.equal(json.metadata.width, '16')
+      t.equal(json.metadata.height, '16')
+      t.ok(json.metadata.uploaded_at)
+      if (size <= 5 * MiB) t.equal(json.metadata.sha256, expected)
+      else t.notOk('sha256' in json.metadata)
+
+      const headed = await app.inject({ method: 'HEAD', url: `/v1/images/${body.key}` })
+      t.equal(headed.statusCode, 200)
+      t.equal(headed.body, '', 'HEAD has no body')
+      t.equal(headed.headers['content-length'], String(size), 'Content-Length is the image size')
+      t.equal(headed.headers['content-type'], 'image/png')
+      t.equal(headed.headers.etag, head.ETag)
+      t.ok(headed.headers.etag, 'ETag is present')
+      t.equal(headed.headers['last-modified'], head.LastModified?.toUTCString())
+      t.equal(headed.headers['cache-control'], CACHE_CONTROL)
+      t.equal(headed.headers['x-meta-filename'], 'portrait.png')
+    })
+  }
+})
+
+t.test('non-ASCII metadata round-trips through the r2 driver', async (t) => {
+  const { app } = await buildTestApp(t, r2Env())
+  const value = 'Thorgar Ø 永久'
+  const data = pngOfSize(KiB, 2)
+  const res = await upload(app, data, [
+    { name: 'character_name', value },
+    { name: 'uploader_id', value: '1234567890' },
+  ])
+  t.equal(res.statusCode, 201, res.body.slice(0, 300))
+  const { key, sha256: reported } = res.json()
+  t.equal(reported, sha256(data))
+  t.equal(await s3.sha256Of(key), sha256(data))
+
+  const got = await app.inject({ method: 'GET', url: `/v1/images/${key}` })
+  t.equal(got.statusCode, 200)
+  t.equal(got.json().metadata.character_name, value, 'GET decodes the value')
+  t.equal(got.json().metadata.uploader_id, '1234567890')
+
+  const headed = await app.inject({ method: 'HEAD', url: `/v1/images/${key}` })
+  t.equal(headed.statusCode, 200)
+  t.equal(headed.headers['x-meta-character-name'], encodeURIComponent(value), 'HEAD percent-encodes the value')
+  t.equal(decodeURIComponent(String(headed.headers['x-meta-character-name'])), value)
+  t.equal(headed.headers['x-meta-uploader-id'], '1234567890')
+})
+
+t.test('DELETE is idempotent and removes the object from the backend', async (t) => {
+  const { app } = await buildTestApp(t, r2Env())
+  const data = pngOfSize(KiB, 3)
+  const res = await upload(app, data)
+  t.equal(res.statusCode, 201, res.body.slice(0, 300))
+  const { key } = res.json()
+  t.equal(res.json().sha256, sha256(data))
+  t.equal(await s3.sha256Of(key), sha256(data))
+  t.ok((await s3.keys()).includes(key), 'stored before the delete')
+
+  const first = await app.inject({ method: 'DELETE', url: `/v1/images/${key}` })
+  t.equal(first.statusCode, 204)
+  t.equal(first.body, '')
+  const second = await app.inject({ method: 'DELETE', url: `/v1/images/${key}` })
+  t.equal(second.statusCode, 204, 'deleting again is still 204')
+
+  const got = await app.inject({ method: 'GET', url: `/v1/images/${key}` })
+  t.equal(got.statusCode, 404)
+  t.match(got.headers['content-type'], PROBLEM_JSON)
+  t.equal(got.json().code, 'not_found')
+  t.equal(got.json().status, 404)
+  const headed = await app.inject({ method: 'HEAD', url: `/v1/images/${key}` })
+  t.equal(headed.statusCode, 404)
+  t.notOk((await s3.keys()).includes(key), 'gone from s3rver')
+})
+
+t.test('a bucket that does not exist: 502 bucket_not_found, /readyz 503, nothing stored', async (t) => {
+  const { app } = await buildTestApp(t, r2Env(s3.endpoint, 'no-such-bucket'))
+  const before = await s3.keys()
+
+  // Both paths: one PutObject (1 KiB) and the multipart upload (6 MiB).
+  for (const size of [KiB, 6 * MiB]) {
+    const res = await upload(app, pngOfSize(size, 4))
+    t.equal(res.statusCode, 502, `${size} bytes: ${res.body.slice(0, 300)}`)
+    t.match(res.headers['content-type'], PROBLEM_JSON)
+    t.equal(res.json().code, 'bucket_not_found')
+    t.equal(res.json().status, 502)
+  }
+
+  // Reads too: HeadObject's 404 has no body, so the driver must not report a missing bucket as a missing object.
+  const got = await app.inject({ method: 'GET', url: '/v1/images/general/2025/01/abcdefghijklmnop_portrait.png' })
+  t.equal(got.statusCode, 502, got.body.slice(0, 300))
+  t.equal(got.json().code, 'bucket_not_found')
+  const headed = await app.inject({ method: 'HEAD', url: '/v1/images/general/2025/01/abcdefghijklmnop_portrait.png' })
+  t.equal(headed.statusCode, 502)
+
+  const ready = await app.inject({ method: 'GET', url: '/readyz' })
+  t.equal(ready.statusCode, 503)
+  t.match(ready.headers['content-type'], PROBLEM_JSON)
+  t.equal(ready.json().code, 'storage_unavailable')
+  t.same(await s3.keys(), before, 'nothing stored')
+})
+
+t.test('credentials the backend refuses: 502 storage_access_denied', async (t) => {
+  const { app } = await buildTestApp(t, { ...r2Env(), R2_ACCESS_KEY_ID: 'NOT-S3RVER' })
+  const before = await s3.keys()
+  const res = await upload(app, pngOfSize(KiB, 5))
+  t.equal(res.statusCode, 502, res.body.slice(0, 300))
+  t.match(res.headers['content-type'], PROBLEM_JSON)
+  t.equal(res.json().code, 'storage_access_denied')
+  t.notMatch(res.body, /NOT-S3RVER|127\.0\.0\.1/, 'no credentials or internal hosts in the problem')
+
+  const ready = await app.inject({ method: 'GET', url: '/readyz' })
+  t.equal(ready.statusCode, 503)
+  t.equal(ready.json().code, 'storage_unavailable')
+  t.same(await s3.keys(), before, 'nothing stored')
+})
+
+t.test('an unreachable backend: 503 storage_unavailable quickly, with Retry-After and fallback_url', async (t) => {
+  const port = await closedPort()
+  const { app } = await buildTestApp(t, {
+    ...r2Env(`http://127.0.0.1:${port}`),
+    DEFAULT_PORTRAIT_URL: FALLBACK_URL,
+  })
+  const started = performance.now()
+  const res = await upload(app, pngOfSize(KiB, 6))
+  const elapsed = performance.now() - started
+  t.equal(res.statusCode, 503, res.body.slice(0, 300))
+  t.match(res.headers['content-type'], PROBLEM_JSON)
+  t.equal(res.json().code, 'storage_unavailable')
+  t.equal(res.json().fallback_url, FALLBACK_URL)
+  t.match(res.headers['retry-after'], /^\d+$/, 'Retry-After in seconds')
+  t.ok(elapsed < 2000, `answered in ${Math.round(elapsed)} ms (< 2000)`)
+  t.notMatch(res.body, new RegExp(`127\\.0\\.0\\.1|:${port}`), 'no internal host in the problem')
+
+  const ready = await app.inject({ method: 'GET', url: '/readyz' })
+  t.equal(ready.statusCode, 503)
+  t.match(ready.headers['content-type'], PROBLEM_JSON)
+  t.equal(ready.json().code, 'storage_unavailable')
+  t.notOk('fallback_url' in ready.json(), 'only uploads offer the fallback')
+})
+
+t.test('an upload that fails on the multipart path leaves no object and answers 413', async (t) => {
+  const { app } = await buildTestApp(t, { ...r2Env(), MAX_UPLOAD_BYTES: String(8 * MiB) })
+  const sent = recordCommands(r2DriverOf(app))
+  const before = await s3.keys()
+
+  // Sent in network-sized pieces, so the limit is crossed while the multipart upload is under way.
+  const res = await upload(app, pngOfSize(12 * MiB, 8))
+  t.equal(res.statusCode, 413, res.body.slice(0, 300))
+  t.match(res.headers['content-type'], PROBLEM_JSON)
+  // s3rver answers AbortMultipartUpload with 405: the client must still see the real cause.
+  t.equal(res.json().code, 'image_too_large')
+  const commands = sent.map((command) => command.name)
+  t.ok(commands.includes('CreateMultipartUploadCommand'), `the multipart path was taken: ${commands.join(', ')}`)
+  t.notOk(commands.includes('CompleteMultipartUploadCommand'), 'the upload was never completed')
+  t.same(await s3.keys(), before, 'no object left behind')
+})
+
+t.test('PutObject sends If-None-Match: * and a 412 answers 502 storage_error (SDK-level mock)', async (t) => {
+  // A mock because no local S3 server implements conditional writes: s3rver ignores If-None-Match on
+  // PutObject and overwrites (see S3-TEST-BACKENDS.md). R2 answers 412 PreconditionFailed; this throws
+  // the same error shape the SDK produces for it, before the request leaves the client.
+  const env = r2Env()
+  const driver = new R2Driver({
+    endpoint: s3.endpoint,
+    forcePathStyle: true,
+    accessKeyId: env.R2_ACCESS_KEY_ID!,
+    secretAccessKey: env.R2_SECRET_ACCESS_KEY!,
+    bucket: TEST_BUCKET,
+  })
+  const puts: Record<string, unknown>[] = []
+  driver.client.middlewareStack.add(
+    (next, context) => async (args) => {
+      if (context.commandName !== 'PutObjectCommand') return next(args)
+      puts.push(args.input as Record<string, unknown>)
+      throw new S3ServiceException({
+        name: 'PreconditionFailed',
+        $fault: 'client',
+        $metadata: { httpStatusCode: 412 },
+        message: 'At least one of the pre-conditions you specified did not hold',
+      })
+    },
+    { step: 'initialize', name: 'testPreconditionFailed' },
+  )
+  const { app } = await buildTestApp(t, env, { driver })
+  t.equal(app.storage, driver)
+  const before = await s3.keys()
+
+  const res = await upload(app, pngOfSize(KiB, 9))
+  t.equal(puts.length, 1, 'one PutObject')
+  t.equal(puts[0]?.IfNoneMatch, '*', 'PutObject carried If-None-Match: *')
+  t.equal(res.statusCode, 502, res.body.slice(0, 300))
+  t.match(res.headers['content-type'], PROBLEM_JSON)
+  t.equal(res.json().code, 'storage_error')
+  t.same(await s3.keys(), before, 'nothing stored')
+})
+
+/** The helper's environment, on this file's s3rver unless told otherwise. */
+function r2Env(endpoint = s3.endpoint, bucket = TEST_BUCKET): NodeJS.ProcessEnv {
+  return s3Env(endpoint, bucket)
+}
