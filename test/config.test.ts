@@ -1,6 +1,7 @@
 import { spawnSync } from 'node:child_process'
 import t from 'tap'
 import { ConfigError, loadConfig } from '../src/config.js'
+import { SERVICE_ARGS, serviceEnv } from './helpers/service.js'
 
 t.test('defaults give the local-disk driver on port 3000', async (t) => {
   const config = loadConfig({})
@@ -53,8 +54,8 @@ t.test('production may store on local disk only when asked explicitly', async (t
 
 t.test('the server exits non-zero, naming the variable, on a bad value', async (t) => {
   for (const env of [{ MAX_UPLOAD_BYTES: 'abc' }, { STORAGE_DRIVER: 's4' }, { NODE_ENV: 'production' }]) {
-    const result = spawnSync(process.execPath, ['--import', 'tsx', 'src/server.ts'], {
-      env: { PATH: process.env.PATH, ...env },
+    const result = spawnSync(process.execPath, SERVICE_ARGS, {
+      env: serviceEnv(env),
       encoding: 'utf8',
       timeout: 20_000,
     })

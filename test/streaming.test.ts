@@ -7,6 +7,7 @@ import { listen } from './helpers/http.js'
 import { pngStream } from './helpers/images.js'
 import { multipartStream } from './helpers/multipart.js'
 import { r2Env, startS3 } from './helpers/s3.js'
+import { SERVICE_ARGS, serviceEnv } from './helpers/service.js'
 
 const MiB = 1024 * 1024
 
@@ -51,8 +52,8 @@ t.test('a 100 MiB upload streams through with bounded memory and arrives byte-ex
   const s3 = await startS3()
   t.teardown(() => s3.stop())
   // The service runs in its own process, so its memory is measured apart from the test and the S3 server.
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/server.ts'], {
-    env: { PATH: process.env.PATH, ...r2Env(s3.endpoint), HOST: '127.0.0.1', PORT: '0', LOG_LEVEL: 'info' },
+  const child = spawn(process.execPath, SERVICE_ARGS, {
+    env: serviceEnv({ ...r2Env(s3.endpoint), HOST: '127.0.0.1', PORT: '0', LOG_LEVEL: 'info' }),
     stdio: ['ignore', 'pipe', 'inherit'],
   })
   t.teardown(() => {
