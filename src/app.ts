@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import Fastify, { type FastifyServerOptions } from 'fastify'
 import type { Config } from './config.js'
-import problemDetails from './plugins/problem-details.js'
+import problemDetails, { answerUnparsableRequest } from './plugins/problem-details.js'
 import storagePlugin from './plugins/storage.js'
 import fileRoutes from './routes/files.js'
 import healthRoutes from './routes/health.js'
@@ -24,6 +24,9 @@ export interface BuildOptions {
 export async function buildApp(config: Config, options: BuildOptions = {}) {
   const app = Fastify({
     logger: options.logger ?? { level: config.logLevel, redact: ['req.headers.authorization'] },
+    // Node's own default, which Fastify turns off: no request, body included, may take longer.
+    requestTimeout: 300_000,
+    clientErrorHandler: answerUnparsableRequest,
     // Honour the caller's X-Request-Id when it is sane, so one id follows a request across services.
     requestIdHeader: false,
     genReqId: (request) => {

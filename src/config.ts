@@ -85,69 +85,57 @@ export interface Config {
   defaultPortraitUrl?: string | undefined
 }
 
-function describeIssues(error: z.ZodError): string {
-  return error.issues
-    .map((issue) => {
-      const variable = issue.path.join('.') || 'environment'
-      return `  ${variable}: ${issue.message}`
-    })
-    .join('\n')
+/** Rules between variables, reported like any other bad value: every one of them at once. */
+function checkCombinations(settings: Environment, context: z.RefinementCtx): void {
+  const report = (variable: keyof Environment, message: string) => context.addIssue({ code: 'custom', path: [variable], message })
+  const production = settings.NODE_ENV === 'production'
+  if (storageDriverOf(settings) === 'fs') {
+    if (production && settings.STORAGE_DRIVER !== 'fs') {
+      report(
+        'R2_ACCESS_KEY_ID',
+        'NODE_ENV=production needs the R2 settings (R2_ACCOUNT_ID or R2_ENDPOINT, R2_ACCESS_KEY_ID, R2_SECRET_ACCESS_KEY, R2_PUBLIC_URL); set STORAGE_DRIVER=fs to store on local disk on purpose',
+      )
+    }
+    return
+  }
+  if (!settings.R2_ACCOUNT_ID && !settings.R2_ENDPOINT) report('R2_ACCOUNT_ID', 'required with the r2 driver (or R2_ENDPOINT)')
+  if (!settings.R2_ACCESS_KEY_ID) report('R2_ACCESS_KEY_ID', 'required with the r2 driver')
+  if (!settings.R2_SECRET_ACCESS_KEY) report('R2_SECRET_ACCESS_KEY', 'required with the r2 driver')
+  if (!settings.R2_PUBLIC_URL) {
+    report('R2_PUBLIC_URL', 'required with the r2 driver (the public base URL of the bucket, e.g. https://images.example.com)')
+  }
 }
+
+const storageDriverOf = (settings: Environment) => settings.STORAGE_DRIVER ?? (settings.R2_ACCESS_KEY_ID ? 'r2' : 'fs')
 
 /** Parses and checks the whole environment once; throws ConfigError naming every bad variable. */
 export function loadConfig(env: NodeJS.ProcessEnv): Config {
-  const parsed = environmentSchema.safeParse(env)
+  const parsed = environmentSchema.superRefine(checkCombinations).safeParse(env)
   if (!parsed.success) {
-    throw new ConfigError(`Invalid configuration:\n${describeIssues(parsed.error)}`)
+    const lines = parsed.error.issues.map((issue) => `  ${issue.path.join('.') || 'environment'}: ${issue.message}`)
+    throw new ConfigError(`Invalid configuration:\n${lines.join('\n')}`)
   }
   const settings = parsed.data
-  const production = settings.NODE_ENV === 'production'
-  const storage = resolveStorage(settings, production)
-  const publicUrl =
-    settings.R2_PUBLIC_URL ??
-    (storage.driver === 'fs' ? `http://localhost:${settings.PORT}/files` : undefined)
-  if (publicUrl === undefined) {
-    throw new ConfigError(
-      'Invalid configuration:\n  R2_PUBLIC_URL: required with the r2 driver (the public base URL of the bucket, e.g. https://images.example.com)',
-    )
-  }
+  const storage: StorageConfig =
+    storageDriverOf(settings) === 'fs'
+      ? { driver: 'fs', dataDir: path.resolve(settings.DATA_DIR) }
+      : {
+          driver: 'r2',
+          endpoint: settings.R2_ENDPOINT ?? `https://${settings.R2_ACCOUNT_ID}.r2.cloudflarestorage.com`,
+          forcePathStyle: settings.R2_ENDPOINT !== undefined,
+          accessKeyId: settings.R2_ACCESS_KEY_ID!,
+          secretAccessKey: settings.R2_SECRET_ACCESS_KEY!,
+          bucket: settings.R2_BUCKET_NAME,
+        }
   return {
-    production,
+    production: settings.NODE_ENV === 'production',
     port: settings.PORT,
     host: settings.HOST,
     logLevel: settings.LOG_LEVEL,
     storage,
-    publicUrl,
+    publicUrl: settings.R2_PUBLIC_URL ?? `http://localhost:${settings.PORT}/files`,
     maxUploadBytes: settings.MAX_UPLOAD_BYTES,
     allowedTypes: settings.ALLOWED_TYPES,
     defaultPortraitUrl: settings.DEFAULT_PORTRAIT_URL,
-  }
-}
-
-function resolveStorage(settings: Environment, production: boolean): StorageConfig {
-  const driver = settings.STORAGE_DRIVER ?? (settings.R2_ACCESS_KEY_ID ? 'r2' : 'fs')
-  if (driver === 'fs') {
-    if (production && settings.STORAGE_DRIVER !== 'fs') {
-      throw new ConfigError(
-        'Invalid configuration:\n  R2_ACCESS_KEY_ID: NODE_ENV=production needs the R2 settings (R2_ACCOUNT_ID or R2_ENDPOINT, R2_ACCESS_KEY_ID, R2_SECRET_ACCESS_KEY, R2_PUBLIC_URL); set STORAGE_DRIVER=fs to store on local disk on purpose',
-      )
-    }
-    return { driver, dataDir: path.resolve(settings.DATA_DIR) }
-  }
-  const missing = [
-    !settings.R2_ACCOUNT_ID && !settings.R2_ENDPOINT && 'R2_ACCOUNT_ID: required with the r2 driver (or R2_ENDPOINT)',
-    !settings.R2_ACCESS_KEY_ID && 'R2_ACCESS_KEY_ID: required with the r2 driver',
-    !settings.R2_SECRET_ACCESS_KEY && 'R2_SECRET_ACCESS_KEY: required with the r2 driver',
-  ].filter(Boolean)
-  if (missing.length > 0) {
-    throw new ConfigError(`Invalid configuration:\n${missing.map((line) => `  ${line}`).join('\n')}`)
-  }
-  return {
-    driver,
-    endpoint: settings.R2_ENDPOINT ?? `https://${settings.R2_ACCOUNT_ID}.r2.cloudflarestorage.com`,
-    forcePathStyle: settings.R2_ENDPOINT !== undefined,
-    accessKeyId: settings.R2_ACCESS_KEY_ID!,
-    secretAccessKey: settings.R2_SECRET_ACCESS_KEY!,
-    bucket: settings.R2_BUCKET_NAME,
   }
 }

@@ -1,4 +1,5 @@
 import { spawnSync } from 'node:child_process'
+import path from 'node:path'
 import t from 'tap'
 import { ConfigError, loadConfig } from '../src/config.js'
 import { SERVICE_ARGS, serviceEnv } from './helpers/service.js'
@@ -37,7 +38,7 @@ const refusals: [string, NodeJS.ProcessEnv, RegExp][] = [
   ['ALLOWED_TYPES with SVG, which is not supported yet', { ALLOWED_TYPES: 'image/svg+xml' }, /ALLOWED_TYPES/],
   ['DEFAULT_PORTRAIT_URL not a URL', { DEFAULT_PORTRAIT_URL: 'portrait.png' }, /DEFAULT_PORTRAIT_URL/],
   ['R2_ACCOUNT_ID malformed', { R2_ACCOUNT_ID: 'nope' }, /R2_ACCOUNT_ID/],
-  ['r2 without credentials', { STORAGE_DRIVER: 'r2', R2_PUBLIC_URL: 'https://x.test' }, /R2_ACCOUNT_ID.*\n.*R2_ACCESS_KEY_ID.*\n.*R2_SECRET_ACCESS_KEY/],
+  ['r2 without any setting, naming each', { STORAGE_DRIVER: 'r2' }, /R2_ACCOUNT_ID.*\n.*R2_ACCESS_KEY_ID.*\n.*R2_SECRET_ACCESS_KEY.*\n.*R2_PUBLIC_URL/],
   ['r2 without a public URL', { R2_ENDPOINT: 'http://127.0.0.1:1', R2_ACCESS_KEY_ID: 'id', R2_SECRET_ACCESS_KEY: 's' }, /R2_PUBLIC_URL/],
   ['production without R2 settings', { NODE_ENV: 'production' }, /NODE_ENV=production needs the R2 settings/],
 ]
@@ -53,7 +54,8 @@ t.test('production may store on local disk only when asked explicitly', async (t
 })
 
 t.test('the server exits non-zero, naming the variable, on a bad value', async (t) => {
-  for (const env of [{ MAX_UPLOAD_BYTES: 'abc' }, { STORAGE_DRIVER: 's4' }, { NODE_ENV: 'production' }]) {
+  const notADirectory = path.join(t.testdir({ file: 'x' }), 'file', 'data')
+  for (const env of [{ MAX_UPLOAD_BYTES: 'abc' }, { STORAGE_DRIVER: 's4' }, { NODE_ENV: 'production' }, { DATA_DIR: notADirectory }]) {
     const result = spawnSync(process.execPath, SERVICE_ARGS, {
       env: serviceEnv(env),
       encoding: 'utf8',

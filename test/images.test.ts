@@ -1,3 +1,4 @@
+import http from 'node:http'
 import type { InjectOptions } from 'fastify'
 import t from 'tap'
 import { FsDriver } from '../src/storage/fs.js'
@@ -334,4 +335,40 @@ t.test('edge cases of the request a careful client may send', async (t) => {
     t.equal(response.statusCode, 304, `If-None-Match: ${ifNoneMatch}`)
   }
   t.equal((await app.inject({ method: 'GET', url: `/files/${key}`, headers: { 'if-none-match': '"other"' } })).statusCode, 200)
+})
+
+t.test('what the review found: prefixes, prototype names, raw UTF-8, long JPEG headers, oversized headers', async (t) => {
+  const { app } = await buildTestApp(t)
+  await app.inject(form({ name: 'context', value: 'portraits' }, filePart(png())))
+  t.equal((await app.inject({ method: 'DELETE', url: '/v1/images/portraits' })).statusCode, 204, 'a prefix is no object: 204')
+  t.equal((await app.inject({ method: 'GET', url: '/v1/images/portraits' })).statusCode, 404)
+
+  const constructorName = await app.inject({ method: 'POST', url: '/v1/images', headers: { 'content-type': 'image/png', 'x-meta-constructor': 'x' }, payload: png() })
+  t.equal(constructorName.statusCode, 201, 'a metadata name shared with Object.prototype is an ordinary name')
+
+  const rawUtf8 = await app.inject({ method: 'POST', url: '/v1/images', headers: { 'content-type': 'image/png', 'x-meta-name': 'Thorgar Ø' }, payload: png() })
+  t.equal(rawUtf8.statusCode, 400, 'an unencoded non-ASCII header value is refused, not stored garbled')
+  t.equal(rawUtf8.json().code, 'invalid_metadata')
+
+  // A JPEG whose size marker follows 600 KiB of application segments, as large EXIF blocks do.
+  const segment = Buffer.concat([Buffer.from([0xff, 0xe1, 0xff, 0xfe]), Buffer.alloc(0xfffc, 0x20)])
+  const base = jpeg(800, 600)
+  const bigHeader = Buffer.concat([base.subarray(0, 2), ...Array.from({ length: 10 }, () => segment), base.subarray(2)])
+  const jpegResponse = await app.inject(form(filePart(bigHeader, 'exif.jpg')))
+  t.equal(jpegResponse.statusCode, 201)
+  t.match(jpegResponse.json(), { width: 800, height: 600 })
+
+  const server = await listen(app)
+  const huge = await new Promise<{ status: number; type: string | undefined; body: string }>((resolve, reject) => {
+    const request = http.request({ ...server, method: 'GET', path: '/healthz', headers: { 'x-filler': 'a'.repeat(20_000) }, agent: false }, (response) => {
+      let body = ''
+      response.on('data', (chunk: Buffer) => (body += chunk))
+      response.on('end', () => resolve({ status: response.statusCode!, type: response.headers['content-type'], body }))
+    })
+    request.on('error', reject)
+    request.end()
+  })
+  t.equal(huge.status, 400, 'headers over the limit')
+  t.match(huge.type, /^application\/problem\+json/)
+  t.equal(JSON.parse(huge.body).code, 'invalid_request')
 })

@@ -300,13 +300,7 @@ t.test('PutObject sends If-None-Match: * and a 412 answers 502 storage_error (SD
   // PutObject and overwrites (see S3-TEST-BACKENDS.md). R2 answers 412 PreconditionFailed; this throws
   // the same error shape the SDK produces for it, before the request leaves the client.
   const env = r2Env()
-  const driver = new R2Driver({
-    endpoint: s3.endpoint,
-    forcePathStyle: true,
-    accessKeyId: env.R2_ACCESS_KEY_ID!,
-    secretAccessKey: env.R2_SECRET_ACCESS_KEY!,
-    bucket: TEST_BUCKET,
-  })
+  const driver = s3rverDriver()
   const puts: Record<string, unknown>[] = []
   driver.client.middlewareStack.add(
     (next, context) => async (args) => {
@@ -332,6 +326,62 @@ t.test('PutObject sends If-None-Match: * and a 412 answers 502 storage_error (SD
   t.match(res.headers['content-type'], PROBLEM_JSON)
   t.equal(res.json().code, 'storage_error')
   t.same(await s3.keys(), before, 'nothing stored')
+})
+
+/** An R2 driver on this file's s3rver, built directly so a test can watch or alter what its client sends. */
+function s3rverDriver(timeouts?: ConstructorParameters<typeof R2Driver>[1]): R2Driver {
+  const env = r2Env()
+  return new R2Driver(
+    { endpoint: s3.endpoint, forcePathStyle: true, accessKeyId: env.R2_ACCESS_KEY_ID!, secretAccessKey: env.R2_SECRET_ACCESS_KEY!, bucket: TEST_BUCKET },
+    timeouts,
+  )
+}
+
+t.test('a write whose answer was lost is not reported as a failure (SDK-level mock)', async (t) => {
+  // A mock because no local S3 server implements conditional writes. Scenario: the PutObject is stored,
+  // its answer is lost, and the SDK's retry meets R2's 412 for the key it has just written. Here the first
+  // send really stores the object on s3rver, then the 412 is thrown as the retry would have seen it.
+  const driver = s3rverDriver()
+  let sends = 0
+  driver.client.middlewareStack.add(
+    (next, context) => async (args) => {
+      const result = await next(args)
+      if (context.commandName === 'PutObjectCommand' && sends++ === 0) {
+        throw new S3ServiceException({ name: 'PreconditionFailed', $fault: 'client', $metadata: { httpStatusCode: 412 }, message: 'precondition' })
+      }
+      return result
+    },
+    { step: 'initialize', name: 'testLostAnswer' },
+  )
+  const { app } = await buildTestApp(t, r2Env(), { driver })
+  const data = pngOfSize(2 * KiB, 11)
+  const res = await upload(app, data)
+  t.equal(res.statusCode, 201, 'the upload succeeded: the stored object is its own')
+  t.equal(await s3.sha256Of(res.json().key), sha256(data))
+})
+
+t.test('a backend that accepts connections but never answers: 503 storage_unavailable, not a hang', async (t) => {
+  const silent = net.createServer((socket) => socket.resume()) // reads everything, answers nothing
+  silent.listen(0, '127.0.0.1')
+  await once(silent, 'listening')
+  t.teardown(() => {
+    silent.close()
+    for (const connection of connections) connection.destroy()
+  })
+  const connections = new Set<net.Socket>()
+  silent.on('connection', (socket) => connections.add(socket))
+  const { port } = silent.address() as net.AddressInfo
+  const settings = { endpoint: `http://127.0.0.1:${port}`, forcePathStyle: true, accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER', bucket: TEST_BUCKET }
+  const driver = new R2Driver(settings, { connectMs: 500, idleMs: 300, requestMs: 1000 })
+  const { app } = await buildTestApp(t, r2Env(`http://127.0.0.1:${port}`), { driver })
+  const started = Date.now()
+  const res = await upload(app, pngOfSize(KiB, 12))
+  t.equal(res.statusCode, 503)
+  t.equal(res.json().code, 'storage_unavailable')
+  t.ok(res.headers['retry-after'], 'Retry-After')
+  t.ok(Date.now() - started < 5000, `answered in ${Date.now() - started} ms`)
+  const ready = await app.inject('/readyz')
+  t.equal(ready.statusCode, 503, '/readyz does not hang either')
 })
 
 /** The helper's environment, on this file's s3rver unless told otherwise. */

@@ -1,4 +1,6 @@
+import { randomUUID } from 'node:crypto'
 import type { IncomingMessage } from 'node:http'
+import type { Duplex } from 'node:stream'
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { ApiError, ERROR_CATALOGUE } from '../errors.js'
@@ -61,22 +63,40 @@ function closeAfterAnswering(request: FastifyRequest, reply: FastifyReply): void
   }) as typeof response.end
 }
 
+function problemOf(error: ApiError, requestId: string, fallbackUrl?: string) {
+  return {
+    type: `urn:image-upload-service:problem:${error.code}`,
+    title: ERROR_CATALOGUE[error.code].title,
+    status: error.status,
+    detail: error.detail,
+    code: error.code,
+    request_id: requestId,
+    ...(fallbackUrl !== undefined && { fallback_url: fallbackUrl }),
+  }
+}
+
 export function sendProblem(request: FastifyRequest, reply: FastifyReply, error: ApiError, fallbackUrl?: string): FastifyReply {
   if (!bodyRead(request.raw)) closeAfterAnswering(request, reply)
   const retryAfter = error.retryAfterSeconds
   if (retryAfter !== undefined) reply.header('retry-after', String(retryAfter))
-  return reply
-    .code(error.status)
-    .type('application/problem+json')
-    .send({
-      type: `urn:image-upload-service:problem:${error.code}`,
-      title: ERROR_CATALOGUE[error.code].title,
-      status: error.status,
-      detail: error.detail,
-      code: error.code,
-      request_id: request.id,
-      ...(fallbackUrl !== undefined && { fallback_url: fallbackUrl }),
-    })
+  return reply.code(error.status).type('application/problem+json').send(problemOf(error, request.id, fallbackUrl))
+}
+
+/**
+ * What Node's HTTP parser refuses before there is a request for Fastify (headers too large, broken
+ * framing) is answered as problem+json too, and the connection closed.
+ */
+export function answerUnparsableRequest(error: NodeJS.ErrnoException, socket: Duplex): void {
+  if (!socket.writable || error.code === 'ECONNRESET') {
+    socket.destroy()
+    return
+  }
+  const problem = new ApiError('invalid_request', `The request could not be parsed (${error.code ?? 'malformed'}).`)
+  const body = JSON.stringify(problemOf(problem, randomUUID()))
+  socket.end(
+    `HTTP/1.1 ${problem.status} Bad Request\r\nContent-Type: application/problem+json; charset=utf-8\r\n` +
+      `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+  )
 }
 
 /** Every error, and every unknown route, answers RFC 9457 problem+json with a stable code. */

@@ -18,7 +18,7 @@ export default async function fileRoutes(app: FastifyInstance, options: { driver
     const key = keyFromPath(request.url, '/files/')
     const found = await options.driver.open(key)
     if (!found) throw new ApiError('not_found', `There is no object with the key "${key}".`)
-    const { object, stream } = found
+    const { object, handle } = found
     reply.headers({
       'content-type': object.contentType,
       etag: object.etag,
@@ -27,9 +27,9 @@ export default async function fileRoutes(app: FastifyInstance, options: { driver
       ...(object.cacheControl && { 'cache-control': object.cacheControl }),
     })
     if (matchesEtag(request.headers['if-none-match'], object.etag)) {
-      stream.destroy()
+      await handle.close()
       return reply.code(304).send()
     }
-    return reply.header('content-length', String(object.size)).send(stream)
+    return reply.header('content-length', String(object.size)).send(handle.createReadStream())
   })
 }

@@ -1,9 +1,10 @@
 import { createHash, randomUUID } from 'node:crypto'
-import { constants, createReadStream, createWriteStream, type ReadStream } from 'node:fs'
-import fs from 'node:fs/promises'
+import { constants, createWriteStream } from 'node:fs'
+import fs, { type FileHandle } from 'node:fs/promises'
 import path from 'node:path'
 import { Readable, Transform } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
+import { ConfigError } from '../config.js'
 import { ApiError } from '../errors.js'
 import type { ObjectWrite, StorageDriver, StoredObject } from './driver.js'
 
@@ -31,8 +32,15 @@ export class FsDriver implements StorageDriver {
     this.tmpDir = path.join(root, 'tmp')
   }
 
+  /** Creates the directories and clears what an earlier, interrupted process left in tmp/. */
   async init(): Promise<this> {
-    await Promise.all([this.objectsDir, this.metaDir, this.tmpDir].map((dir) => fs.mkdir(dir, { recursive: true })))
+    try {
+      await fs.rm(this.tmpDir, { recursive: true, force: true })
+      await Promise.all([this.objectsDir, this.metaDir, this.tmpDir].map((dir) => fs.mkdir(dir, { recursive: true })))
+    } catch (error) {
+      const { code } = error as NodeJS.ErrnoException
+      throw new ConfigError(`Invalid configuration:\n  DATA_DIR: ${path.dirname(this.tmpDir)} cannot be used (${code}).`)
+    }
     return this
   }
 
@@ -57,14 +65,15 @@ export class FsDriver implements StorageDriver {
         },
       })
       const source = Buffer.isBuffer(body) ? Readable.from([body]) : body
-      await pipeline(source, hashing, createWriteStream(tmpObject, { flags: 'wx' }), { signal })
+      // flush: the bytes are on disk before the link makes them visible, even across a power cut.
+      await pipeline(source, hashing, createWriteStream(tmpObject, { flags: 'wx', flush: true }), { signal })
       const sidecar: Sidecar = {
         contentType: write.contentType,
         cacheControl: write.cacheControl,
         metadata: write.metadata,
         etag: `"${hash.digest('hex')}"`,
       }
-      await fs.writeFile(tmpMeta, JSON.stringify(sidecar), { flag: 'wx' })
+      await fs.writeFile(tmpMeta, JSON.stringify(sidecar), { flag: 'wx', flush: true })
       await Promise.all([fs.mkdir(path.dirname(objectPath), { recursive: true }), fs.mkdir(path.dirname(metaPath), { recursive: true })])
       // Metadata first: an object is visible only once its metadata is in place.
       await fs.link(tmpMeta, metaPath)
@@ -77,36 +86,36 @@ export class FsDriver implements StorageDriver {
   }
 
   async head(key: string): Promise<StoredObject | undefined> {
-    return (await this.stat(key))?.object
+    const found = await this.open(key)
+    await found?.handle.close()
+    return found?.object
   }
 
-  private async stat(key: string): Promise<{ object: StoredObject; objectPath: string } | undefined> {
-    const objectPath = this.pathIn(this.objectsDir, key)
+  /**
+   * The object's headers and an open handle on its bytes (for /files). Opening first means a delete
+   * landing meanwhile cannot turn a found object into a failed read.
+   */
+  async open(key: string): Promise<{ object: StoredObject; handle: FileHandle } | undefined> {
+    let handle: FileHandle | undefined
     try {
-      const [stats, sidecarText] = await Promise.all([fs.stat(objectPath), fs.readFile(this.pathIn(this.metaDir, key, '.json'), 'utf8')])
-      if (!stats.isFile()) return undefined
+      handle = await fs.open(this.pathIn(this.objectsDir, key))
+      const [stats, sidecarText] = await Promise.all([handle.stat(), fs.readFile(this.pathIn(this.metaDir, key, '.json'), 'utf8')])
+      if (!stats.isFile()) throw Object.assign(new Error('not a file'), { code: 'EISDIR' })
       const sidecar = JSON.parse(sidecarText) as Sidecar
-      return {
-        objectPath,
-        object: {
-          size: stats.size,
-          contentType: sidecar.contentType,
-          cacheControl: sidecar.cacheControl,
-          etag: sidecar.etag,
-          lastModified: stats.mtime,
-          metadata: sidecar.metadata,
-        },
+      const object = {
+        size: stats.size,
+        contentType: sidecar.contentType,
+        cacheControl: sidecar.cacheControl,
+        etag: sidecar.etag,
+        lastModified: stats.mtime,
+        metadata: sidecar.metadata,
       }
+      return { object, handle }
     } catch (error) {
+      await handle?.close()
       if (isMissing(error)) return undefined
       throw asStorageError(error)
     }
-  }
-
-  /** The object's bytes and headers, for serving /files. */
-  async open(key: string): Promise<{ object: StoredObject; stream: ReadStream } | undefined> {
-    const found = await this.stat(key)
-    return found && { object: found.object, stream: createReadStream(found.objectPath) }
   }
 
   async delete(key: string): Promise<void> {
@@ -129,16 +138,17 @@ export class FsDriver implements StorageDriver {
   async close(): Promise<void> {}
 }
 
-/** No such file; a name too long for the file system cannot exist either. */
-function isMissing(error: unknown): boolean {
-  const code = (error as NodeJS.ErrnoException).code
-  return code === 'ENOENT' || code === 'ENOTDIR' || code === 'ENAMETOOLONG'
-}
+/**
+ * No object under that key: no such file, a name too long to exist, or a directory (the key of a prefix,
+ * such as "portraits", names the directory that holds its objects).
+ */
+const MISSING = new Set(['ENOENT', 'ENOTDIR', 'ENAMETOOLONG', 'EISDIR', 'ERR_FS_EISDIR'])
+const isMissing = (error: unknown): boolean => MISSING.has((error as NodeJS.ErrnoException).code ?? '')
 
-/** Errors from the body (the client's, or the pipeline's ApiError) pass through; file-system ones are ours. */
-function asStorageError(error: unknown): unknown {
-  if (error instanceof ApiError || !(error as NodeJS.ErrnoException).syscall) return error
+/** Errors from the body (the client's, or the pipeline's) are ApiErrors and pass through; the rest are ours. */
+function asStorageError(error: unknown): ApiError {
+  if (error instanceof ApiError) return error
   const code = (error as NodeJS.ErrnoException).code
-  const detail = code === 'EEXIST' ? 'An object with this key already exists.' : `The data directory failed (${code}).`
+  const detail = code === 'EEXIST' ? 'An object with this key already exists.' : `The data directory failed (${code ?? 'unreadable'}).`
   return new ApiError('storage_error', detail, { cause: error })
 }

@@ -4,6 +4,7 @@ import {
   HeadBucketCommand,
   HeadObjectCommand,
   PutObjectCommand,
+  type PutObjectCommandInput,
   S3Client,
   S3ServiceException,
 } from '@aws-sdk/client-s3'
@@ -21,9 +22,11 @@ export interface R2Timeouts {
   connectMs: number
   /** Give up on a request whose socket has been idle this long (a stalled backend). */
   idleMs: number
+  /** Give up on any one request (at most a 5 MiB body) after this long. */
+  requestMs: number
 }
 
-const DEFAULT_TIMEOUTS: R2Timeouts = { connectMs: 1000, idleMs: 15_000 }
+const DEFAULT_TIMEOUTS: R2Timeouts = { connectMs: 1000, idleMs: 5000, requestMs: 30_000 }
 
 /** Cloudflare R2 (or any S3-compatible server) through the AWS SDK. */
 export class R2Driver implements StorageDriver {
@@ -44,12 +47,18 @@ export class R2Driver implements StorageDriver {
       responseChecksumValidation: 'WHEN_REQUIRED',
       // One quick retry at most: the client is waiting, and has a fallback.
       maxAttempts: 2,
-      requestHandler: { connectionTimeout: timeouts.connectMs, requestTimeout: timeouts.idleMs },
+      requestHandler: {
+        connectionTimeout: timeouts.connectMs,
+        socketTimeout: timeouts.idleMs,
+        requestTimeout: timeouts.requestMs,
+        // Without this the SDK only logs a warning when requestTimeout passes, and waits on for ever.
+        throwOnRequestTimeout: true,
+      },
     })
   }
 
   async put(key: string, body: Buffer | Readable, write: ObjectWrite, signal: AbortSignal): Promise<void> {
-    const params = {
+    const params: PutObjectCommandInput = {
       Bucket: this.bucket,
       Key: key,
       ContentType: write.contentType,
@@ -58,6 +67,27 @@ export class R2Driver implements StorageDriver {
       // Never overwrite: R2 answers 412 if the key exists (sent on PutObject and CompleteMultipartUpload).
       IfNoneMatch: '*',
     }
+    try {
+      await this.write(params, body, write, signal)
+    } catch (error) {
+      // A 412 on a key this upload made up can only be its own earlier attempt, retried after the answer
+      // was lost: that write succeeded, so the upload did too.
+      const keyExists = error instanceof ApiError && (error.cause as Error | undefined)?.name === 'PreconditionFailed'
+      if (!keyExists || !(await this.holdsOwnWrite(key, body, write))) throw error
+    }
+  }
+
+  private async holdsOwnWrite(key: string, body: Buffer | Readable, write: ObjectWrite): Promise<boolean> {
+    const stored = await this.head(key)
+    return (
+      stored !== undefined &&
+      stored.metadata.uploaded_at === write.metadata.uploaded_at &&
+      stored.metadata.sha256 === write.sha256 &&
+      (!Buffer.isBuffer(body) || stored.size === body.length)
+    )
+  }
+
+  private async write(params: PutObjectCommandInput, body: Buffer | Readable, write: ObjectWrite, signal: AbortSignal): Promise<void> {
     if (Buffer.isBuffer(body)) {
       const checksum = write.sha256 && Buffer.from(write.sha256, 'hex').toString('base64')
       const command = new PutObjectCommand({ ...params, Body: body, ContentLength: body.length, ChecksumSHA256: checksum })

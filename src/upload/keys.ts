@@ -44,14 +44,16 @@ function randomId(): string {
 }
 
 function safeStem(filename: string): string {
-  const base = baseFilename(filename)
-  const dot = base.lastIndexOf('.')
-  const stem = dot > 0 ? base.slice(0, dot) : base
+  const dot = filename.lastIndexOf('.')
+  const stem = dot > 0 ? filename.slice(0, dot) : filename
   const cleaned = stem.replace(/[^A-Za-z0-9_-]/g, '_').slice(0, MAX_STEM_LENGTH)
   return /[A-Za-z0-9]/.test(cleaned) ? cleaned : 'image'
 }
 
-/** `{context}/{yyyy}/{mm}/{id}_{name}.{ext}`, UTC; the random id makes every upload's key new. */
+/**
+ * `{context}/{yyyy}/{mm}/{id}_{name}.{ext}`, UTC; the random id makes every upload's key new.
+ * `filename` has no directory part (baseFilename).
+ */
 export function newObjectKey(context: string, filename: string, extension: string, now = new Date()): string {
   const year = now.getUTCFullYear()
   const month = String(now.getUTCMonth() + 1).padStart(2, '0')

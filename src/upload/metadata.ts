@@ -34,7 +34,7 @@ export function clientMetadata(entries: Iterable<[string, string]>, now = new Da
     if ((SERVICE_OWNED_METADATA as readonly string[]).includes(name)) {
       throw new ApiError('invalid_metadata', `Metadata "${name}" is set by the service and may not be sent.`)
     }
-    if (name in metadata) throw new ApiError('invalid_metadata', `Metadata "${name}" is sent twice.`)
+    if (Object.hasOwn(metadata, name)) throw new ApiError('invalid_metadata', `Metadata "${name}" is sent twice.`)
     bytes += Buffer.byteLength(name) + Buffer.byteLength(value)
     if (bytes > MAX_CLIENT_METADATA_BYTES) {
       throw new ApiError('invalid_metadata', `Metadata names and values total more than ${MAX_CLIENT_METADATA_BYTES} bytes of UTF-8.`)
@@ -53,6 +53,10 @@ export const headerNameOf = (name: string): string => name.replaceAll('_', '-')
 export const metadataNameOf = (headerName: string): string => headerName.toLowerCase().replaceAll('-', '_')
 
 function decodeValue(name: string, value: string): string {
+  // Raw non-ASCII would arrive as Latin-1 and be stored garbled: only the percent-encoded form is accepted.
+  if (!/^[\x20-\x7e]*$/.test(value)) {
+    throw new ApiError('invalid_metadata', `Metadata "${name}" must be percent-encoded UTF-8 (printable ASCII on the wire).`)
+  }
   try {
     return decodeURIComponent(value)
   } catch {

@@ -108,7 +108,8 @@ async function readDimensions(reader: CountingReader): Promise<{ width: number; 
     if (reader.ended || reader.bufferedBytes >= MAX_HEADER_BYTES) {
       throw new ApiError('unsupported_media_type', 'The image header is corrupt: its width and height cannot be read.')
     }
-    await reader.fillTo(reader.bufferedBytes + 1)
+    // Doubling keeps the re-parsing linear in the header size, however small the client's chunks.
+    await reader.fillTo(reader.bufferedBytes * 2)
   }
 }
 
