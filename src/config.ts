@@ -1,6 +1,6 @@
 import path from 'node:path'
 import { z } from 'zod'
-import { SUPPORTED_IMAGE_TYPES, type ImageType } from './upload/image-types.js'
+import { DEFAULT_ALLOWED_TYPES, SUPPORTED_IMAGE_TYPES, type ImageType } from './upload/image-types.js'
 
 /** Thrown when the environment does not describe a service that can start; the message names the variable. */
 export class ConfigError extends Error {
@@ -55,7 +55,8 @@ const environmentSchema = z.object({
   R2_PUBLIC_URL: optionalString.pipe(httpUrl.optional()),
   R2_ENDPOINT: optionalString.pipe(httpUrl.optional()),
   MAX_UPLOAD_BYTES: wholeNumber(1, 5 * 1024 ** 3).default(104_857_600),
-  ALLOWED_TYPES: allowedTypes.default(['image/jpeg', 'image/png', 'image/gif', 'image/webp']),
+  ALLOWED_TYPES: allowedTypes.default(DEFAULT_ALLOWED_TYPES),
+  MAX_IMAGE_PIXELS: wholeNumber(1, Number.MAX_SAFE_INTEGER).default(50_000_000),
   DEFAULT_PORTRAIT_URL: optionalString.pipe(httpUrl.optional()),
 })
 
@@ -82,6 +83,8 @@ export interface Config {
   publicUrl: string
   maxUploadBytes: number
   allowedTypes: ImageType[]
+  /** Largest width × height accepted, decided from the header (pixel bombs). */
+  maxImagePixels: number
   defaultPortraitUrl?: string | undefined
 }
 
@@ -136,6 +139,7 @@ export function loadConfig(env: NodeJS.ProcessEnv): Config {
     publicUrl: settings.R2_PUBLIC_URL ?? `http://localhost:${settings.PORT}/files`,
     maxUploadBytes: settings.MAX_UPLOAD_BYTES,
     allowedTypes: settings.ALLOWED_TYPES,
+    maxImagePixels: settings.MAX_IMAGE_PIXELS,
     defaultPortraitUrl: settings.DEFAULT_PORTRAIT_URL,
   }
 }

@@ -8,13 +8,17 @@ export const ERROR_CATALOGUE = {
   invalid_context: { status: 400, title: 'The upload context is not valid' },
   invalid_metadata: { status: 400, title: 'The metadata is not valid' },
   empty_file: { status: 400, title: 'The file is empty' },
+  unauthorized: { status: 401, title: 'A valid API key is required' },
   not_found: { status: 404, title: 'Not found' },
   image_too_large: { status: 413, title: 'The image is too large' },
   unsupported_media_type: { status: 415, title: 'The content is not an allowed image type' },
+  image_too_many_pixels: { status: 422, title: 'The image has too many pixels' },
+  rate_limited: { status: 429, title: 'Too many requests for this API key' },
   storage_error: { status: 502, title: 'The storage backend failed' },
   storage_access_denied: { status: 502, title: 'The storage backend refused the credentials' },
   bucket_not_found: { status: 502, title: 'The storage bucket does not exist' },
   storage_unavailable: { status: 503, title: 'The storage backend is unreachable', retryAfterSeconds: 5 },
+  server_busy: { status: 503, title: 'Too many uploads in flight on this instance', retryAfterSeconds: 1 },
   internal_error: { status: 500, title: 'Internal error' },
 } as const satisfies Record<string, { status: number; title: string; retryAfterSeconds?: number }>
 

@@ -35,7 +35,6 @@ const refusals: [string, NodeJS.ProcessEnv, RegExp][] = [
   ['PORT=70000', { PORT: '70000' }, /PORT/],
   ['LOG_LEVEL=loud', { LOG_LEVEL: 'loud' }, /LOG_LEVEL/],
   ['ALLOWED_TYPES with an unknown type', { ALLOWED_TYPES: 'image/png,image/tiff' }, /ALLOWED_TYPES.*image\/tiff/],
-  ['ALLOWED_TYPES with SVG, which is not supported yet', { ALLOWED_TYPES: 'image/svg+xml' }, /ALLOWED_TYPES/],
   ['DEFAULT_PORTRAIT_URL not a URL', { DEFAULT_PORTRAIT_URL: 'portrait.png' }, /DEFAULT_PORTRAIT_URL/],
   ['R2_ACCOUNT_ID malformed', { R2_ACCOUNT_ID: 'nope' }, /R2_ACCOUNT_ID/],
   ['r2 without any setting, naming each', { STORAGE_DRIVER: 'r2' }, /R2_ACCOUNT_ID.*\n.*R2_ACCESS_KEY_ID.*\n.*R2_SECRET_ACCESS_KEY.*\n.*R2_PUBLIC_URL/],

@@ -138,6 +138,7 @@ export default async function imageRoutes(app: FastifyInstance, options: { confi
     driver: app.storage,
     maxBytes: config.maxUploadBytes,
     allowedTypes: config.allowedTypes,
+    maxPixels: config.maxImagePixels,
     publicUrl: config.publicUrl,
   }
 

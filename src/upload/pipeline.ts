@@ -29,6 +29,7 @@ export interface UploadPolicy {
   driver: StorageDriver
   maxBytes: number
   allowedTypes: readonly ImageType[]
+  maxPixels: number
   publicUrl: string
 }
 
@@ -57,6 +58,9 @@ export async function storeUpload(source: UploadSource, policy: UploadPolicy, si
 
   const contentType = await detectType(reader.head(), policy.allowedTypes)
   const { width, height } = await readDimensions(reader)
+  if (width * height > policy.maxPixels) {
+    throw new ApiError('image_too_many_pixels', `The image is ${width} × ${height} pixels; at most ${policy.maxPixels} are accepted.`)
+  }
   const extension = IMAGE_EXTENSIONS[contentType]
   const filename = source.filename || `image.${extension}`
   const key = newObjectKey(source.context, filename, extension)
