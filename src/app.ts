@@ -1,6 +1,8 @@
 import { randomUUID } from 'node:crypto'
 import Fastify, { type FastifyServerOptions } from 'fastify'
 import type { Config } from './config.js'
+import auth from './plugins/auth.js'
+import httpHardening from './plugins/http-hardening.js'
 import problemDetails, { answerUnparsableRequest } from './plugins/problem-details.js'
 import storagePlugin from './plugins/storage.js'
 import fileRoutes from './routes/files.js'
@@ -12,6 +14,8 @@ import { FsDriver } from './storage/fs.js'
 import { createDriver } from './storage/index.js'
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/
+/** All request headers together (Node's default, stated so it is documented and tested). */
+export const MAX_HEADER_BYTES = 16 * 1024
 
 export interface BuildOptions {
   /** Where logs go; defaults to pino on stdout at the configured level. */
@@ -24,8 +28,11 @@ export interface BuildOptions {
 export async function buildApp(config: Config, options: BuildOptions = {}) {
   const app = Fastify({
     logger: options.logger ?? { level: config.logLevel, redact: ['req.headers.authorization'] },
-    // Node's own default, which Fastify turns off: no request, body included, may take longer.
-    requestTimeout: 300_000,
+    // Slow or stuck clients cannot hold a connection for ever: bounds on the whole request, on its
+    // headers, and on a connection where nothing moves. Node checks them every second.
+    requestTimeout: config.timeouts.requestMs,
+    connectionTimeout: config.timeouts.idleMs,
+    http: { headersTimeout: config.timeouts.headersMs, maxHeaderSize: MAX_HEADER_BYTES, connectionsCheckingInterval: 1000 },
     clientErrorHandler: answerUnparsableRequest,
     // Honour the caller's X-Request-Id when it is sane, so one id follows a request across services.
     requestIdHeader: false,
@@ -40,6 +47,8 @@ export async function buildApp(config: Config, options: BuildOptions = {}) {
 
   const driver = options.driver ?? (await createDriver(config.storage))
   await app.register(problemDetails, { defaultPortraitUrl: config.defaultPortraitUrl })
+  await app.register(auth, { apiKeys: config.apiKeys })
+  await app.register(httpHardening, { corsOrigins: config.corsOrigins, rateLimitPerMinute: config.rateLimitPerMinute })
   await app.register(storagePlugin, { driver })
   await app.register(healthRoutes)
   await app.register(openapiRoutes)

@@ -39,6 +39,37 @@ const allowedTypes = z
       .min(1, 'expected at least one type'),
   )
 
+const API_KEY_NAME = /^[a-z0-9_-]{1,32}$/
+const MIN_TOKEN_LENGTH = 32
+
+export interface ApiKey {
+  name: string
+  token: string
+}
+
+/** `name:token,name:token`: several live keys at once, so one can be rotated without downtime. */
+const apiKeys = z.string().transform((list, context): ApiKey[] => {
+  const keys: ApiKey[] = []
+  for (const entry of list.split(',').map((item) => item.trim()).filter(Boolean)) {
+    const colon = entry.indexOf(':')
+    const name = colon < 0 ? entry : entry.slice(0, colon)
+    const token = colon < 0 ? '' : entry.slice(colon + 1)
+    // Never echo a token back: configuration errors end up in logs.
+    if (!API_KEY_NAME.test(name)) context.addIssue({ code: 'custom', message: `a key name must match ${API_KEY_NAME.source}` })
+    else if (token.length < MIN_TOKEN_LENGTH || /\s/.test(token)) {
+      context.addIssue({ code: 'custom', message: `the token of "${name}" must be at least ${MIN_TOKEN_LENGTH} characters, without spaces` })
+    } else if (keys.some((key) => key.name === name || key.token === token)) {
+      context.addIssue({ code: 'custom', message: `"${name}" repeats a name or a token` })
+    } else keys.push({ name, token })
+  }
+  return keys
+})
+
+const origins = z
+  .string()
+  .transform((list) => list.split(',').map((item) => item.trim()).filter(Boolean))
+  .pipe(z.array(z.url({ protocol: /^https?$/, error: 'expected origins such as https://app.example.com' }).transform((url) => new URL(url).origin)))
+
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const
 
 const environmentSchema = z.object({
@@ -58,6 +89,13 @@ const environmentSchema = z.object({
   ALLOWED_TYPES: allowedTypes.default(DEFAULT_ALLOWED_TYPES),
   MAX_IMAGE_PIXELS: wholeNumber(1, Number.MAX_SAFE_INTEGER).default(50_000_000),
   DEFAULT_PORTRAIT_URL: optionalString.pipe(httpUrl.optional()),
+  API_KEYS: apiKeys.default([]),
+  RATE_LIMIT_PER_MINUTE: wholeNumber(1, 1_000_000).default(120),
+  MAX_CONCURRENT_UPLOADS: wholeNumber(1, 10_000).default(16),
+  CORS_ORIGINS: origins.default([]),
+  REQUEST_TIMEOUT_MS: wholeNumber(1000, 3_600_000).default(300_000),
+  HEADERS_TIMEOUT_MS: wholeNumber(1000, 600_000).default(10_000),
+  IDLE_TIMEOUT_MS: wholeNumber(1000, 3_600_000).default(60_000),
 })
 
 type Environment = z.infer<typeof environmentSchema>
@@ -86,12 +124,28 @@ export interface Config {
   /** Largest width × height accepted, decided from the header (pixel bombs). */
   maxImagePixels: number
   defaultPortraitUrl?: string | undefined
+  /** Empty: authentication is off (refused under NODE_ENV=production). */
+  apiKeys: ApiKey[]
+  rateLimitPerMinute: number
+  maxConcurrentUploads: number
+  corsOrigins: string[]
+  timeouts: {
+    /** A whole request, body included. */
+    requestMs: number
+    /** Receiving the request headers. */
+    headersMs: number
+    /** A connection on which nothing moves in either direction. */
+    idleMs: number
+  }
 }
 
 /** Rules between variables, reported like any other bad value: every one of them at once. */
 function checkCombinations(settings: Environment, context: z.RefinementCtx): void {
   const report = (variable: keyof Environment, message: string) => context.addIssue({ code: 'custom', path: [variable], message })
   const production = settings.NODE_ENV === 'production'
+  if (production && settings.API_KEYS.length === 0) {
+    report('API_KEYS', 'required under NODE_ENV=production (name:token entries); the service never runs open in production')
+  }
   if (storageDriverOf(settings) === 'fs') {
     if (production && settings.STORAGE_DRIVER !== 'fs') {
       report(
@@ -141,5 +195,10 @@ export function loadConfig(env: NodeJS.ProcessEnv): Config {
     allowedTypes: settings.ALLOWED_TYPES,
     maxImagePixels: settings.MAX_IMAGE_PIXELS,
     defaultPortraitUrl: settings.DEFAULT_PORTRAIT_URL,
+    apiKeys: settings.API_KEYS,
+    rateLimitPerMinute: settings.RATE_LIMIT_PER_MINUTE,
+    maxConcurrentUploads: settings.MAX_CONCURRENT_UPLOADS,
+    corsOrigins: settings.CORS_ORIGINS,
+    timeouts: { requestMs: settings.REQUEST_TIMEOUT_MS, headersMs: settings.HEADERS_TIMEOUT_MS, idleMs: settings.IDLE_TIMEOUT_MS },
   }
 }

@@ -40,6 +40,14 @@ const refusals: [string, NodeJS.ProcessEnv, RegExp][] = [
   ['r2 without any setting, naming each', { STORAGE_DRIVER: 'r2' }, /R2_ACCOUNT_ID.*\n.*R2_ACCESS_KEY_ID.*\n.*R2_SECRET_ACCESS_KEY.*\n.*R2_PUBLIC_URL/],
   ['r2 without a public URL', { R2_ENDPOINT: 'http://127.0.0.1:1', R2_ACCESS_KEY_ID: 'id', R2_SECRET_ACCESS_KEY: 's' }, /R2_PUBLIC_URL/],
   ['production without R2 settings', { NODE_ENV: 'production' }, /NODE_ENV=production needs the R2 settings/],
+  ['production without API keys', { NODE_ENV: 'production', STORAGE_DRIVER: 'fs' }, /API_KEYS: required under NODE_ENV=production/],
+  ['an API key without a token', { API_KEYS: 'bot' }, /API_KEYS: the token of "bot"/],
+  ['a short token', { API_KEYS: 'bot:short' }, /API_KEYS: the token of "bot" must be at least 32/],
+  ['a bad key name', { API_KEYS: `Bot!:${'t'.repeat(32)}` }, /API_KEYS: a key name must match/],
+  ['a repeated key name', { API_KEYS: `bot:${'a'.repeat(32)},bot:${'b'.repeat(32)}` }, /API_KEYS: "bot" repeats/],
+  ['a CORS origin that is not a URL', { CORS_ORIGINS: 'example.com' }, /CORS_ORIGINS/],
+  ['RATE_LIMIT_PER_MINUTE=0', { RATE_LIMIT_PER_MINUTE: '0' }, /RATE_LIMIT_PER_MINUTE/],
+  ['MAX_IMAGE_PIXELS=-1', { MAX_IMAGE_PIXELS: '-1' }, /MAX_IMAGE_PIXELS/],
 ]
 
 for (const [name, env, message] of refusals) {
@@ -49,7 +57,7 @@ for (const [name, env, message] of refusals) {
 }
 
 t.test('production may store on local disk only when asked explicitly', async (t) => {
-  t.equal(loadConfig({ NODE_ENV: 'production', STORAGE_DRIVER: 'fs' }).storage.driver, 'fs')
+  t.equal(loadConfig({ NODE_ENV: 'production', STORAGE_DRIVER: 'fs', API_KEYS: `bot:${'t'.repeat(32)}` }).storage.driver, 'fs')
 })
 
 t.test('the server exits non-zero, naming the variable, on a bad value', async (t) => {
@@ -63,4 +71,16 @@ t.test('the server exits non-zero, naming the variable, on a bad value', async (
     t.equal(result.status, 1, `${JSON.stringify(env)} exits 1`)
     t.match(result.stderr, Object.keys(env)[0] === 'NODE_ENV' ? /R2_ACCESS_KEY_ID/ : new RegExp(Object.keys(env)[0]!))
   }
+})
+
+t.test('API keys, origins and limits are parsed; tokens never appear in configuration errors', async (t) => {
+  const token = 'x'.repeat(40)
+  const config = loadConfig({ API_KEYS: `bot:${token}, ops:${'y'.repeat(32)}`, CORS_ORIGINS: 'https://app.example.com/, http://localhost:5173' })
+  t.same(config.apiKeys, [{ name: 'bot', token }, { name: 'ops', token: 'y'.repeat(32) }])
+  t.same(config.corsOrigins, ['https://app.example.com', 'http://localhost:5173'])
+  t.match(config, { rateLimitPerMinute: 120, maxConcurrentUploads: 16, maxImagePixels: 50_000_000, timeouts: { requestMs: 300_000, headersMs: 10_000, idleMs: 60_000 } })
+  const secret = 'secret-but-short'
+  const refusal = t.throws(() => loadConfig({ API_KEYS: `bot:${secret}` })) as Error
+  t.match(refusal.message, /API_KEYS/)
+  t.notMatch(refusal.message, secret)
 })

@@ -147,14 +147,29 @@ export default async function imageRoutes(app: FastifyInstance, options: { confi
     properties: { filename: { type: 'string' }, context: { type: 'string' } },
   } as const
 
+  // Uploads hold memory and backend connections: past the limit, refuse at once rather than queue.
+  let uploadsInFlight = 0
+
   app.post<{ Querystring: RawUploadQuery }>('/v1/images', { schema: { querystring: uploadQuery }, config: { offersFallback: true } }, async (request, reply) => {
+    if (uploadsInFlight >= config.maxConcurrentUploads) {
+      throw new ApiError('server_busy', `This instance is already handling ${config.maxConcurrentUploads} uploads; retry shortly.`)
+    }
+    uploadsInFlight++
+    try {
+      return await upload(request, reply)
+    } finally {
+      uploadsInFlight--
+    }
+  })
+
+  async function upload(request: FastifyRequest<{ Querystring: RawUploadQuery }>, reply: FastifyReply) {
     const source = request.isMultipart()
       ? await multipartUploadSource(request, config.maxUploadBytes)
       : rawUploadSource(request, config.maxUploadBytes)
     const stored = await storeUpload(source, policy, abortWhenClientLeaves(reply))
     request.log.info({ key: stored.key, size: stored.size, type: stored.content_type, sha256: stored.sha256 }, 'image stored')
     return reply.code(201).header('location', stored.url).send(stored)
-  })
+  }
 
   app.head(`${IMAGES_PREFIX}*`, async (request, reply) => {
     const object = await findObject(app, keyOf(request))
