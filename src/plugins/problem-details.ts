@@ -91,11 +91,17 @@ export function answerUnparsableRequest(error: NodeJS.ErrnoException, socket: Du
     socket.destroy()
     return
   }
-  const problem = new ApiError('invalid_request', `The request could not be parsed (${error.code ?? 'malformed'}).`)
+  const detail =
+    error.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+      ? 'The request took longer than the server allows (REQUEST_TIMEOUT_MS, HEADERS_TIMEOUT_MS).'
+      : `The request could not be parsed (${error.code ?? 'malformed'}).`
+  const problem = new ApiError('invalid_request', detail)
   const body = JSON.stringify(problemOf(problem, randomUUID()))
+  // Then close for good: a client still sending (a trickle past its timeout) must not keep the socket.
   socket.end(
     `HTTP/1.1 ${problem.status} Bad Request\r\nContent-Type: application/problem+json; charset=utf-8\r\n` +
       `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+    () => socket.destroy(),
   )
 }
 

@@ -32,6 +32,11 @@ function pngHeader(width: number, height: number): Buffer {
   return Buffer.concat([PNG_SIGNATURE, pngChunk('IHDR', ihdr)])
 }
 
+/** Only a PNG's signature, header and end: claims any size in a few dozen bytes (a pixel bomb's header). */
+export function pngHeaderOnly(width: number, height: number): Buffer {
+  return Buffer.concat([pngHeader(width, height), pngChunk('IEND', Buffer.alloc(0))])
+}
+
 /** A real, decodable PNG of one colour. */
 export function png(width = 4, height = 3): Buffer {
   const row = Buffer.concat([Buffer.from([0]), Buffer.alloc(width * 3, 0x7f)])
