@@ -19,12 +19,16 @@ export default async function fileRoutes(app: FastifyInstance, options: { driver
     const found = await options.driver.open(key)
     if (!found) throw new ApiError('not_found', `There is no object with the key "${key}".`)
     const { object, handle } = found
+    // An SVG opened directly is a document that could run script: sandbox it, on top of any app-wide policy.
+    // Raster types are not sandboxed: they cannot script, and a browser's image viewer needs nothing relaxed.
+    const policy = reply.getHeader('content-security-policy')
     reply.headers({
       'content-type': object.contentType,
       etag: object.etag,
       'last-modified': object.lastModified.toUTCString(),
       'x-content-type-options': 'nosniff',
       ...(object.cacheControl && { 'cache-control': object.cacheControl }),
+      ...(object.contentType === 'image/svg+xml' && { 'content-security-policy': policy ? `${String(policy)}; sandbox` : 'sandbox' }),
     })
     if (matchesEtag(request.headers['if-none-match'], object.etag)) {
       await handle.close()

@@ -7,6 +7,7 @@ import type { StorageDriver } from '../storage/driver.js'
 import { SINGLE_REQUEST_MAX_BYTES } from '../storage/driver.js'
 import { IMAGE_EXTENSIONS, asImageType, type ImageType } from './image-types.js'
 import { newObjectKey, publicUrlOf } from './keys.js'
+import { SVG_MAX_BYTES, checkSvg, looksLikeMarkup } from './svg.js'
 
 /** file-type needs at most this many leading bytes to recognise any format. */
 const TYPE_SNIFF_BYTES = 4100
@@ -57,7 +58,7 @@ export async function storeUpload(source: UploadSource, policy: UploadPolicy, si
   if (reader.size === 0) throw new ApiError('empty_file', 'The file has no bytes.')
 
   const contentType = await detectType(reader.head(), policy.allowedTypes)
-  const { width, height } = await readDimensions(reader)
+  const { width, height } = contentType === 'image/svg+xml' ? await readSvg(reader) : await readDimensions(reader)
   if (width * height > policy.maxPixels) {
     throw new ApiError('image_too_many_pixels', `The image is ${width} × ${height} pixels; at most ${policy.maxPixels} are accepted.`)
   }
@@ -90,12 +91,24 @@ export async function storeUpload(source: UploadSource, policy: UploadPolicy, si
 
 async function detectType(head: Buffer, allowedTypes: readonly ImageType[]): Promise<ImageType> {
   const detected = await fileTypeFromBuffer(head)
-  const type = asImageType(detected?.mime)
+  // file-type does not know SVG, a text format (at most it says application/xml): markup goes to checkSvg.
+  const svg = (detected === undefined || detected.mime === 'application/xml') && looksLikeMarkup(head)
+  const type = svg ? 'image/svg+xml' : asImageType(detected?.mime)
   if (type === undefined || !allowedTypes.includes(type)) {
     const what = detected ? `is ${detected.mime}` : 'is not a recognised image'
     throw new ApiError('unsupported_media_type', `The content ${what}; allowed: ${allowedTypes.join(', ')}.`)
   }
   return type
+}
+
+/** An SVG is a document, checked whole before anything is stored: so it is read whole, up to SVG_MAX_BYTES. */
+async function readSvg(reader: CountingReader): Promise<{ width: number; height: number }> {
+  // The reader itself still refuses anything over the policy's maxBytes, should that be the lower limit.
+  await reader.fillTo(SVG_MAX_BYTES + 1)
+  if (reader.bufferedBytes > SVG_MAX_BYTES) {
+    throw new ApiError('image_too_large', `An SVG is checked whole before it is stored; it may be at most ${SVG_MAX_BYTES} bytes.`)
+  }
+  return checkSvg(reader.head())
 }
 
 /** Reads more of the body until the header gives width and height, or the header is not believable. */
