@@ -3,7 +3,8 @@ import Fastify, { type FastifyServerOptions } from 'fastify'
 import type { Config } from './config.js'
 import auth from './plugins/auth.js'
 import httpHardening from './plugins/http-hardening.js'
-import problemDetails, { answerUnparsableRequest } from './plugins/problem-details.js'
+import { ApiError } from './errors.js'
+import problemDetails, { answerUnparsableRequest, sendProblem } from './plugins/problem-details.js'
 import storagePlugin from './plugins/storage.js'
 import fileRoutes from './routes/files.js'
 import healthRoutes from './routes/health.js'
@@ -32,8 +33,14 @@ export async function buildApp(config: Config, options: BuildOptions = {}) {
     // headers, and on a connection where nothing moves. Node checks them every second.
     requestTimeout: config.timeouts.requestMs,
     connectionTimeout: config.timeouts.idleMs,
-    http: { headersTimeout: config.timeouts.headersMs, maxHeaderSize: MAX_HEADER_BYTES, connectionsCheckingInterval: 1000 },
+    // requireHostHeader off: Node would answer a missing Host with a bare 400; the hook below says why.
+    http: { headersTimeout: config.timeouts.headersMs, maxHeaderSize: MAX_HEADER_BYTES, connectionsCheckingInterval: 1000, requireHostHeader: false },
     clientErrorHandler: answerUnparsableRequest,
+    // A path whose percent-encoding cannot be decoded never reaches a route: answer it like one that can.
+    frameworkErrors: (error, request, reply) => {
+      const keyRoute = /^\/(v1\/images|files)\//.test(request.url)
+      sendProblem(request, reply, new ApiError(keyRoute ? 'invalid_key' : 'invalid_request', `The path is not valid: ${error.message}.`))
+    },
     // Honour the caller's X-Request-Id when it is sane, so one id follows a request across services.
     requestIdHeader: false,
     genReqId: (request) => {
@@ -43,6 +50,9 @@ export async function buildApp(config: Config, options: BuildOptions = {}) {
   })
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id)
+    if (request.raw.httpVersion === '1.1' && request.headers.host === undefined) {
+      throw new ApiError('invalid_request', 'HTTP/1.1 requests need a Host header.')
+    }
   })
 
   const driver = options.driver ?? (await createDriver(config.storage))

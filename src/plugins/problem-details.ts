@@ -87,7 +87,10 @@ export function sendProblem(request: FastifyRequest, reply: FastifyReply, error:
  * framing) is answered as problem+json too, and the connection closed.
  */
 export function answerUnparsableRequest(error: NodeJS.ErrnoException, socket: Duplex): void {
-  if (!socket.writable || error.code === 'ECONNRESET') {
+  // Node's own guard: once a response has started on this connection, writing another would corrupt it
+  // (a 400 inside an image being downloaded); then the connection can only be closed.
+  const inFlight = (socket as Duplex & { _httpMessage?: { headersSent: boolean } })._httpMessage
+  if (!socket.writable || error.code === 'ECONNRESET' || inFlight?.headersSent) {
     socket.destroy()
     return
   }

@@ -40,6 +40,10 @@ function checkedFilename(filename: string | undefined): string | undefined {
   if (base !== undefined && Buffer.byteLength(base) > MAX_FILENAME_BYTES) {
     throw new ApiError('invalid_request', `The filename is longer than ${MAX_FILENAME_BYTES} bytes.`)
   }
+  // U+FFFD is what bytes that are not UTF-8 decode to: the name the client meant is already lost.
+  if (base !== undefined && /[\u0000-\u001f\u007f\ufffd]/.test(base)) {
+    throw new ApiError('invalid_request', 'The filename must be UTF-8 text without control characters.')
+  }
   return base
 }
 
