@@ -57,9 +57,9 @@ export async function buildApp(config: Config, options: BuildOptions = {}) {
 
   const driver = options.driver ?? (await createDriver(config.storage))
   await app.register(problemDetails, { defaultPortraitUrl: config.defaultPortraitUrl })
-  // Hardening first: its headers must be on every answer, the 401s included.
-  await app.register(httpHardening, { corsOrigins: config.corsOrigins, rateLimitPerMinute: config.rateLimitPerMinute })
-  await app.register(auth, { apiKeys: config.apiKeys })
+  // Hardening first: its headers must be on every answer, the 401s and 429s included.
+  await app.register(httpHardening, { corsOrigins: config.corsOrigins })
+  await app.register(auth, { apiKeys: config.apiKeys, rateLimitPerMinute: config.rateLimitPerMinute })
   await app.register(storagePlugin, { driver })
   await app.register(healthRoutes)
   await app.register(openapiRoutes)

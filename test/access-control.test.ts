@@ -1,3 +1,4 @@
+import http from 'node:http'
 import net from 'node:net'
 import { Writable } from 'node:stream'
 import t from 'tap'
@@ -81,6 +82,31 @@ t.test('rate limit per key: 429 rate_limited with Retry-After, other keys and pu
   t.ok(Number(limited.headers['retry-after']) > 0, `Retry-After: ${limited.headers['retry-after']}`)
   t.equal((await app.inject(authedUpload(T2))).statusCode, 201, 'another key is served right after')
   t.equal((await app.inject('/healthz')).statusCode, 200, 'public routes are not counted')
+
+  const guessing = await buildTestApp(t, { API_KEYS: `bot:${T1}`, RATE_LIMIT_PER_MINUTE: '3' })
+  const guesses = []
+  for (let i = 0; i < 4; i++) guesses.push((await guessing.app.inject(authedUpload(`guess-${i}`.padEnd(40, 'g')))).statusCode)
+  t.same(guesses, [401, 401, 401, 429], 'guessing tokens is throttled too, per address')
+})
+
+t.test('an encoded path is the same route, and needs the same key', async (t) => {
+  const { app, dataDir } = await buildTestApp(t, { API_KEYS: `bot:${T1}` })
+  const server = await listen(app)
+  for (const path of ['/%761/images', '/v%31/images', '/%76%31/%69mages']) {
+    const { payload, headers } = multipartBody([{ name: 'file', filename: 'p.png', data: png() }])
+    const response = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+      const request = http.request({ ...server, method: 'POST', path, headers: { ...headers, 'content-length': payload.length }, agent: false }, (res) => {
+        let body = ''
+        res.on('data', (chunk: Buffer) => (body += chunk))
+        res.on('end', () => resolve({ status: res.statusCode!, body }))
+      })
+      request.on('error', reject)
+      request.end(payload)
+    })
+    t.equal(response.status, 401, `POST ${path} without a key`)
+    t.equal(JSON.parse(response.body).code, 'unauthorized')
+  }
+  t.same(await storedFiles(dataDir), [], 'nothing stored')
 })
 
 /** Starts a raw upload that sends its headers and a first piece of body, then waits. */
@@ -173,7 +199,7 @@ t.test('security headers on every response; CORS only for the listed origins', a
     const response = await app.inject(request)
     t.equal(response.headers['x-content-type-options'], 'nosniff', `${request.url} (${response.statusCode})`)
     t.match(response.headers['content-security-policy'], /default-src 'none'/)
-    t.equal(response.headers['x-frame-options'], 'SAMEORIGIN')
+    t.equal(response.headers['x-frame-options'], 'DENY')
   }
   const preflight = (origin: string) =>
     app.inject({ method: 'OPTIONS', url: '/v1/images', headers: { origin, 'access-control-request-method': 'POST', 'access-control-request-headers': 'authorization' } })

@@ -1,9 +1,11 @@
 import { subscribe, unsubscribe } from 'node:diagnostics_channel'
+import { once } from 'node:events'
 import { readFile } from 'node:fs/promises'
 import http from 'node:http'
-import type { AddressInfo } from 'node:net'
+import net, { type AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import SwaggerParser from '@apidevtools/swagger-parser'
 import { Ajv2020, type ValidateFunction } from 'ajv/dist/2020.js'
 import addFormats from 'ajv-formats'
@@ -15,7 +17,7 @@ import { OPENAPI_PATH } from '../src/routes/openapi.js'
 import { FsDriver } from '../src/storage/fs.js'
 import { assertValidKey } from '../src/upload/keys.js'
 import { buildTestApp } from './helpers/app.js'
-import { png } from './helpers/images.js'
+import { png, pngHeaderOnly } from './helpers/images.js'
 import { multipartBody } from './helpers/multipart.js'
 
 type Schema = Record<string, unknown>
@@ -29,13 +31,14 @@ interface ResponseObject {
   content?: Record<string, { schema?: Schema }>
 }
 interface Operation {
+  security?: Record<string, string[]>[]
   responses: Record<string, ResponseObject>
 }
 interface OpenApiDocument {
   openapi: string
-  info: { version: string }
+  info: { version: string; description: string }
   paths: Record<string, Record<string, unknown>>
-  components: { schemas: Record<string, Schema> }
+  components: { schemas: Record<string, Schema>; securitySchemes?: Record<string, Record<string, unknown>> }
 }
 
 /** What the conformance check needs of an answer, from inject or from a real socket. */
@@ -48,6 +51,22 @@ interface Answer {
 const HTTP_METHODS = ['get', 'head', 'post', 'put', 'delete', 'patch', 'options', 'trace'] as const
 /** HEAD routes the contract names; Fastify's automatic HEAD for other GET routes need not be documented. */
 const CONTRACT_HEAD_ROUTES = ['HEAD /v1/images/{key}', 'HEAD /files/{key}']
+/** A token of the shape API_KEYS requires, for the key named `bot`. */
+const TOKEN = 'tok-'.padEnd(40, '7')
+const WRONG_TOKEN = 'tok-'.padEnd(40, '8')
+const API_KEYS = `bot:${TOKEN}`
+const bearer = (token: string) => ({ authorization: `Bearer ${token}` })
+const WWW_AUTHENTICATE = 'Bearer realm="image-upload-service"'
+/**
+ * The security headers the info section promises on every response the framework answers, as the header
+ * line written there and as what an answer must carry.
+ */
+const SECURITY_HEADERS: [documented: string, name: string, value: RegExp][] = [
+  ["Content-Security-Policy: default-src 'none';frame-ancestors 'none'", 'content-security-policy', /^default-src 'none';frame-ancestors 'none'(; sandbox)?$/],
+  ['X-Content-Type-Options: nosniff', 'x-content-type-options', /^nosniff$/],
+  ['Cross-Origin-Resource-Policy: cross-origin', 'cross-origin-resource-policy', /^cross-origin$/],
+]
+const isProtected = (specPath: string) => specPath.startsWith('/v1/')
 
 const documentText = await readFile(OPENAPI_PATH, 'utf8')
 const rawDocument = parse(documentText) as OpenApiDocument
@@ -96,6 +115,7 @@ function conforms(t: Test, method: string, specPath: string, answer: Answer): un
   if (!t.ok(operation, `${method} ${specPath} is in the spec`) || !operation) return undefined
   const response = operation.responses[String(answer.statusCode)]
   if (!t.ok(response, `${label} is a documented status`) || !response) return undefined
+  for (const [, name, value] of SECURITY_HEADERS) t.match(headerValue(answer, name), value, `${label}: ${name}`)
 
   for (const [name, header] of Object.entries(response.headers ?? {})) {
     const value = headerValue(answer, name)
@@ -194,6 +214,16 @@ async function overSocket(
 
 const upload = (filename = 'portrait.png', data = png()) => multipartBody([{ name: 'file', filename, data }])
 
+/** A request for a documented operation: an upload for POST, else `{key}` filled in; `headers` on top. */
+function requestFor(method: string, specPath: string, key: string, headers: Record<string, string> = {}): Parameters<typeof overSocket>[1] {
+  const url = specPath.replace('{key}', key)
+  if (method !== 'POST') return { method, url, headers }
+  const form = upload()
+  return { method, url, payload: form.payload, headers: { ...form.headers, ...headers } }
+}
+
+const isSecured = (operation: Operation) => (operation.security ?? []).length > 0
+
 t.test('the document is valid OpenAPI 3.1', async (t) => {
   t.equal(rawDocument.openapi, '3.1.0')
   await t.resolves(SwaggerParser.validate(structuredClone(rawDocument) as never), 'swagger-parser validates it')
@@ -225,13 +255,59 @@ t.test('the document agrees with the code it describes', async (t) => {
     t.same([...seen].sort(), Object.keys(ERROR_CATALOGUE).sort())
   })
 
-  t.test('every response documents X-Request-Id as required, and every 503 Retry-After', async (t) => {
+  t.test('every response documents X-Request-Id as required, every 429 and 503 Retry-After, every 401 WWW-Authenticate', async (t) => {
     for (const { method, path, operation } of operationsOf(spec)) {
       for (const [status, response] of Object.entries(operation.responses)) {
         t.equal(response.headers?.['X-Request-Id']?.required, true, `${method} ${path} ${status}: X-Request-Id`)
-        if (status === '503') t.equal(response.headers?.['Retry-After']?.required, true, `${method} ${path} 503: Retry-After`)
+        if (status === '503' || status === '429') t.equal(response.headers?.['Retry-After']?.required, true, `${method} ${path} ${status}: Retry-After`)
+        if (status === '401') t.equal(response.headers?.['WWW-Authenticate']?.required, true, `${method} ${path} 401: WWW-Authenticate`)
       }
     }
+  })
+
+  t.test('bearerAuth on exactly the /v1/* operations, each of which documents 401 and 429', async (t) => {
+    t.equal(spec.components.securitySchemes?.bearerAuth?.type, 'http', 'bearerAuth is an http scheme')
+    t.equal(spec.components.securitySchemes?.bearerAuth?.scheme, 'bearer', 'of the bearer kind')
+    t.match(spec.components.securitySchemes?.bearerAuth?.description, /API_KEYS/, 'its description names API_KEYS')
+    t.equal((rawDocument as { security?: unknown }).security, undefined, 'no document-wide requirement: the public routes are public')
+    const operations = operationsOf(spec)
+    t.ok(operations.some(({ path }) => isProtected(path)) && operations.some(({ path }) => !isProtected(path)), 'both kinds of route exist')
+    for (const { method, path, operation } of operations) {
+      const label = `${method} ${path}`
+      if (isProtected(path)) {
+        t.same(operation.security, [{ bearerAuth: [] }], `${label} requires bearerAuth`)
+        t.ok(operation.responses['401'], `${label} documents 401`)
+        t.ok(operation.responses['429'], `${label} documents 429`)
+      } else {
+        t.ok(operation.security === undefined || (Array.isArray(operation.security) && operation.security.length === 0), `${label} is public`)
+        t.notOk(operation.responses['401'], `${label} has no 401`)
+        t.notOk(operation.responses['429'], `${label} has no 429`)
+      }
+    }
+    const upload = (spec.paths['/v1/images']!.post as Operation).responses
+    const busy = (upload['503']!.content!['application/problem+json']!.schema!.allOf as Schema[])[1]!.properties as Record<string, Schema>
+    t.same([...((busy.code!.enum as string[] | undefined) ?? [])].sort(), ['server_busy', 'storage_unavailable'], 'POST 503 lists both codes')
+    t.ok(upload['422'], 'POST documents 422')
+  })
+
+  t.test('the info section documents the security headers, the limits and the timeouts', async (t) => {
+    const text = rawDocument.info.description.replace(/\s+/g, ' ')
+    for (const [documented] of SECURITY_HEADERS) t.ok(text.includes(documented), documented)
+    for (const variable of ['API_KEYS', 'RATE_LIMIT_PER_MINUTE', 'MAX_CONCURRENT_UPLOADS', 'CORS_ORIGINS', 'MAX_IMAGE_PIXELS', 'MAX_UPLOAD_BYTES', 'REQUEST_TIMEOUT_MS', 'HEADERS_TIMEOUT_MS', 'IDLE_TIMEOUT_MS']) {
+      t.ok(text.includes(`\`${variable}\``), variable)
+    }
+    // The defaults stated there are the ones the service runs with.
+    const { config } = await buildTestApp(t)
+    const defaults: [string, number][] = [
+      ['RATE_LIMIT_PER_MINUTE', config.rateLimitPerMinute],
+      ['MAX_CONCURRENT_UPLOADS', config.maxConcurrentUploads],
+      ['MAX_IMAGE_PIXELS', config.maxImagePixels],
+      ['MAX_UPLOAD_BYTES', config.maxUploadBytes],
+      ['REQUEST_TIMEOUT_MS', config.timeouts.requestMs],
+      ['HEADERS_TIMEOUT_MS', config.timeouts.headersMs],
+      ['IDLE_TIMEOUT_MS', config.timeouts.idleMs],
+    ]
+    for (const [variable, value] of defaults) t.ok(text.includes(`\`${variable}\`, default ${value}`), `${variable} default ${value}`)
   })
 
   t.test('the Key schema accepts exactly the keys the service accepts', async (t) => {
@@ -281,6 +357,16 @@ t.test('the document agrees with the code it describes', async (t) => {
     t.ok(validatorFor(notFound)(problem), 'a well-formed 404 problem passes')
     t.notOk(validatorFor(notFound)({ ...problem, code: 'invalid_key' }), 'a 404 problem with another code fails')
     t.notOk(validatorFor(notFound)({ ...problem, fallback_url: 'https://x.test/a.png' }), 'fallback_url is for upload errors only')
+
+    // A server_busy answer as the service builds it (the socket test below produces a real one too).
+    const unavailable = (spec.paths['/v1/images']!.post as Operation).responses['503']!.content!['application/problem+json']!.schema!
+    const busy = { type: 'urn:image-upload-service:problem:server_busy', title: ERROR_CATALOGUE.server_busy.title, status: 503, detail: 'x', code: 'server_busy', request_id: 'r2', fallback_url: 'https://x.test/a.png' }
+    t.ok(validatorFor(unavailable)(busy), 'a server_busy problem passes')
+    t.ok(validatorFor(unavailable)({ ...busy, code: 'storage_unavailable' }), 'a storage_unavailable problem passes')
+    t.notOk(validatorFor(unavailable)({ ...busy, code: 'rate_limited' }), 'a 503 with a code of another status fails')
+    t.notOk(validatorFor(unavailable)({ ...busy, status: 429 }), 'a 503 body with another status fails')
+    t.ok(validatorFor(created)({ ...body, key: 'general/2025/05/abcdefghijklmnopqrst_a.svg', content_type: 'image/svg+xml' }), 'an SVG 201 body passes')
+    t.notOk(validatorFor(created)({ ...body, content_type: 'image/tiff' }), 'a type the service does not store fails')
   })
 })
 
@@ -385,6 +471,8 @@ t.test('answers conform to the document', async (t) => {
       ['service-owned metadata', raw('/v1/images', { 'content-type': 'image/png', 'x-meta-sha256': 'x' }, png()), 400, 'invalid_metadata'],
       ['an empty file', form([{ name: 'file', filename: 'a.png', data: Buffer.alloc(0) }]), 400, 'empty_file'],
       ['no file part', form([{ name: 'character_name', value: 'x' }]), 400, 'invalid_request'],
+      ['a 50,000 × 50,000 PNG header, multipart', form([{ name: 'file', filename: 'bomb.png', data: pngHeaderOnly(50_000, 50_000) }]), 422, 'image_too_many_pixels'],
+      ['a 50,000 × 50,000 PNG header, raw', raw('/v1/images', { 'content-type': 'image/png' }, pngHeaderOnly(50_000, 50_000)), 422, 'image_too_many_pixels'],
     ]
     for (const [what, request, status, code] of cases) {
       const res = await overSocket(app, request)
@@ -457,6 +545,151 @@ t.test('answers conform to the document', async (t) => {
     const problem = conforms(t, 'GET', '/readyz', notReady) as { code: string; request_id: string } | undefined
     t.equal(problem?.code, 'storage_unavailable')
     t.equal(problem?.request_id, 'probe-1', 'request_id is the X-Request-Id')
+  })
+
+  t.test('401 without a token or with a wrong one, exactly on the operations the spec secures', async (t) => {
+    const fallback = 'https://cdn.example.test/default-portrait.png'
+    const { app } = await buildTestApp(t, { API_KEYS, DEFAULT_PORTRAIT_URL: fallback })
+    const first = await overSocket(app, requestFor('POST', '/v1/images', '', bearer(TOKEN)))
+    t.equal(first.statusCode, 201, 'the configured key uploads')
+    const { key } = JSON.parse(first.body) as { key: string }
+
+    const operations = operationsOf(spec)
+    t.ok(operations.filter(({ operation }) => isSecured(operation)).length >= 4, 'the /v1/* operations are secured')
+    for (const { method, path, operation } of operations) {
+      if (!isSecured(operation)) {
+        const res = await overSocket(app, requestFor(method, path, key))
+        t.equal(res.statusCode, 200, `${method} ${path} is public: served without a token`)
+        conforms(t, method, path, res)
+        continue
+      }
+      const refusals: [string, Record<string, string>][] = [
+        ['no token', {}],
+        ['a wrong token', bearer(WRONG_TOKEN)],
+        ['the right token in another scheme', { authorization: `Basic ${TOKEN}` }],
+      ]
+      for (const [what, headers] of refusals) {
+        const label = `${method} ${path}, ${what}`
+        const res = await overSocket(app, requestFor(method, path, key, headers))
+        t.equal(res.statusCode, 401, label)
+        t.equal(res.headers['www-authenticate'], WWW_AUTHENTICATE, `${label}: WWW-Authenticate`)
+        const problem = conforms(t, method, path, res) as { code: string; fallback_url?: string } | undefined
+        if (method === 'HEAD') continue
+        t.equal(problem?.code, 'unauthorized', `${label}: unauthorized`)
+        t.equal(problem?.fallback_url, method === 'POST' ? fallback : undefined, `${label}: fallback_url on upload errors only`)
+      }
+    }
+
+    // The control: the same requests with the right token are served (DELETE last, as it removes the object).
+    const served: Record<string, number> = { POST: 201, HEAD: 200, GET: 200, DELETE: 204 }
+    const secured = operations.filter(({ operation }) => isSecured(operation)).sort((a, b) => Number(a.method === 'DELETE') - Number(b.method === 'DELETE'))
+    for (const { method, path } of secured) {
+      const res = await overSocket(app, requestFor(method, path, key, bearer(TOKEN)))
+      t.equal(res.statusCode, served[method], `${method} ${path} with the right token`)
+      conforms(t, method, path, res)
+    }
+  })
+
+  t.test('429 with Retry-After on every /v1/* operation once the key has spent its minute', async (t) => {
+    const { app } = await buildTestApp(t, { API_KEYS, RATE_LIMIT_PER_MINUTE: '1' })
+    const first = await overSocket(app, requestFor('POST', '/v1/images', '', bearer(TOKEN)))
+    t.equal(first.statusCode, 201, 'the first request is served')
+    const stored = conforms(t, 'POST', '/v1/images', first) as { key: string } | undefined
+    t.equal(first.headers['x-ratelimit-limit'], '1', 'X-RateLimit-Limit')
+    t.equal(first.headers['x-ratelimit-remaining'], '0', 'X-RateLimit-Remaining')
+
+    const secured = operationsOf(spec).filter(({ operation }) => isSecured(operation))
+    t.ok(secured.length >= 4, 'the /v1/* operations')
+    for (const { method, path } of secured) {
+      const label = `${method} ${path}, second request`
+      const res = await overSocket(app, requestFor(method, path, stored?.key ?? 'a/b.png', bearer(TOKEN)))
+      t.equal(res.statusCode, 429, label)
+      const problem = conforms(t, method, path, res) as { code: string } | undefined
+      if (method !== 'HEAD') t.equal(problem?.code, 'rate_limited', `${label}: rate_limited`)
+      const retryAfter = Number(res.headers['retry-after'])
+      t.ok(retryAfter >= 1 && retryAfter <= 60, `${label}: Retry-After ${res.headers['retry-after']} is within the minute`)
+    }
+    const health = await overSocket(app, { url: '/healthz' })
+    t.equal(health.statusCode, 200, 'the public routes are not limited')
+    conforms(t, 'GET', '/healthz', health)
+    t.equal(health.headers['x-ratelimit-limit'], undefined, 'nor counted')
+  })
+
+  t.test('503 server_busy with Retry-After while MAX_CONCURRENT_UPLOADS uploads are in flight', async (t) => {
+    const { app } = await buildTestApp(t, { MAX_CONCURRENT_UPLOADS: '1' })
+    const arrived = new Promise<void>((resolve) => {
+      app.addHook('preHandler', async (request) => {
+        if (request.method === 'POST') resolve()
+      })
+    })
+    await app.listen({ port: 0, host: '127.0.0.1' })
+    const { port } = app.server.address() as AddressInfo
+    // A raw upload sends its headers and the first bytes, then waits: it holds the only upload slot.
+    const body = png(64, 64)
+    const held = net.connect(port, '127.0.0.1')
+    t.teardown(() => held.destroy())
+    await once(held, 'connect')
+    let answer = ''
+    held.on('data', (chunk: Buffer) => (answer += chunk.toString('utf8')))
+    held.write(`POST /v1/images HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: ${body.length}\r\n\r\n`)
+    held.write(body.subarray(0, 20))
+    await arrived
+    await sleep(50) // from its last hook into the handler, which takes the slot
+
+    const busy = await overSocket(app, { method: 'POST', url: '/v1/images', headers: { 'content-type': 'image/png' }, payload: png() })
+    t.equal(busy.statusCode, 503, 'a second upload is refused')
+    const problem = conforms(t, 'POST', '/v1/images', busy) as { code: string } | undefined
+    t.equal(problem?.code, 'server_busy')
+    t.equal(busy.headers['retry-after'], '1', 'Retry-After: 1')
+
+    // The held upload was really in flight: sent in full, it is stored, and the slot is free again.
+    held.write(body.subarray(20))
+    const complete = /^HTTP\/1\.1 \d{3} [\s\S]*\r\n\r\n\{[\s\S]*\}$/
+    const closed = once(held, 'close').then(() => {
+      throw new Error(`the held upload's connection closed before a complete answer: ${JSON.stringify(answer)}`)
+    })
+    while (!complete.test(answer)) await Promise.race([once(held, 'data'), closed])
+    closed.catch(() => {}) // the connection is destroyed at teardown, after this test is done with it
+    t.match(answer, /^HTTP\/1\.1 201 /, 'the held upload completes')
+    const next = await overSocket(app, { method: 'POST', url: '/v1/images', headers: { 'content-type': 'image/png' }, payload: png() })
+    t.equal(next.statusCode, 201, 'the next upload is served')
+    conforms(t, 'POST', '/v1/images', next)
+  })
+
+  t.test('SVG: stored when allowed and safe, served sandboxed; 415 otherwise', async (t) => {
+    const drawing = '<svg xmlns="http://www.w3.org/2000/svg" width="40" height="30"><rect width="40" height="30" fill="#c33"/></svg>'
+    const scripted = drawing.replace('<rect', '<script>alert(1)</script><rect')
+    const svgUpload = (document: string) => ({ method: 'POST', url: '/v1/images?filename=drawing.svg', headers: { 'content-type': 'image/svg+xml' }, payload: document })
+    const { app } = await buildTestApp(t, { ALLOWED_TYPES: 'image/png,image/svg+xml' })
+
+    const created = await overSocket(app, svgUpload(drawing))
+    t.equal(created.statusCode, 201, 'a clean SVG is stored')
+    const stored = conforms(t, 'POST', '/v1/images', created) as { key: string; content_type: string; width: number; height: number } | undefined
+    t.equal(stored?.content_type, 'image/svg+xml')
+    t.match(stored?.key, /_drawing\.svg$/, 'extension svg')
+    t.same([stored?.width, stored?.height], [40, 30], 'the size the root declares')
+
+    const head = await overSocket(app, { method: 'HEAD', url: `/v1/images/${stored?.key}` })
+    t.equal(head.statusCode, 200)
+    conforms(t, 'HEAD', '/v1/images/{key}', head)
+    t.equal(head.headers['content-type'], 'image/svg+xml')
+    const file = await overSocket(app, { url: `/files/${stored?.key}` })
+    t.equal(file.statusCode, 200)
+    conforms(t, 'GET', '/files/{key}', file)
+    t.equal(file.body, drawing, 'the same bytes')
+    t.equal(file.headers['content-security-policy'], "default-src 'none';frame-ancestors 'none'; sandbox", 'served sandboxed')
+    const raster = JSON.parse((await overSocket(app, { method: 'POST', url: '/v1/images', headers: { 'content-type': 'image/png' }, payload: png() })).body) as { key: string }
+    const rasterFile = await overSocket(app, { url: `/files/${raster.key}` })
+    conforms(t, 'GET', '/files/{key}', rasterFile)
+    t.equal(rasterFile.headers['content-security-policy'], "default-src 'none';frame-ancestors 'none'", 'a raster image is not sandboxed')
+
+    const refused = await overSocket(app, svgUpload(scripted))
+    t.equal(refused.statusCode, 415, 'an SVG with a script')
+    t.match(conforms(t, 'POST', '/v1/images', refused), { code: 'unsupported_media_type', detail: /<script>/ })
+    const { app: rasterOnly } = await buildTestApp(t)
+    const notAllowed = await overSocket(rasterOnly, svgUpload(drawing))
+    t.equal(notAllowed.statusCode, 415, 'SVG is opt-in')
+    t.match(conforms(t, 'POST', '/v1/images', notAllowed), { code: 'unsupported_media_type', detail: /allowed: image\/jpeg, image\/png, image\/gif, image\/webp/ })
   })
 
   t.test('GET /openapi.yaml serves this file', async (t) => {

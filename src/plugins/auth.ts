@@ -1,4 +1,6 @@
 import { createHash, timingSafeEqual } from 'node:crypto'
+import rateLimit from '@fastify/rate-limit'
+import type { FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import type { ApiKey } from '../config.js'
 import { ApiError } from '../errors.js'
@@ -10,37 +12,56 @@ declare module 'fastify' {
   }
 }
 
-const PROTECTED_PREFIX = '/v1/'
+const API_PREFIX = '/v1/'
 const digest = (token: string): Buffer => createHash('sha256').update(token).digest()
 
 /**
- * `Authorization: Bearer <token>` on every /v1/* request. Tokens are compared as SHA-256 digests with
- * timingSafeEqual against every key, without stopping at a match, so timing tells nothing about them.
+ * A /v1/* request, by the route it matched as well as by its raw path: the router decodes the path
+ * (`/%761/images` is `/v1/images`), so the raw path alone would let an encoded request through.
+ */
+const isApiRequest = (request: FastifyRequest): boolean =>
+  request.url.startsWith(API_PREFIX) || (request.routeOptions.url ?? '').startsWith(API_PREFIX)
+
+/**
+ * `Authorization: Bearer <token>` on every /v1/* request, and a request budget per key. In order: the key
+ * is identified, the budget is charged (per key, or per address for requests without a valid key, so
+ * guessing tokens is throttled too), then a request without a valid key is refused.
  */
 export default fp(
-  async (app, options: { apiKeys: ApiKey[] }) => {
-    if (options.apiKeys.length === 0) {
-      app.log.warn('API_KEYS is not set: authentication is OFF and anyone who reaches this service can upload and delete')
-      return
-    }
+  async (app, options: { apiKeys: ApiKey[]; rateLimitPerMinute: number }) => {
+    const enforced = options.apiKeys.length > 0
+    if (!enforced) app.log.warn('API_KEYS is not set: authentication is OFF and anyone who reaches this service can upload and delete')
     const keys = options.apiKeys.map((key) => ({ name: key.name, digest: digest(key.token) }))
 
     app.addHook('onRequest', async (request, reply) => {
-      // CORS preflights never carry credentials.
-      if (!request.url.startsWith(PROTECTED_PREFIX) || request.method === 'OPTIONS') return
+      if (!enforced || !isApiRequest(request)) return
       const presented = /^Bearer ([^\s]+)$/i.exec(request.headers.authorization ?? '')?.[1]
+      if (presented === undefined) return
+      // Digests compared in constant time against every key, without stopping at a match.
+      const presentedDigest = digest(presented)
       let matched: string | undefined
-      if (presented !== undefined) {
-        const presentedDigest = digest(presented)
-        for (const key of keys) if (timingSafeEqual(presentedDigest, key.digest)) matched = key.name
-      }
-      if (matched === undefined) {
-        reply.header('www-authenticate', 'Bearer realm="image-upload-service"')
-        throw new ApiError('unauthorized', presented === undefined ? 'Send Authorization: Bearer <token>.' : 'The API key is not valid.')
-      }
+      for (const key of keys) if (timingSafeEqual(presentedDigest, key.digest)) matched = key.name
+      if (matched === undefined) return
       request.apiKeyName = matched
       request.log = request.log.child({ apiKey: matched })
       reply.log = request.log
+    })
+
+    await app.register(rateLimit, {
+      max: options.rateLimitPerMinute,
+      timeWindow: 60_000,
+      allowList: (request) => !isApiRequest(request),
+      keyGenerator: (request) => (request.apiKeyName ? `key:${request.apiKeyName}` : `address:${request.ip}`),
+      errorResponseBuilder: (_request, context) =>
+        new ApiError('rate_limited', `At most ${context.max} requests a minute per API key; retry in ${Math.ceil(context.ttl / 1000)} s.`),
+    })
+
+    // preParsing: after every onRequest hook, the rate limiter's included (it hooks each route).
+    app.addHook('preParsing', async (request, reply) => {
+      // CORS preflights never carry credentials.
+      if (!enforced || !isApiRequest(request) || request.method === 'OPTIONS' || request.apiKeyName) return
+      reply.header('www-authenticate', 'Bearer realm="image-upload-service"')
+      throw new ApiError('unauthorized', request.headers.authorization ? 'The API key is not valid.' : 'Send Authorization: Bearer <token>.')
     })
   },
   { name: 'auth' },

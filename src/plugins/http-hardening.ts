@@ -1,20 +1,14 @@
 import cors from '@fastify/cors'
 import helmet from '@fastify/helmet'
-import rateLimit from '@fastify/rate-limit'
 import fp from 'fastify-plugin'
-import { ApiError } from '../errors.js'
 
-export interface HardeningOptions {
-  corsOrigins: string[]
-  rateLimitPerMinute: number
-}
-
-/** Security headers on every response, CORS for the listed origins only, and a request budget per API key. */
+/** Security headers on every response, and CORS for the listed origins only. */
 export default fp(
-  async (app, options: HardeningOptions) => {
+  async (app, options: { corsOrigins: string[] }) => {
     await app.register(helmet, {
       // An API and public images: nothing here may run scripts or be framed.
       contentSecurityPolicy: { useDefaults: false, directives: { defaultSrc: ["'none'"], frameAncestors: ["'none'"] } },
+      frameguard: { action: 'deny' },
       // Images under /files are meant to be embedded by other sites, like a CDN's.
       crossOriginResourcePolicy: { policy: 'cross-origin' },
     })
@@ -22,20 +16,12 @@ export default fp(
       await app.register(cors, {
         origin: options.corsOrigins,
         methods: ['GET', 'HEAD', 'POST', 'DELETE'],
-        exposedHeaders: ['Location', 'X-Request-Id', 'Retry-After', 'ETag'],
+        exposedHeaders: ['Location', 'X-Request-Id', 'Retry-After', 'ETag', 'WWW-Authenticate', 'X-RateLimit-Limit', 'X-RateLimit-Remaining', 'X-RateLimit-Reset'],
         maxAge: 600,
+        // An OPTIONS request that is no preflight goes on to the routes (a 404 problem), not a text/plain 400.
+        strictPreflight: false,
       })
     }
-    await app.register(rateLimit, {
-      max: options.rateLimitPerMinute,
-      timeWindow: 60_000,
-      // After authentication, so the budget is the key's; the public routes are not counted.
-      hook: 'preHandler',
-      allowList: (request) => !request.url.startsWith('/v1/'),
-      keyGenerator: (request) => request.apiKeyName ?? request.ip,
-      errorResponseBuilder: (_request, context) =>
-        new ApiError('rate_limited', `At most ${context.max} requests a minute per API key; retry in ${Math.ceil(context.ttl / 1000)} s.`),
-    })
   },
   { name: 'http-hardening' },
 )

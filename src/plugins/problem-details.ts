@@ -99,11 +99,13 @@ export function answerUnparsableRequest(error: NodeJS.ErrnoException, socket: Du
       ? 'The request took longer than the server allows (REQUEST_TIMEOUT_MS, HEADERS_TIMEOUT_MS).'
       : `The request could not be parsed (${error.code ?? 'malformed'}).`
   const problem = new ApiError('invalid_request', detail)
-  const body = JSON.stringify(problemOf(problem, randomUUID()))
+  const requestId = randomUUID()
+  const body = JSON.stringify(problemOf(problem, requestId))
   // Then close for good: a client still sending (a trickle past its timeout) must not keep the socket.
   socket.end(
     `HTTP/1.1 ${problem.status} Bad Request\r\nContent-Type: application/problem+json; charset=utf-8\r\n` +
-      `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+      `Content-Length: ${Buffer.byteLength(body)}\r\nX-Request-Id: ${requestId}\r\nX-Content-Type-Options: nosniff\r\n` +
+      `Content-Security-Policy: default-src 'none'; frame-ancestors 'none'\r\nConnection: close\r\n\r\n${body}`,
     () => socket.destroy(),
   )
 }
