@@ -1,18 +1,29 @@
 import { randomUUID } from 'node:crypto'
 import Fastify, { type FastifyServerOptions } from 'fastify'
+import type { Registry } from 'prom-client'
 import type { Config } from './config.js'
 import auth from './plugins/auth.js'
 import httpHardening from './plugins/http-hardening.js'
 import { ApiError } from './errors.js'
 import problemDetails, { answerUnparsableRequest, sendProblem } from './plugins/problem-details.js'
+import metrics, { serveMetrics } from './plugins/metrics.js'
 import storagePlugin from './plugins/storage.js'
+import usage from './plugins/usage.js'
 import fileRoutes from './routes/files.js'
 import healthRoutes from './routes/health.js'
 import imageRoutes from './routes/images.js'
 import openapiRoutes from './routes/openapi.js'
+import usageRoutes from './routes/usage.js'
 import type { StorageDriver } from './storage/driver.js'
 import { FsDriver } from './storage/fs.js'
 import { createDriver } from './storage/index.js'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** Aborts every upload still in flight (the last step of a graceful shutdown). */
+    abortUploads(): void
+  }
+}
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/
 /** All request headers together (Node's default, stated so it is documented and tested). */
@@ -28,7 +39,9 @@ export interface BuildOptions {
 /** Builds the whole app from a parsed config; no side effects beyond creating the storage directories. */
 export async function buildApp(config: Config, options: BuildOptions = {}) {
   const app = Fastify({
-    logger: options.logger ?? { level: config.logLevel, redact: ['req.headers.authorization'] },
+    logger: options.logger ?? loggerOptions(config),
+    // One line per request is written below, with what an operator needs on it.
+    disableRequestLogging: true,
     // Slow or stuck clients cannot hold a connection for ever: bounds on the whole request, on its
     // headers, and on a connection where nothing moves. Node checks them every second.
     requestTimeout: config.timeouts.requestMs,
@@ -54,16 +67,55 @@ export async function buildApp(config: Config, options: BuildOptions = {}) {
       throw new ApiError('invalid_request', 'HTTP/1.1 requests need a Host header.')
     }
   })
+  // The request id and the key's name are on the logger's bindings (reqId, apiKey).
+  app.addHook('onResponse', async (request, reply) => {
+    request.log.info(
+      {
+        method: request.method,
+        route: request.routeOptions.url ?? null,
+        status: reply.statusCode,
+        durationMs: Math.round(reply.elapsedTime),
+        bytesIn: Number(request.headers['content-length'] ?? 0),
+        bytesOut: Number(reply.getHeader('content-length') ?? 0),
+        ...(request.problemCode && { code: request.problemCode }),
+      },
+      'request',
+    )
+  })
+
+  // Aborted on shutdown, once uploads in flight have had SHUTDOWN_TIMEOUT_MS to finish.
+  const shutdown = new AbortController()
+  app.decorate('abortUploads', () => shutdown.abort(new ApiError('storage_unavailable', 'The service is shutting down; retry.')))
 
   const driver = options.driver ?? (await createDriver(config.storage))
   await app.register(problemDetails, { defaultPortraitUrl: config.defaultPortraitUrl })
+  await app.register(metrics)
   // Hardening first: its headers must be on every answer, the 401s and 429s included.
   await app.register(httpHardening, { corsOrigins: config.corsOrigins })
   await app.register(auth, { apiKeys: config.apiKeys, rateLimitPerMinute: config.rateLimitPerMinute })
   await app.register(storagePlugin, { driver })
+  await app.register(usage, { scanIntervalS: config.usageScanIntervalS })
   await app.register(healthRoutes)
   await app.register(openapiRoutes)
-  await app.register(imageRoutes, { config })
+  await app.register(imageRoutes, { config, shutdown: shutdown.signal })
+  await app.register(usageRoutes)
   if (driver instanceof FsDriver) await app.register(fileRoutes, { driver })
+  if (config.metricsPort === undefined) serveMetrics(app, app.metricsRegistry, true)
   return app
+}
+
+/** pino JSON; Authorization never logged; readable output only when developing (pino-pretty is a dev dependency). */
+function loggerOptions(config: Config): FastifyServerOptions['logger'] {
+  return {
+    level: config.logLevel,
+    redact: ['req.headers.authorization', 'headers.authorization'],
+    ...(config.development && { transport: { target: 'pino-pretty', options: { translateTime: 'SYS:HH:MM:ss.l' } } }),
+  }
+}
+
+/** The metrics-only server for METRICS_PORT: GET /metrics and nothing else, no key needed. */
+export function buildMetricsApp(registry: Registry) {
+  const metricsApp = Fastify({ logger: false })
+  serveMetrics(metricsApp, registry, false)
+  return metricsApp
 }

@@ -96,6 +96,9 @@ const environmentSchema = z.object({
   REQUEST_TIMEOUT_MS: wholeNumber(1000, 3_600_000).default(300_000),
   HEADERS_TIMEOUT_MS: wholeNumber(1000, 600_000).default(10_000),
   IDLE_TIMEOUT_MS: wholeNumber(1000, 3_600_000).default(60_000),
+  METRICS_PORT: optionalString.pipe(wholeNumber(0, 65535).optional()),
+  USAGE_SCAN_INTERVAL_S: wholeNumber(0, 7 * 24 * 3600).default(3600),
+  SHUTDOWN_TIMEOUT_MS: wholeNumber(0, 600_000).default(25_000),
 })
 
 type Environment = z.infer<typeof environmentSchema>
@@ -113,6 +116,8 @@ export type StorageConfig = { driver: 'fs'; dataDir: string } | ({ driver: 'r2' 
 
 export interface Config {
   production: boolean
+  /** NODE_ENV=development: readable logs. */
+  development: boolean
   port: number
   host: string
   logLevel: (typeof LOG_LEVELS)[number]
@@ -129,6 +134,12 @@ export interface Config {
   rateLimitPerMinute: number
   maxConcurrentUploads: number
   corsOrigins: string[]
+  /** When set, /metrics is served on this port only; otherwise on the public port, behind an API key. */
+  metricsPort: number | undefined
+  /** Seconds between usage scans of the bucket; 0: no scans. */
+  usageScanIntervalS: number
+  /** How long uploads in flight may go on after SIGTERM before they are aborted. */
+  shutdownTimeoutMs: number
   timeouts: {
     /** A whole request, body included. */
     requestMs: number
@@ -186,6 +197,7 @@ export function loadConfig(env: NodeJS.ProcessEnv): Config {
         }
   return {
     production: settings.NODE_ENV === 'production',
+    development: settings.NODE_ENV === 'development',
     port: settings.PORT,
     host: settings.HOST,
     logLevel: settings.LOG_LEVEL,
@@ -199,6 +211,9 @@ export function loadConfig(env: NodeJS.ProcessEnv): Config {
     rateLimitPerMinute: settings.RATE_LIMIT_PER_MINUTE,
     maxConcurrentUploads: settings.MAX_CONCURRENT_UPLOADS,
     corsOrigins: settings.CORS_ORIGINS,
+    metricsPort: settings.METRICS_PORT,
+    usageScanIntervalS: settings.USAGE_SCAN_INTERVAL_S,
+    shutdownTimeoutMs: settings.SHUTDOWN_TIMEOUT_MS,
     timeouts: { requestMs: settings.REQUEST_TIMEOUT_MS, headersMs: settings.HEADERS_TIMEOUT_MS, idleMs: settings.IDLE_TIMEOUT_MS },
   }
 }

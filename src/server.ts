@@ -1,17 +1,29 @@
 import closeWithGrace from 'close-with-grace'
-import { buildApp } from './app.js'
+import { buildApp, buildMetricsApp } from './app.js'
 import { ConfigError, loadConfig } from './config.js'
 
 async function start() {
   const config = loadConfig(process.env)
   const app = await buildApp(config)
-  closeWithGrace({ delay: 10_000 }, async ({ signal, err }) => {
+  const metricsApp = config.metricsPort === undefined ? undefined : buildMetricsApp(app.metricsRegistry)
+
+  // On SIGTERM/SIGINT: stop accepting, let uploads in flight finish for SHUTDOWN_TIMEOUT_MS, then abort
+  // the rest (nothing partial is stored) and exit 0. close-with-grace exits 1 if even that hangs.
+  closeWithGrace({ delay: config.shutdownTimeoutMs + 10_000 }, async ({ signal, err }) => {
     if (err) app.log.error({ err }, 'closing after an uncaught error')
-    else app.log.info({ signal }, 'closing')
-    await app.close()
+    else app.log.info({ signal, shutdownTimeoutMs: config.shutdownTimeoutMs }, 'closing: finishing uploads in flight')
+    const abortLate = setTimeout(() => {
+      app.log.warn('closing: aborting the uploads still in flight')
+      app.abortUploads()
+    }, config.shutdownTimeoutMs)
+    await Promise.all([app.close(), metricsApp?.close()])
+    clearTimeout(abortLate)
+    app.log.info('closed')
   })
+
   await app.listen({ port: config.port, host: config.host })
-  app.log.info({ storage: config.storage.driver, publicUrl: config.publicUrl }, 'image-upload-service ready')
+  if (metricsApp) await metricsApp.listen({ port: config.metricsPort, host: config.host })
+  app.log.info({ storage: config.storage.driver, publicUrl: config.publicUrl, metricsPort: config.metricsPort }, 'image-upload-service ready')
 }
 
 try {

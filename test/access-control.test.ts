@@ -68,7 +68,7 @@ t.test('the log names the key and never holds the token', async (t) => {
   t.notMatch(logged, 'z'.repeat(40), 'a wrong token never appears either')
   const lines = logged.trim().split('\n').map((line) => JSON.parse(line) as Record<string, unknown>)
   t.ok(lines.some((line) => line.apiKey === 'bot' && line.msg === 'image stored'), 'the upload line names the key')
-  t.ok(lines.some((line) => line.apiKey === 'bot' && line.msg === 'request completed'), 'the request line names the key')
+  t.ok(lines.some((line) => line.apiKey === 'bot' && line.msg === 'request'), 'the request line names the key')
   t.ok(lines.some((line) => line.apiKey === 'ops'), 'the other key is named on its requests')
 })
 

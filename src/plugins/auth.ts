@@ -10,6 +10,10 @@ declare module 'fastify' {
     /** The name of the API key that authenticated the request (never its token). */
     apiKeyName?: string
   }
+  interface FastifyContextConfig {
+    /** A route outside /v1/* that still needs an API key (/metrics on the public port). */
+    requiresApiKey?: boolean
+  }
 }
 
 const API_PREFIX = '/v1/'
@@ -17,13 +21,16 @@ const digest = (token: string): Buffer => createHash('sha256').update(token).dig
 
 /**
  * A /v1/* request, by the route it matched as well as by its raw path: the router decodes the path
- * (`/%761/images` is `/v1/images`), so the raw path alone would let an encoded request through.
+ * (`/%761/images` is `/v1/images`), so the raw path alone would let an encoded request through. Routes
+ * outside /v1/* may ask for a key too (/metrics on the public port).
  */
-const isApiRequest = (request: FastifyRequest): boolean =>
-  request.url.startsWith(API_PREFIX) || (request.routeOptions.url ?? '').startsWith(API_PREFIX)
+const needsKey = (request: FastifyRequest): boolean =>
+  request.url.startsWith(API_PREFIX) ||
+  (request.routeOptions.url ?? '').startsWith(API_PREFIX) ||
+  request.routeOptions.config.requiresApiKey === true
 
 /**
- * `Authorization: Bearer <token>` on every /v1/* request, and a request budget per key. In order: the key
+ * `Authorization: Bearer <token>` on every /v1/* request (and /metrics on the public port), and a request budget per key. In order: the key
  * is identified, the budget is charged (per key, or per address for requests without a valid key, so
  * guessing tokens is throttled too), then a request without a valid key is refused.
  */
@@ -34,7 +41,7 @@ export default fp(
     const keys = options.apiKeys.map((key) => ({ name: key.name, digest: digest(key.token) }))
 
     app.addHook('onRequest', async (request, reply) => {
-      if (!enforced || !isApiRequest(request)) return
+      if (!enforced || !needsKey(request)) return
       const presented = /^Bearer ([^\s]+)$/i.exec(request.headers.authorization ?? '')?.[1]
       if (presented === undefined) return
       // Digests compared in constant time against every key, without stopping at a match.
@@ -50,7 +57,7 @@ export default fp(
     await app.register(rateLimit, {
       max: options.rateLimitPerMinute,
       timeWindow: 60_000,
-      allowList: (request) => !isApiRequest(request),
+      allowList: (request) => !needsKey(request),
       keyGenerator: (request) => (request.apiKeyName ? `key:${request.apiKeyName}` : `address:${request.ip}`),
       errorResponseBuilder: (_request, context) =>
         new ApiError('rate_limited', `At most ${context.max} requests a minute per API key; retry in ${Math.ceil(context.ttl / 1000)} s.`),
@@ -59,7 +66,7 @@ export default fp(
     // preParsing: after every onRequest hook, the rate limiter's included (it hooks each route).
     app.addHook('preParsing', async (request, reply) => {
       // CORS preflights never carry credentials.
-      if (!enforced || !isApiRequest(request) || request.method === 'OPTIONS' || request.apiKeyName) return
+      if (!enforced || !needsKey(request) || request.method === 'OPTIONS' || request.apiKeyName) return
       reply.header('www-authenticate', 'Bearer realm="image-upload-service"')
       throw new ApiError('unauthorized', request.headers.authorization ? 'The API key is not valid.' : 'Send Authorization: Bearer <token>.')
     })

@@ -3,9 +3,13 @@ import type { IncomingMessage } from 'node:http'
 import type { Duplex } from 'node:stream'
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
-import { ApiError, ERROR_CATALOGUE } from '../errors.js'
+import { ApiError, ERROR_CATALOGUE, type ErrorCode } from '../errors.js'
 
 declare module 'fastify' {
+  interface FastifyRequest {
+    /** The contract code of the error this request was answered with, if any. */
+    problemCode?: ErrorCode
+  }
   interface FastifyContextConfig {
     /** Errors on this route carry `fallback_url` (DEFAULT_PORTRAIT_URL) so the bot can fall back in one step. */
     offersFallback?: boolean
@@ -76,6 +80,7 @@ function problemOf(error: ApiError, requestId: string, fallbackUrl?: string) {
 }
 
 export function sendProblem(request: FastifyRequest, reply: FastifyReply, error: ApiError, fallbackUrl?: string): FastifyReply {
+  request.problemCode = error.code
   if (!bodyRead(request.raw)) closeAfterAnswering(request, reply)
   const retryAfter = error.retryAfterSeconds
   if (retryAfter !== undefined) reply.header('retry-after', String(retryAfter))

@@ -112,13 +112,13 @@ async function multipartUploadSource(request: FastifyRequest, maxBytes: number):
   throw new ApiError('invalid_request', 'The form has no file part named "file".')
 }
 
-/** Aborts backend work when the client goes away before it has its answer. */
-function abortWhenClientLeaves(reply: FastifyReply): AbortSignal {
+/** Aborts backend work when the client goes away before it has its answer, or when `shutdown` aborts. */
+function uploadSignal(reply: FastifyReply, shutdown: AbortSignal): AbortSignal {
   const controller = new AbortController()
   reply.raw.once('close', () => {
     if (!reply.raw.writableFinished) controller.abort(new ApiError('invalid_request', 'The client closed the connection.'))
   })
-  return controller.signal
+  return AbortSignal.any([controller.signal, shutdown])
 }
 
 const IMAGES_PREFIX = '/v1/images/'
@@ -131,8 +131,9 @@ async function findObject(app: FastifyInstance, key: string) {
 }
 
 /** POST /v1/images and the per-key HEAD, GET and DELETE. */
-export default async function imageRoutes(app: FastifyInstance, options: { config: Config }) {
-  const { config } = options
+export default async function imageRoutes(app: FastifyInstance, options: { config: Config; shutdown: AbortSignal }) {
+  const { config, shutdown } = options
+  const { metrics } = app
   // This context reads upload bodies only: multipart, or the raw image as an unparsed stream.
   app.removeAllContentTypeParsers()
   app.addContentTypeParser(RAW_BODY_TYPES, (_request, payload, done) => done(null, payload))
@@ -154,15 +155,25 @@ export default async function imageRoutes(app: FastifyInstance, options: { confi
   // Uploads hold memory and backend connections: past the limit, refuse at once rather than queue.
   let uploadsInFlight = 0
 
-  app.post<{ Querystring: RawUploadQuery }>('/v1/images', { schema: { querystring: uploadQuery }, config: { offersFallback: true } }, async (request, reply) => {
+  const uploadRoute = {
+    schema: { querystring: uploadQuery },
+    config: { offersFallback: true },
+    // Every answer to an upload is counted once: stored (in the handler, which knows the size) or refused.
+    onResponse: async (request: FastifyRequest, reply: FastifyReply) => {
+      metrics.uploadLatency.observe(reply.elapsedTime / 1000)
+      if (reply.statusCode !== 201) metrics.uploadErrors.inc({ error_type: request.problemCode ?? 'internal_error' })
+    },
+  }
+
+  app.post<{ Querystring: RawUploadQuery }>('/v1/images', uploadRoute, async (request, reply) => {
     if (uploadsInFlight >= config.maxConcurrentUploads) {
       throw new ApiError('server_busy', `This instance is already handling ${config.maxConcurrentUploads} uploads; retry shortly.`)
     }
-    uploadsInFlight++
+    metrics.uploadsInFlight.set(++uploadsInFlight)
     try {
       return await upload(request, reply)
     } finally {
-      uploadsInFlight--
+      metrics.uploadsInFlight.set(--uploadsInFlight)
     }
   })
 
@@ -170,8 +181,10 @@ export default async function imageRoutes(app: FastifyInstance, options: { confi
     const source = request.isMultipart()
       ? await multipartUploadSource(request, config.maxUploadBytes)
       : rawUploadSource(request, config.maxUploadBytes)
-    const stored = await storeUpload(source, policy, abortWhenClientLeaves(reply))
+    const stored = await storeUpload(source, policy, uploadSignal(reply, shutdown))
     request.log.info({ key: stored.key, size: stored.size, type: stored.content_type, sha256: stored.sha256 }, 'image stored')
+    metrics.uploads.inc()
+    metrics.uploadSize.observe(stored.size)
     return reply.code(201).header('location', stored.url).send(stored)
   }
 

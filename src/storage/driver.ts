@@ -34,6 +34,8 @@ export interface StorageDriver {
   head(key: string): Promise<StoredObject | undefined>
   /** Deletes the object; deleting a missing object succeeds. */
   delete(key: string): Promise<void>
+  /** Bytes and objects stored, counted by listing everything (R2: one Class A operation per 1000 objects). */
+  usage(): Promise<{ bytes: number; objects: number }>
   /** Throws the contract error that explains why the backend cannot serve requests. */
   checkReady(): Promise<void>
   close(): Promise<void>

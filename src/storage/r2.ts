@@ -5,6 +5,7 @@ import {
   HeadObjectCommand,
   PutObjectCommand,
   type PutObjectCommandInput,
+  paginateListObjectsV2,
   S3Client,
   S3ServiceException,
 } from '@aws-sdk/client-s3'
@@ -13,6 +14,22 @@ import type { R2Settings } from '../config.js'
 import { ApiError } from '../errors.js'
 import { decodeStoredMetadata, encodeStoredMetadata } from '../upload/metadata.js'
 import { SINGLE_REQUEST_MAX_BYTES, type ObjectWrite, type StorageDriver, type StoredObject } from './driver.js'
+
+export type PricingClass = 'A' | 'B' | 'free'
+
+/** R2's pricing: Class A mutates or lists, Class B reads, deletes and aborts are free (unknown: A, the dearer). */
+const R2_PRICING_CLASS: Record<string, PricingClass> = {
+  PutObject: 'A',
+  CreateMultipartUpload: 'A',
+  UploadPart: 'A',
+  CompleteMultipartUpload: 'A',
+  ListObjectsV2: 'A',
+  HeadObject: 'B',
+  HeadBucket: 'B',
+  GetObject: 'B',
+  DeleteObject: 'free',
+  AbortMultipartUpload: 'free',
+}
 
 /** Parts in flight per multipart upload: with 5 MiB parts, an upload holds about 15 MiB. */
 const PART_QUEUE_SIZE = 2
@@ -140,6 +157,31 @@ export class R2Driver implements StorageDriver {
 
   async delete(key: string): Promise<void> {
     await this.guarded(this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: key })))
+  }
+
+  async usage(): Promise<{ bytes: number; objects: number }> {
+    let bytes = 0
+    let objects = 0
+    for await (const page of paginateListObjectsV2({ client: this.client }, { Bucket: this.bucket })) {
+      for (const object of page.Contents ?? []) {
+        bytes += object.Size ?? 0
+        objects++
+      }
+    }
+    return { bytes, objects }
+  }
+
+  /** Calls `listener` for every request sent to the backend (each attempt: R2 bills each one). */
+  observeOperations(listener: (operation: string, pricingClass: PricingClass) => void): void {
+    this.client.middlewareStack.add(
+      (next, context) => async (args) => {
+        const operation = (context.commandName ?? 'Unknown').replace(/Command$/, '')
+        listener(operation, R2_PRICING_CLASS[operation] ?? 'A')
+        return next(args)
+      },
+      // Below the retry middleware, so each attempt is counted.
+      { step: 'finalizeRequest', name: 'countR2Operations' },
+    )
   }
 
   async checkReady(): Promise<void> {

@@ -53,7 +53,7 @@ export interface StoredUpload {
  * it; a larger one streams, holding only the driver's parts in memory.
  */
 export async function storeUpload(source: UploadSource, policy: UploadPolicy, signal: AbortSignal): Promise<StoredUpload> {
-  const reader = new CountingReader(source.body, policy.maxBytes)
+  const reader = new CountingReader(source.body, policy.maxBytes, signal)
   await reader.fillTo(TYPE_SNIFF_BYTES)
   if (reader.size === 0) throw new ApiError('empty_file', 'The file has no bytes.')
 
@@ -142,12 +142,28 @@ class CountingReader {
   constructor(
     body: AsyncIterable<Buffer>,
     private readonly maxBytes: number,
+    private readonly signal: AbortSignal,
   ) {
     this.iterator = body[Symbol.asyncIterator]()
   }
 
+  /** The next chunk, or the abort's reason: a stalled client must not hold an aborted upload (shutdown). */
+  private pull(): Promise<IteratorResult<Buffer>> {
+    const { signal } = this
+    if (signal.aborted) return Promise.reject(signal.reason)
+    return new Promise((resolve, reject) => {
+      const onAbort = () => reject(signal.reason)
+      signal.addEventListener('abort', onAbort, { once: true })
+      const settle = () => signal.removeEventListener('abort', onAbort)
+      this.iterator.next().then(
+        (result) => (settle(), resolve(result)),
+        (error: unknown) => (settle(), reject(error)),
+      )
+    })
+  }
+
   private async next(): Promise<Buffer | undefined> {
-    const result = await this.iterator.next()
+    const result = await this.pull()
     if (result.done) {
       this.ended = true
       return undefined

@@ -11,7 +11,8 @@ import { loadConfig } from '../../src/config.js'
  */
 export async function buildTestApp(t: Test, env: NodeJS.ProcessEnv = {}, options: BuildOptions = {}) {
   const dataDir = await mkdtemp(path.join(tmpdir(), 'images-'))
-  const config = loadConfig({ DATA_DIR: dataDir, LOG_LEVEL: 'silent', ...env })
+  // No periodic usage scans unless a test asks: they would add ListObjectsV2 calls at random moments.
+  const config = loadConfig({ DATA_DIR: dataDir, LOG_LEVEL: 'silent', USAGE_SCAN_INTERVAL_S: '0', ...env })
   const app = await buildApp(config, { logger: false, ...options })
   t.teardown(async () => {
     await app.close()

@@ -1,0 +1,83 @@
+import fp from 'fastify-plugin'
+import { R2Driver } from '../storage/r2.js'
+
+/** R2's free tier, per month. */
+export const FREE_TIER = { storage_bytes: 10e9, class_a_operations: 1_000_000, class_b_operations: 10_000_000 }
+
+export interface UsageReport {
+  storage_bytes: number
+  object_count: number
+  /** When the bucket was last listed; null before the first scan. */
+  scanned_at: string | null
+  /** Counted by this instance since the first of the month (UTC). */
+  month: string
+  class_a_operations: number
+  class_b_operations: number
+  limits: typeof FREE_TIER
+  percentages: { storage_bytes: number; class_a_operations: number; class_b_operations: number }
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    usage: { report(options: { rescan: boolean }): Promise<UsageReport> }
+  }
+}
+
+const monthOf = (date: Date) => date.toISOString().slice(0, 7)
+const percent = (used: number, limit: number) => Math.round((used / limit) * 10_000) / 100
+
+/**
+ * Free-tier usage: R2 operations counted as they are sent (metrics, and this month's totals), and stored
+ * bytes and objects from a periodic scan of the bucket, exported as gauges.
+ */
+export default fp(
+  async (app, options: { scanIntervalS: number }) => {
+    const counted = { month: monthOf(new Date()), A: 0, B: 0 }
+    if (app.storage instanceof R2Driver) {
+      app.storage.observeOperations((operation, pricingClass) => {
+        app.metrics.operations.inc({ operation, class: pricingClass })
+        const month = monthOf(new Date())
+        if (month !== counted.month) Object.assign(counted, { month, A: 0, B: 0 })
+        if (pricingClass !== 'free') counted[pricingClass]++
+      })
+    }
+
+    let last: { bytes: number; objects: number; at: Date } | undefined
+    const scan = async () => {
+      const { bytes, objects } = await app.storage.usage()
+      last = { bytes, objects, at: new Date() }
+      app.metrics.storageBytes.set(bytes)
+      app.metrics.storageObjects.set(objects)
+    }
+    if (options.scanIntervalS > 0) {
+      const scanQuietly = () => scan().catch((err: unknown) => app.log.warn({ err }, 'usage scan failed'))
+      app.addHook('onReady', async () => {
+        void scanQuietly()
+      })
+      const timer = setInterval(scanQuietly, options.scanIntervalS * 1000).unref()
+      app.addHook('onClose', async () => clearInterval(timer))
+    }
+
+    app.decorate('usage', {
+      async report({ rescan }: { rescan: boolean }): Promise<UsageReport> {
+        if (rescan || !last) await scan()
+        const storageBytes = last?.bytes ?? 0
+        return {
+          storage_bytes: storageBytes,
+          object_count: last?.objects ?? 0,
+          scanned_at: last?.at.toISOString() ?? null,
+          month: counted.month,
+          class_a_operations: counted.A,
+          class_b_operations: counted.B,
+          limits: FREE_TIER,
+          percentages: {
+            storage_bytes: percent(storageBytes, FREE_TIER.storage_bytes),
+            class_a_operations: percent(counted.A, FREE_TIER.class_a_operations),
+            class_b_operations: percent(counted.B, FREE_TIER.class_b_operations),
+          },
+        }
+      },
+    })
+  },
+  { name: 'usage', dependencies: ['metrics', 'storage'] },
+)

@@ -1,0 +1,10 @@
+import type { FastifyInstance } from 'fastify'
+
+/** GET /v1/usage: storage and R2 operations against the free tier. `?rescan=true` lists the bucket first. */
+export default async function usageRoutes(app: FastifyInstance) {
+  app.get<{ Querystring: { rescan?: boolean } }>(
+    '/v1/usage',
+    { schema: { querystring: { type: 'object', properties: { rescan: { type: 'boolean' } }, additionalProperties: false } } },
+    async (request) => app.usage.report({ rescan: request.query.rescan === true }),
+  )
+}
