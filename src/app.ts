@@ -28,6 +28,7 @@ declare module 'fastify' {
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/
 /** All request headers together (Node's default, stated so it is documented and tested). */
 export const MAX_HEADER_BYTES = 16 * 1024
+const PROBE_ROUTES = new Set(['/healthz', '/readyz'])
 
 export interface BuildOptions {
   /** Where logs go; defaults to pino on stdout at the configured level. */
@@ -42,6 +43,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}) {
     logger: options.logger ?? loggerOptions(config),
     // One line per request is written below, with what an operator needs on it.
     disableRequestLogging: true,
+    trustProxy: config.trustProxy,
     // Slow or stuck clients cannot hold a connection for ever: bounds on the whole request, on its
     // headers, and on a connection where nothing moves. Node checks them every second.
     requestTimeout: config.timeouts.requestMs,
@@ -69,7 +71,9 @@ export async function buildApp(config: Config, options: BuildOptions = {}) {
   })
   // The request id and the key's name are on the logger's bindings (reqId, apiKey).
   app.addHook('onResponse', async (request, reply) => {
-    request.log.info(
+    // Health probes every few seconds would drown the log: a healthy answer to one is debug.
+    const probe = PROBE_ROUTES.has(request.routeOptions.url ?? '') && reply.statusCode === 200
+    request.log[probe ? 'debug' : 'info'](
       {
         method: request.method,
         route: request.routeOptions.url ?? null,

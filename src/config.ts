@@ -99,6 +99,7 @@ const environmentSchema = z.object({
   METRICS_PORT: optionalString.pipe(wholeNumber(0, 65535).optional()),
   USAGE_SCAN_INTERVAL_S: wholeNumber(0, 7 * 24 * 3600).default(3600),
   SHUTDOWN_TIMEOUT_MS: wholeNumber(0, 600_000).default(25_000),
+  TRUST_PROXY: z.enum(['true', 'false']).default('false'),
 })
 
 type Environment = z.infer<typeof environmentSchema>
@@ -140,6 +141,8 @@ export interface Config {
   usageScanIntervalS: number
   /** How long uploads in flight may go on after SIGTERM before they are aborted. */
   shutdownTimeoutMs: number
+  /** Behind a proxy (Fly.io): the client's address comes from X-Forwarded-For. */
+  trustProxy: boolean
   timeouts: {
     /** A whole request, body included. */
     requestMs: number
@@ -214,6 +217,7 @@ export function loadConfig(env: NodeJS.ProcessEnv): Config {
     metricsPort: settings.METRICS_PORT,
     usageScanIntervalS: settings.USAGE_SCAN_INTERVAL_S,
     shutdownTimeoutMs: settings.SHUTDOWN_TIMEOUT_MS,
+    trustProxy: settings.TRUST_PROXY === 'true',
     timeouts: { requestMs: settings.REQUEST_TIMEOUT_MS, headersMs: settings.HEADERS_TIMEOUT_MS, idleMs: settings.IDLE_TIMEOUT_MS },
   }
 }
