@@ -209,3 +209,59 @@ t.test('security headers on every response; CORS only for the listed origins', a
   const closed = await buildTestApp(t)
   t.notOk((await closed.app.inject({ url: '/healthz', headers: { origin: 'https://app.example.com' } })).headers['access-control-allow-origin'], 'no CORS by default')
 })
+
+t.test('pixel bombs that fool a lenient header reader are still 422', async (t) => {
+  const { app, dataDir } = await buildTestApp(t)
+  const sof = (width: number, height: number) => Buffer.from([0xc0, 0x00, 0x11, 0x08, height >> 8, height & 0xff, width >> 8, width & 0xff, 3, 1, 0x22, 0, 2, 0x11, 1, 3, 0x11, 1])
+  const app0 = Buffer.from([0xff, 0xe0, 0x00, 0x10, 0x4a, 0x46, 0x49, 0x46, 0x00, 0x01, 0x01, 0x00, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00])
+  // A fill byte before the real frame header (60000 × 60000), and a fake 1 × 1 one hidden in an APP15
+  // segment that a resynchronising reader lands on.
+  const fake = Buffer.concat([Buffer.from([0xff, 0xef, 0xc0, 0x02]), Buffer.alloc(0xc000 - 2), Buffer.from([0xff]), sof(1, 1)])
+  const jpegBomb = Buffer.concat([Buffer.from([0xff, 0xd8]), app0, Buffer.from([0xff, 0xff]), sof(60_000, 60_000), fake, Buffer.from([0xff, 0xd9])])
+  // A GIF whose screen says 1 × 1 and whose first frame says 60000 × 60000.
+  const gifBomb = Buffer.concat([
+    Buffer.from('GIF89a', 'ascii'),
+    Buffer.from([1, 0, 1, 0, 0, 0, 0]),
+    Buffer.from([0x2c, 0, 0, 0, 0, 0x60, 0xea, 0x60, 0xea, 0]),
+    Buffer.from([0x02, 0x02, 0x44, 0x01, 0x00, 0x3b]),
+  ])
+  for (const [what, bomb] of [['JPEG', jpegBomb], ['GIF', gifBomb]] as const) {
+    const response = await app.inject(authedUpload(undefined, bomb))
+    t.equal(response.statusCode, 422, `${what}: 422`)
+    t.equal(response.json().code, 'image_too_many_pixels')
+  }
+  const garbage = Buffer.concat([Buffer.from([0xff, 0xd8]), app0, Buffer.from('junk'), Buffer.from([0xff]), sof(10, 10)])
+  t.equal((await app.inject(authedUpload(undefined, garbage))).statusCode, 415, 'bytes between JPEG segments are refused, not skipped')
+  t.same(await storedFiles(dataDir), [])
+})
+
+t.test('a body where none is read is refused at once; idle keep-alive connections close', async (t) => {
+  const { app } = await buildTestApp(t, { IDLE_TIMEOUT_MS: '1000' })
+  const server = await listen(app)
+  const socket = net.connect(server.port, server.host).on('error', () => {})
+  await new Promise((resolve) => socket.once('connect', resolve))
+  const started = Date.now()
+  socket.write('GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nx')
+  let answer = ''
+  socket.on('data', (chunk: Buffer) => (answer += chunk))
+  await new Promise((resolve) => socket.once('close', resolve))
+  t.match(answer, /^HTTP\/1.1 400/, 'a GET with a body is refused')
+  t.match(answer, /"code":"invalid_request"/)
+  t.ok(Date.now() - started < 7000, `and its connection closed after ${Date.now() - started} ms, not at REQUEST_TIMEOUT_MS`)
+
+  const idle = net.connect(server.port, server.host).on('error', () => {})
+  await new Promise((resolve) => idle.once('connect', resolve))
+  idle.write('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n')
+  idle.resume() // read the answer, or the close behind it is never seen
+  const idleStarted = Date.now()
+  await new Promise((resolve) => idle.once('close', resolve))
+  t.ok(Date.now() - idleStarted < 1000 + 2500, `a kept-alive connection left idle closes after ${Date.now() - idleStarted} ms (IDLE_TIMEOUT_MS=1000)`)
+})
+
+t.test('guessing tokens on paths that match no route is throttled too', async (t) => {
+  const { app } = await buildTestApp(t, { API_KEYS: `bot:${T1}`, RATE_LIMIT_PER_MINUTE: '3' })
+  const statuses = []
+  for (let i = 0; i < 4; i++) statuses.push((await app.inject({ url: '/v1/nope', headers: bearer(`guess-${i}`.padEnd(40, 'g')) })).statusCode)
+  t.same(statuses, [401, 401, 401, 429])
+  t.equal((await app.inject({ url: '/v1/nope', headers: bearer(T1) })).statusCode, 404, 'a valid key gets the 404')
+})

@@ -64,7 +64,7 @@ t.test('a clean SVG is stored as image/svg+xml and served sandboxed, when allowe
   t.equal(servedSvg.headers['content-security-policy'], rasterPolicy ? `${rasterPolicy}; sandbox` : 'sandbox', 'the app-wide policy is kept')
 })
 
-t.test('the size comes from width and height in px, else from the viewBox', async (t) => {
+t.test('the size comes from width and height in px or absolute units, else from the viewBox', async (t) => {
   const { app } = await buildTestApp(t, SVG_ALLOWED)
   for (const [size, width, height] of [
     ['viewBox="0 0 120 80"', 120, 80],
@@ -72,13 +72,16 @@ t.test('the size comes from width and height in px, else from the viewBox', asyn
     ['width="1e2" height="2.5E1PX"', 100, 25],
     ['width="300" viewBox="0,0,120,80"', 300, 200],
     ['height="100%" viewBox="-10 -10 24 24"', 24, 24],
+    // Absolute units are as large on screen as their size in px: 10 cm is 378 px.
+    ['width="10cm" height="5cm"', 378, 189],
+    ['width="1in" height="72pt" viewBox="0 0 1 1"', 96, 96],
   ] as const) {
     const response = await app.inject(raw(svg('<circle r="4"/>', size)))
     t.equal(response.statusCode, 201, size)
     t.match(response.json(), { width, height }, size)
   }
   // The last one would take minutes with a backtracking length pattern.
-  for (const size of ['', 'width="100%" height="100%"', 'width="10cm" height="5cm"', 'viewBox="0 0 0 10"', 'width="40"', `width="${'1'.repeat(100_000)}x" height="1"`]) {
+  for (const size of ['', 'width="100%" height="100%"', 'width="10em" height="5ex"', 'viewBox="0 0 0 10"', 'width="40"', `width="${'1'.repeat(100_000)}x" height="1"`]) {
     const response = await app.inject(raw(svg('<circle r="4"/>', size)))
     t.equal(response.statusCode, 415, `no usable size: ${size.slice(0, 40)}`)
     t.match(response.json(), { code: 'unsupported_media_type', detail: /has no size/ })

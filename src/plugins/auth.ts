@@ -63,10 +63,15 @@ export default fp(
         new ApiError('rate_limited', `At most ${context.max} requests a minute per API key; retry in ${Math.ceil(context.ttl / 1000)} s.`),
     })
 
-    // preParsing: after every onRequest hook, the rate limiter's included (it hooks each route).
+    // The limiter hooks each route; a path that matches none (a 404) is counted here, so it cannot serve
+    // to try tokens unthrottled either.
+    const limitUnmatched = app.rateLimit()
+
+    // preParsing: after every onRequest hook, the rate limiter's included.
     app.addHook('preParsing', async (request, reply) => {
       // CORS preflights never carry credentials.
       if (!enforced || !needsKey(request) || request.method === 'OPTIONS' || request.apiKeyName) return
+      if (request.is404) await limitUnmatched.call(app, request, reply)
       reply.header('www-authenticate', 'Bearer realm="image-upload-service"')
       throw new ApiError('unauthorized', request.headers.authorization ? 'The API key is not valid.' : 'Send Authorization: Bearer <token>.')
     })

@@ -6,6 +6,7 @@ import { ApiError } from '../errors.js'
 import type { StorageDriver } from '../storage/driver.js'
 import { SINGLE_REQUEST_MAX_BYTES } from '../storage/driver.js'
 import { IMAGE_EXTENSIONS, asImageType, type ImageType } from './image-types.js'
+import { gifFrameSize, jpegFrameSize, type Size } from './frame-size.js'
 import { newObjectKey, publicUrlOf } from './keys.js'
 import { SVG_MAX_BYTES, checkSvg, looksLikeMarkup } from './svg.js'
 
@@ -58,7 +59,7 @@ export async function storeUpload(source: UploadSource, policy: UploadPolicy, si
   if (reader.size === 0) throw new ApiError('empty_file', 'The file has no bytes.')
 
   const contentType = await detectType(reader.head(), policy.allowedTypes)
-  const { width, height } = contentType === 'image/svg+xml' ? await readSvg(reader) : await readDimensions(reader)
+  const { width, height } = contentType === 'image/svg+xml' ? await readSvg(reader) : await readDimensions(reader, contentType)
   if (width * height > policy.maxPixels) {
     throw new ApiError('image_too_many_pixels', `The image is ${width} × ${height} pixels; at most ${policy.maxPixels} are accepted.`)
   }
@@ -111,17 +112,32 @@ async function readSvg(reader: CountingReader): Promise<{ width: number; height:
   return checkSvg(reader.head())
 }
 
+/** JPEG and GIF sizes are read strictly (see frame-size.ts); the other types through image-size. */
+const STRICT_FRAME_SIZE: Partial<Record<ImageType, (header: Uint8Array) => Size | undefined>> = {
+  'image/jpeg': jpegFrameSize,
+  'image/gif': gifFrameSize,
+}
+
+function imageSizeOrUndefined(header: Uint8Array): Size | undefined {
+  try {
+    const { width, height } = imageSize(header)
+    return { width, height }
+  } catch {
+    return undefined // the header is not complete yet, or not valid: reading on may still tell
+  }
+}
+
 /** Reads more of the body until the header gives width and height, or the header is not believable. */
-async function readDimensions(reader: CountingReader): Promise<{ width: number; height: number }> {
+async function readDimensions(reader: CountingReader, type: ImageType): Promise<Size> {
+  const strictReader = STRICT_FRAME_SIZE[type]
   for (;;) {
-    try {
-      // A copy with its own ArrayBuffer: image-size reads through the whole underlying buffer, and a
-      // pooled Buffer would let a truncated header borrow another allocation's bytes.
-      const { width, height } = imageSize(new Uint8Array(reader.head()))
-      if (width > 0 && height > 0) return { width, height }
-    } catch {
-      // The header is not complete yet, or not valid: read on while that can still change the answer.
-    }
+    // A copy with its own ArrayBuffer: image-size reads through the whole underlying buffer, and a
+    // pooled Buffer would let a truncated header borrow another allocation's bytes.
+    const header = new Uint8Array(reader.head())
+    const size = strictReader ? strictReader(header) : imageSizeOrUndefined(header)
+    if (size && size.width > 0 && size.height > 0) return size
+    // A strict reader's answer is final; image-size may just not have seen enough yet.
+    if (size && strictReader) throw new ApiError('unsupported_media_type', 'The image header declares no width or height.')
     if (reader.ended || reader.bufferedBytes >= MAX_HEADER_BYTES) {
       throw new ApiError('unsupported_media_type', 'The image header is corrupt: its width and height cannot be read.')
     }

@@ -9,7 +9,9 @@ const XHTML_NAMESPACE = 'http://www.w3.org/1999/xhtml'
 /** Attributes that load or link a resource, compared by local name so `xlink:href` and `xml:base` are included. */
 const URL_ATTRIBUTES = new Set(['href', 'src', 'base'])
 /** A length in user units, unitless or px (matched on the trimmed value: no backtracking over long input). */
-const PIXELS = /^((?:\d+(?:\.\d+)?|\.\d+)(?:e[+-]?\d+)?)(?:px)?$/i
+const LENGTH = /^((?:\d+(?:\.\d+)?|\.\d+)(?:e[+-]?\d+)?)([a-z%]*)$/i
+/** CSS pixels per absolute unit: a size in cm is as large on screen as in px (a pixel bomb in disguise). */
+const PIXELS_PER_UNIT: Record<string, number> = { '': 1, px: 1, in: 96, cm: 96 / 2.54, mm: 96 / 25.4, q: 96 / 101.6, pt: 4 / 3, pc: 16 }
 
 function refuse(detail: string): never {
   throw new ApiError('unsupported_media_type', detail)
@@ -81,12 +83,15 @@ function rootSize(root: SaxesTagNS): { width: number; height: number } {
     width ??= height === undefined ? boxWidth : (height * boxWidth) / boxHeight
     height ??= (width * boxHeight) / boxWidth
   }
-  if (width === undefined || height === undefined) refuse('The SVG has no size: give its root width and height in px, or a viewBox.')
+  if (width === undefined || height === undefined) refuse('The SVG has no size: give its root width and height in px (or another absolute unit), or a viewBox.')
   return { width: Math.ceil(width), height: Math.ceil(height) }
 }
 
+/** A length in CSS pixels; relative ones (%, em…) depend on where the SVG is drawn: the viewBox decides. */
 function pixels(value: string | undefined): number | undefined {
-  const number = Number(value === undefined ? undefined : PIXELS.exec(value.trim())?.[1])
+  const match = value === undefined ? undefined : LENGTH.exec(value.trim())
+  const perUnit = match ? PIXELS_PER_UNIT[match[2]!.toLowerCase()] : undefined
+  const number = perUnit === undefined ? NaN : Number(match![1]) * perUnit
   return number > 0 && Number.isFinite(number) ? number : undefined
 }
 
