@@ -1,12 +1,12 @@
 import { randomUUID } from 'node:crypto'
-import Fastify, { type FastifyServerOptions } from 'fastify'
+import Fastify, { type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
 import type { Registry } from 'prom-client'
 import type { Config } from './config.js'
 import auth from './plugins/auth.js'
 import httpHardening from './plugins/http-hardening.js'
 import { ApiError } from './errors.js'
 import problemDetails, { answerUnparsableRequest, sendProblem } from './plugins/problem-details.js'
-import metrics, { serveMetrics } from './plugins/metrics.js'
+import metrics, { observeResponse, serveMetrics } from './plugins/metrics.js'
 import storagePlugin from './plugins/storage.js'
 import usage from './plugins/usage.js'
 import fileRoutes from './routes/files.js'
@@ -22,6 +22,10 @@ declare module 'fastify' {
   interface FastifyInstance {
     /** Aborts every upload still in flight (the last step of a graceful shutdown). */
     abortUploads(): void
+  }
+  interface FastifyContextConfig {
+    /** The route reads a request body (uploads); every other route refuses one. */
+    acceptsBody?: boolean
   }
 }
 
@@ -43,17 +47,26 @@ export async function buildApp(config: Config, options: BuildOptions = {}) {
     logger: options.logger ?? loggerOptions(config),
     // One line per request is written below, with what an operator needs on it.
     disableRequestLogging: true,
+    // Requests arriving while the service closes are answered by the hook below, as problem+json.
+    return503OnClosing: false,
     trustProxy: config.trustProxy,
     // Slow or stuck clients cannot hold a connection for ever: bounds on the whole request, on its
     // headers, and on a connection where nothing moves. Node checks them every second.
     requestTimeout: config.timeouts.requestMs,
     connectionTimeout: config.timeouts.idleMs,
+    keepAliveTimeout: config.timeouts.idleMs,
     // requireHostHeader off: Node would answer a missing Host with a bare 400; the hook below says why.
     http: { headersTimeout: config.timeouts.headersMs, maxHeaderSize: MAX_HEADER_BYTES, connectionsCheckingInterval: 1000, requireHostHeader: false },
     clientErrorHandler: answerUnparsableRequest,
     // A path whose percent-encoding cannot be decoded never reaches a route: answer it like one that can.
+    // No hook runs on this path: the request id, the log line and the metric are added here.
     frameworkErrors: (error, request, reply) => {
       const keyRoute = /^\/(v1\/images|files)\//.test(request.url)
+      reply.raw.once('finish', () => {
+        logResponse(request, reply)
+        observeResponse(app.metrics, request, reply)
+      })
+      reply.header('x-request-id', request.id)
       sendProblem(request, reply, new ApiError(keyRoute ? 'invalid_key' : 'invalid_request', `The path is not valid: ${error.message}.`))
     },
     // Honour the caller's X-Request-Id when it is sane, so one id follows a request across services.
@@ -63,29 +76,27 @@ export async function buildApp(config: Config, options: BuildOptions = {}) {
       return typeof sent === 'string' && REQUEST_ID.test(sent) ? sent : randomUUID()
     },
   })
+  let closing = false
+  app.addHook('preClose', async () => {
+    closing = true
+  })
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id)
+    if (closing) {
+      reply.header('connection', 'close')
+      throw new ApiError('server_busy', 'This instance is shutting down; retry (another instance will answer).')
+    }
     if (request.raw.httpVersion === '1.1' && request.headers.host === undefined) {
       throw new ApiError('invalid_request', 'HTTP/1.1 requests need a Host header.')
     }
+    // Only an upload has a body. Any other body is refused at once, so it cannot hold the connection
+    // open, unread, until REQUEST_TIMEOUT_MS.
+    const hasBody = Number(request.headers['content-length'] ?? 0) > 0 || request.headers['transfer-encoding'] !== undefined
+    if (hasBody && !request.is404 && !request.routeOptions.config.acceptsBody) {
+      throw new ApiError('invalid_request', `${request.method} ${request.routeOptions.url ?? 'this path'} takes no request body.`)
+    }
   })
-  // The request id and the key's name are on the logger's bindings (reqId, apiKey).
-  app.addHook('onResponse', async (request, reply) => {
-    // Health probes every few seconds would drown the log: a healthy answer to one is debug.
-    const probe = PROBE_ROUTES.has(request.routeOptions.url ?? '') && reply.statusCode === 200
-    request.log[probe ? 'debug' : 'info'](
-      {
-        method: request.method,
-        route: request.routeOptions.url ?? null,
-        status: reply.statusCode,
-        durationMs: Math.round(reply.elapsedTime),
-        bytesIn: Number(request.headers['content-length'] ?? 0),
-        bytesOut: Number(reply.getHeader('content-length') ?? 0),
-        ...(request.problemCode && { code: request.problemCode }),
-      },
-      'request',
-    )
-  })
+  app.addHook('onResponse', async (request, reply) => logResponse(request, reply))
 
   // Aborted on shutdown, once uploads in flight have had SHUTDOWN_TIMEOUT_MS to finish.
   const shutdown = new AbortController()
@@ -108,6 +119,24 @@ export async function buildApp(config: Config, options: BuildOptions = {}) {
   return app
 }
 
+/** One line per request; the request id and the key's name are on the logger's bindings (reqId, apiKey). */
+function logResponse(request: FastifyRequest, reply: FastifyReply): void {
+  // Health probes every few seconds would drown the log: a healthy answer to one is debug.
+  const probe = PROBE_ROUTES.has(request.routeOptions.url ?? '') && reply.statusCode === 200
+  request.log[probe ? 'debug' : 'info'](
+    {
+      method: request.method,
+      route: request.routeOptions.url ?? null,
+      status: reply.statusCode,
+      durationMs: Math.round(reply.elapsedTime),
+      bytesIn: Number(request.headers['content-length'] ?? 0),
+      bytesOut: Number(reply.getHeader('content-length') ?? 0),
+      ...(request.problemCode && { code: request.problemCode }),
+    },
+    'request',
+  )
+}
+
 /** pino JSON; Authorization never logged; readable output only when developing (pino-pretty is a dev dependency). */
 function loggerOptions(config: Config): FastifyServerOptions['logger'] {
   return {
@@ -118,8 +147,9 @@ function loggerOptions(config: Config): FastifyServerOptions['logger'] {
 }
 
 /** The metrics-only server for METRICS_PORT: GET /metrics and nothing else, no key needed. */
-export function buildMetricsApp(registry: Registry) {
+export async function buildMetricsApp(registry: Registry) {
   const metricsApp = Fastify({ logger: false })
+  await metricsApp.register(problemDetails, {})
   serveMetrics(metricsApp, registry, false)
   return metricsApp
 }

@@ -5,7 +5,7 @@ import { ConfigError, loadConfig } from './config.js'
 async function start() {
   const config = loadConfig(process.env)
   const app = await buildApp(config)
-  const metricsApp = config.metricsPort === undefined ? undefined : buildMetricsApp(app.metricsRegistry)
+  const metricsApp = config.metricsPort === undefined ? undefined : await buildMetricsApp(app.metricsRegistry)
 
   // On SIGTERM/SIGINT: stop accepting, let uploads in flight finish for SHUTDOWN_TIMEOUT_MS, then abort
   // the rest (nothing partial is stored) and exit 0. close-with-grace exits 1 if even that hangs.

@@ -12,7 +12,10 @@ import addFormats from 'ajv-formats'
 import type { FastifyInstance } from 'fastify'
 import t, { type Test } from 'tap'
 import { parse } from 'yaml'
+import { buildMetricsApp } from '../src/app.js'
+import { loadConfig } from '../src/config.js'
 import { ERROR_CATALOGUE } from '../src/errors.js'
+import { FREE_TIER } from '../src/plugins/usage.js'
 import { OPENAPI_PATH } from '../src/routes/openapi.js'
 import { FsDriver } from '../src/storage/fs.js'
 import { assertValidKey } from '../src/upload/keys.js'
@@ -66,7 +69,8 @@ const SECURITY_HEADERS: [documented: string, name: string, value: RegExp][] = [
   ['X-Content-Type-Options: nosniff', 'x-content-type-options', /^nosniff$/],
   ['Cross-Origin-Resource-Policy: cross-origin', 'cross-origin-resource-policy', /^cross-origin$/],
 ]
-const isProtected = (specPath: string) => specPath.startsWith('/v1/')
+/** bearerAuth: every /v1/* operation, and GET /metrics as served on the public port (METRICS_PORT unset). */
+const isProtected = (specPath: string) => specPath.startsWith('/v1/') || specPath === '/metrics'
 
 const documentText = await readFile(OPENAPI_PATH, 'utf8')
 const rawDocument = parse(documentText) as OpenApiDocument
@@ -265,7 +269,7 @@ t.test('the document agrees with the code it describes', async (t) => {
     }
   })
 
-  t.test('bearerAuth on exactly the /v1/* operations, each of which documents 401 and 429', async (t) => {
+  t.test('bearerAuth on exactly the /v1/* operations and /metrics, each of which documents 401 and 429', async (t) => {
     t.equal(spec.components.securitySchemes?.bearerAuth?.type, 'http', 'bearerAuth is an http scheme')
     t.equal(spec.components.securitySchemes?.bearerAuth?.scheme, 'bearer', 'of the bearer kind')
     t.match(spec.components.securitySchemes?.bearerAuth?.description, /API_KEYS/, 'its description names API_KEYS')
@@ -293,11 +297,13 @@ t.test('the document agrees with the code it describes', async (t) => {
   t.test('the info section documents the security headers, the limits and the timeouts', async (t) => {
     const text = rawDocument.info.description.replace(/\s+/g, ' ')
     for (const [documented] of SECURITY_HEADERS) t.ok(text.includes(documented), documented)
-    for (const variable of ['API_KEYS', 'RATE_LIMIT_PER_MINUTE', 'MAX_CONCURRENT_UPLOADS', 'CORS_ORIGINS', 'MAX_IMAGE_PIXELS', 'MAX_UPLOAD_BYTES', 'REQUEST_TIMEOUT_MS', 'HEADERS_TIMEOUT_MS', 'IDLE_TIMEOUT_MS']) {
+    const variables = ['API_KEYS', 'RATE_LIMIT_PER_MINUTE', 'MAX_CONCURRENT_UPLOADS', 'CORS_ORIGINS', 'MAX_IMAGE_PIXELS', 'MAX_UPLOAD_BYTES', 'REQUEST_TIMEOUT_MS', 'HEADERS_TIMEOUT_MS', 'IDLE_TIMEOUT_MS']
+    for (const variable of [...variables, 'METRICS_PORT', 'USAGE_SCAN_INTERVAL_S', 'SHUTDOWN_TIMEOUT_MS']) {
       t.ok(text.includes(`\`${variable}\``), variable)
     }
-    // The defaults stated there are the ones the service runs with.
-    const { config } = await buildTestApp(t)
+    // The defaults stated there are the ones the service runs with: loadConfig of an empty environment
+    // (buildTestApp's config would not do: it turns the periodic usage scan off).
+    const config = loadConfig({})
     const defaults: [string, number][] = [
       ['RATE_LIMIT_PER_MINUTE', config.rateLimitPerMinute],
       ['MAX_CONCURRENT_UPLOADS', config.maxConcurrentUploads],
@@ -306,8 +312,13 @@ t.test('the document agrees with the code it describes', async (t) => {
       ['REQUEST_TIMEOUT_MS', config.timeouts.requestMs],
       ['HEADERS_TIMEOUT_MS', config.timeouts.headersMs],
       ['IDLE_TIMEOUT_MS', config.timeouts.idleMs],
+      ['USAGE_SCAN_INTERVAL_S', config.usageScanIntervalS],
+      ['SHUTDOWN_TIMEOUT_MS', config.shutdownTimeoutMs],
     ]
     for (const [variable, value] of defaults) t.ok(text.includes(`\`${variable}\`, default ${value}`), `${variable} default ${value}`)
+    t.equal(config.metricsPort, undefined, 'METRICS_PORT has no default')
+    t.ok(text.includes('`METRICS_PORT`, unset by default'), 'METRICS_PORT: unset by default')
+    t.match(text, /## Graceful shutdown .*`SHUTDOWN_TIMEOUT_MS`.* 503 `storage_unavailable`/, 'graceful shutdown: uploads aborted at shutdown are 503 storage_unavailable')
   })
 
   t.test('the Key schema accepts exactly the keys the service accepts', async (t) => {
@@ -367,6 +378,24 @@ t.test('the document agrees with the code it describes', async (t) => {
     t.notOk(validatorFor(unavailable)({ ...busy, status: 429 }), 'a 503 body with another status fails')
     t.ok(validatorFor(created)({ ...body, key: 'general/2025/05/abcdefghijklmnopqrst_a.svg', content_type: 'image/svg+xml' }), 'an SVG 201 body passes')
     t.notOk(validatorFor(created)({ ...body, content_type: 'image/tiff' }), 'a type the service does not store fails')
+
+    const usage = (spec.paths['/v1/usage']!.get as Operation).responses['200']!.content!['application/json']!.schema!
+    const report = {
+      storage_bytes: 2_500_000_000,
+      object_count: 3,
+      scanned_at: '2025-05-01T12:00:00.000Z',
+      month: '2025-05',
+      class_a_operations: 12_345,
+      class_b_operations: 0,
+      limits: FREE_TIER,
+      percentages: { storage_bytes: 25, class_a_operations: 1.23, class_b_operations: 0 },
+    }
+    t.ok(validatorFor(usage)(report), 'a well-formed usage report passes')
+    t.ok(validatorFor(usage)({ ...report, scanned_at: null }), 'scanned_at may be null (before the first scan)')
+    t.notOk(validatorFor(usage)({ ...report, month: '2025-5' }), 'month is YYYY-MM')
+    t.notOk(validatorFor(usage)({ ...report, limits: { ...FREE_TIER, storage_bytes: 1 } }), 'the limits are the free tier')
+    t.notOk(validatorFor(usage)({ ...report, percentages: { storage_bytes: 25 } }), 'every percentage is present')
+    t.notOk(validatorFor(usage)({ ...report, extra: 1 }), 'a usage report with an undocumented member fails')
   })
 })
 
@@ -690,6 +719,123 @@ t.test('answers conform to the document', async (t) => {
     const notAllowed = await overSocket(rasterOnly, svgUpload(drawing))
     t.equal(notAllowed.statusCode, 415, 'SVG is opt-in')
     t.match(conforms(t, 'POST', '/v1/images', notAllowed), { code: 'unsupported_media_type', detail: /allowed: image\/jpeg, image\/png, image\/gif, image\/webp/ })
+  })
+
+  t.test('GET /v1/usage: the report, rescans, and 400 for a bad rescan', async (t) => {
+    const { app } = await buildTestApp(t, { API_KEYS })
+    const auth = bearer(TOKEN)
+    const first = await overSocket(app, requestFor('POST', '/v1/images', '', auth))
+    t.equal(first.statusCode, 201, 'an upload')
+    const stored = conforms(t, 'POST', '/v1/images', first) as { size: number } | undefined
+
+    type Report = {
+      storage_bytes: number
+      object_count: number
+      scanned_at: string | null
+      month: string
+      class_a_operations: number
+      class_b_operations: number
+      limits: Record<'storage_bytes' | 'class_a_operations' | 'class_b_operations', number>
+      percentages: Record<'storage_bytes' | 'class_a_operations' | 'class_b_operations', number>
+    }
+    const usage = async (query: string) => {
+      const res = await overSocket(app, { url: `/v1/usage${query}`, headers: auth })
+      t.equal(res.statusCode, 200, `GET /v1/usage${query}`)
+      return conforms(t, 'GET', '/v1/usage', res) as Report | undefined
+    }
+    const consistent = (report: Report | undefined, label: string) => {
+      if (!t.ok(report, `${label}: a report`) || !report) return
+      t.same(report.limits, FREE_TIER, `${label}: the limits are R2's free tier`)
+      for (const figure of ['storage_bytes', 'class_a_operations', 'class_b_operations'] as const) {
+        const exact = (100 * report[figure]) / report.limits[figure]
+        t.ok(Math.abs(report.percentages[figure] - exact) <= 0.005 + 1e-9, `${label}: ${figure} ${report.percentages[figure]} % is ${exact} % to 2 decimals`)
+        t.equal(Math.round(report.percentages[figure] * 100), report.percentages[figure] * 100, `${label}: ${figure}: at most 2 decimals`)
+      }
+      t.equal(report.month, new Date().toISOString().slice(0, 7), `${label}: this UTC month`)
+      t.same([report.class_a_operations, report.class_b_operations], [0, 0], `${label}: no R2 operations on local disk`)
+    }
+
+    const before = Date.now()
+    const scanned = await usage('?rescan=true')
+    consistent(scanned, 'rescan=true')
+    t.equal(scanned?.object_count, 1, 'the one object stored')
+    t.equal(scanned?.storage_bytes, stored?.size, 'its bytes')
+    const scannedAt = Date.parse(scanned?.scanned_at ?? '')
+    t.ok(scannedAt >= before - 1000 && scannedAt <= Date.now() + 1000, `scanned_at ${scanned?.scanned_at} is now`)
+
+    // A second upload: the report keeps the last scan's figures until the next scan.
+    t.equal((await overSocket(app, requestFor('POST', '/v1/images', '', auth))).statusCode, 201, 'a second upload')
+    const cached = await usage('')
+    consistent(cached, 'no rescan')
+    t.equal(cached?.object_count, 1, 'without rescan: the last scan')
+    t.equal(cached?.scanned_at, scanned?.scanned_at, 'without rescan: the same scanned_at')
+    t.equal((await usage('?rescan=false'))?.object_count, 1, 'rescan=false: the last scan')
+    const rescanned = await usage('?rescan=true')
+    consistent(rescanned, 'second rescan')
+    t.equal(rescanned?.object_count, 2, 'rescan=true lists the bucket again')
+    t.equal(rescanned?.storage_bytes, 2 * (stored?.size ?? 0), 'both objects')
+
+    for (const query of ['?rescan=maybe', '?rescan=1', '?rescan']) {
+      const bad = await overSocket(app, { url: `/v1/usage${query}`, headers: auth })
+      t.equal(bad.statusCode, 400, `${query}: 400`)
+      t.match(conforms(t, 'GET', '/v1/usage', bad), { code: 'invalid_request', detail: /rescan/ }, `${query}: invalid_request`)
+    }
+  })
+
+  t.test(
+    'GET /v1/usage: a backend that cannot be listed is a storage error, not a bug',
+    async (t) => {
+      const { app } = await buildTestApp(t, {
+        STORAGE_DRIVER: 'r2',
+        R2_ENDPOINT: 'http://127.0.0.1:9',
+        R2_ACCESS_KEY_ID: 'test-access-key',
+        R2_SECRET_ACCESS_KEY: 'test-secret-key',
+        R2_PUBLIC_URL: 'https://images.example.test',
+      })
+      const res = await app.inject({ url: '/v1/usage' })
+      t.equal(res.statusCode, 503, 'an unreachable backend')
+      t.match(conforms(t, 'GET', '/v1/usage', res), { code: 'storage_unavailable' })
+      t.equal(res.headers['retry-after'], '5', 'Retry-After: 5')
+    },
+  )
+
+  t.test('GET /metrics on the public port: Prometheus text with the key, 401 without', async (t) => {
+    const { app } = await buildTestApp(t, { API_KEYS })
+    t.equal((await overSocket(app, requestFor('POST', '/v1/images', '', bearer(TOKEN)))).statusCode, 201, 'an upload')
+
+    const scraped = await overSocket(app, { url: '/metrics', headers: bearer(TOKEN) })
+    t.equal(scraped.statusCode, 200, 'with the key')
+    conforms(t, 'GET', '/metrics', scraped)
+    t.equal(scraped.headers['content-type'], 'text/plain; version=0.0.4; charset=utf-8', 'the Prometheus text format')
+    t.match(scraped.body, /^# TYPE r2_uploads_total counter$/m, 'r2_uploads_total is exported')
+    t.match(scraped.body, /^r2_uploads_total 1$/m, 'and counts the upload')
+    t.equal(scraped.headers['x-ratelimit-limit'], '120', 'rate-limited like /v1/*')
+
+    for (const [what, headers] of [['no token', {}], ['a wrong token', bearer(WRONG_TOKEN)]] as const) {
+      const refused = await overSocket(app, { url: '/metrics', headers })
+      t.equal(refused.statusCode, 401, `${what}: 401`)
+      t.equal(refused.headers['www-authenticate'], WWW_AUTHENTICATE, `${what}: WWW-Authenticate`)
+      t.match(conforms(t, 'GET', '/metrics', refused), { code: 'unauthorized' }, `${what}: unauthorized`)
+      t.notMatch(refused.body, /r2_uploads_total/, `${what}: no metrics`)
+    }
+  })
+
+  t.test('with METRICS_PORT the public port has no /metrics; the metrics-only server serves it without a key', async (t) => {
+    const { app, config } = await buildTestApp(t, { API_KEYS, METRICS_PORT: '0' })
+    t.equal(config.metricsPort, 0, 'METRICS_PORT is set')
+    t.notOk(app.hasRoute({ method: 'GET', url: '/metrics' }), '/metrics is not registered on the public app')
+    for (const [what, headers] of [['with the key', bearer(TOKEN)], ['without a key', {}]] as const) {
+      const res = await overSocket(app, { url: '/metrics', headers })
+      t.equal(res.statusCode, 404, `${what}: 404`)
+      t.match(conforms(t, 'GET', '/metrics', res), { code: 'not_found' }, `${what}: not_found`)
+    }
+
+    const metricsApp = await buildMetricsApp(app.metricsRegistry)
+    t.teardown(() => metricsApp.close())
+    const scraped = await metricsApp.inject({ url: '/metrics' })
+    t.equal(scraped.statusCode, 200, 'the metrics-only server needs no key')
+    t.equal(scraped.headers['content-type'], 'text/plain; version=0.0.4; charset=utf-8', 'the Prometheus text format')
+    t.match(scraped.body, /^r2_uploads_total 0$/m, 'the public app\'s metrics')
   })
 
   t.test('GET /openapi.yaml serves this file', async (t) => {

@@ -33,12 +33,16 @@ const percent = (used: number, limit: number) => Math.round((used / limit) * 10_
 export default fp(
   async (app, options: { scanIntervalS: number }) => {
     const counted = { month: monthOf(new Date()), A: 0, B: 0 }
+    /** This month's counts, started afresh when the month (UTC) has changed since the last look. */
+    const thisMonth = () => {
+      const month = monthOf(new Date())
+      if (month !== counted.month) Object.assign(counted, { month, A: 0, B: 0 })
+      return counted
+    }
     if (app.storage instanceof R2Driver) {
       app.storage.observeOperations((operation, pricingClass) => {
         app.metrics.operations.inc({ operation, class: pricingClass })
-        const month = monthOf(new Date())
-        if (month !== counted.month) Object.assign(counted, { month, A: 0, B: 0 })
-        if (pricingClass !== 'free') counted[pricingClass]++
+        if (pricingClass !== 'free') thisMonth()[pricingClass]++
       })
     }
 
@@ -61,19 +65,20 @@ export default fp(
     app.decorate('usage', {
       async report({ rescan }: { rescan: boolean }): Promise<UsageReport> {
         if (rescan || !last) await scan()
+        const { month, A, B } = thisMonth()
         const storageBytes = last?.bytes ?? 0
         return {
           storage_bytes: storageBytes,
           object_count: last?.objects ?? 0,
           scanned_at: last?.at.toISOString() ?? null,
-          month: counted.month,
-          class_a_operations: counted.A,
-          class_b_operations: counted.B,
+          month,
+          class_a_operations: A,
+          class_b_operations: B,
           limits: FREE_TIER,
           percentages: {
             storage_bytes: percent(storageBytes, FREE_TIER.storage_bytes),
-            class_a_operations: percent(counted.A, FREE_TIER.class_a_operations),
-            class_b_operations: percent(counted.B, FREE_TIER.class_b_operations),
+            class_a_operations: percent(A, FREE_TIER.class_a_operations),
+            class_b_operations: percent(B, FREE_TIER.class_b_operations),
           },
         }
       },

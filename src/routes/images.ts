@@ -157,11 +157,15 @@ export default async function imageRoutes(app: FastifyInstance, options: { confi
 
   const uploadRoute = {
     schema: { querystring: uploadQuery },
-    config: { offersFallback: true },
-    // Every answer to an upload is counted once: stored (in the handler, which knows the size) or refused.
+    config: { offersFallback: true, acceptsBody: true },
+    // Every upload attempt is counted once: stored (in the handler, which knows the size) or refused.
+    // A request without a valid key, or over its key's budget, is no attempt: it must not be able to
+    // move the error ratio an operator is alerted on.
     onResponse: async (request: FastifyRequest, reply: FastifyReply) => {
+      const code = reply.statusCode === 201 ? undefined : (request.problemCode ?? 'internal_error')
+      if (code === 'unauthorized' || code === 'rate_limited') return
       metrics.uploadLatency.observe(reply.elapsedTime / 1000)
-      if (reply.statusCode !== 201) metrics.uploadErrors.inc({ error_type: request.problemCode ?? 'internal_error' })
+      if (code) metrics.uploadErrors.inc({ error_type: code })
     },
   }
 

@@ -128,11 +128,15 @@ export class FsDriver implements StorageDriver {
   }
 
   async usage(): Promise<{ bytes: number; objects: number }> {
-    const entries = await fs.readdir(this.objectsDir, { recursive: true, withFileTypes: true })
-    const sizes = await Promise.all(
-      entries.filter((entry) => entry.isFile()).map(async (entry) => (await fs.stat(path.join(entry.parentPath, entry.name))).size),
-    )
-    return { bytes: sizes.reduce((sum, size) => sum + size, 0), objects: sizes.length }
+    try {
+      const entries = await fs.readdir(this.objectsDir, { recursive: true, withFileTypes: true })
+      const sizes = await Promise.all(
+        entries.filter((entry) => entry.isFile()).map(async (entry) => (await fs.stat(path.join(entry.parentPath, entry.name))).size),
+      )
+      return { bytes: sizes.reduce((sum, size) => sum + size, 0), objects: sizes.length }
+    } catch (error) {
+      throw asStorageError(error)
+    }
   }
 
   async checkReady(): Promise<void> {

@@ -162,11 +162,15 @@ export class R2Driver implements StorageDriver {
   async usage(): Promise<{ bytes: number; objects: number }> {
     let bytes = 0
     let objects = 0
-    for await (const page of paginateListObjectsV2({ client: this.client }, { Bucket: this.bucket })) {
-      for (const object of page.Contents ?? []) {
-        bytes += object.Size ?? 0
-        objects++
+    try {
+      for await (const page of paginateListObjectsV2({ client: this.client }, { Bucket: this.bucket })) {
+        for (const object of page.Contents ?? []) {
+          bytes += object.Size ?? 0
+          objects++
+        }
       }
+    } catch (error) {
+      throw storageErrorOf(error)
     }
     return { bytes, objects }
   }
