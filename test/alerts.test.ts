@@ -1,10 +1,8 @@
 import { spawnSync } from 'node:child_process'
-import { existsSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import t, { type Test } from 'tap'
+import { PROMTOOL, havePromtool } from './helpers/promtool.js'
 
-/** Debian's promtool (package prometheus); CI installs it. */
-const PROMTOOL = '/usr/bin/promtool'
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const RULES = fileURLToPath(new URL('../prometheus/alerts.yml', import.meta.url))
 const RULE_TESTS = fileURLToPath(new URL('../prometheus/alerts.test.yml', import.meta.url))
@@ -25,12 +23,7 @@ function promtool(t: Test, args: string[]) {
   t.notMatch(output, /FAILED/, `${command} reports no failure`, diagnostics)
 }
 
-if (!existsSync(PROMTOOL)) {
-  t.fail(
-    `${PROMTOOL} is missing: install Debian's prometheus package (apt-get update && apt-get install -y prometheus), ` +
-      'which provides promtool, to check prometheus/alerts.yml and run prometheus/alerts.test.yml',
-  )
-} else {
+if (havePromtool(t)) {
   t.test('the alerting rules are valid (promtool check rules)', async (t) => {
     promtool(t, ['check', 'rules', RULES])
   })

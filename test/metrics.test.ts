@@ -1,6 +1,5 @@
 import { spawnSync } from 'node:child_process'
 import { once } from 'node:events'
-import { existsSync } from 'node:fs'
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import type { FastifyInstance } from 'fastify'
@@ -10,8 +9,8 @@ import { buildTestApp } from './helpers/app.js'
 import { pngOfSize } from './helpers/images.js'
 import { multipartBody } from './helpers/multipart.js'
 import { r2Env, startS3 } from './helpers/s3.js'
+import { PROMTOOL, havePromtool } from './helpers/promtool.js'
 
-const PROMTOOL = '/usr/bin/promtool'
 const KiB = 1024
 const MiB = 1024 * 1024
 const T1 = 'metrics-'.padEnd(40, 'm')
@@ -168,10 +167,7 @@ t.test('every metric is exposed with its type, labels and buckets, and promtool 
   t.equal(valueOf(samples, 'r2_operations_total', { operation: 'DeleteObject', class: 'free' }), 1)
 
   await t.test('promtool check metrics', async (t) => {
-    if (!existsSync(PROMTOOL)) {
-      t.fail(`${PROMTOOL} is missing: install Debian's prometheus package (apt-get install -y prometheus)`)
-      return
-    }
+    if (!havePromtool(t)) return
     const checked = spawnSync(PROMTOOL, ['check', 'metrics'], { input: text, encoding: 'utf8' })
     t.equal(checked.error, undefined, 'promtool ran')
     // 0: clean; 1: the text does not parse; 3: it parses, with lint warnings.
