@@ -22,6 +22,7 @@ import { assertValidKey } from '../src/upload/keys.js'
 import { buildTestApp } from './helpers/app.js'
 import { png, pngHeaderOnly } from './helpers/images.js'
 import { multipartBody } from './helpers/multipart.js'
+import type { UsageReport } from '../src/plugins/usage.js'
 
 type Schema = Record<string, unknown>
 interface HeaderObject {
@@ -728,16 +729,7 @@ t.test('answers conform to the document', async (t) => {
     t.equal(first.statusCode, 201, 'an upload')
     const stored = conforms(t, 'POST', '/v1/images', first) as { size: number } | undefined
 
-    type Report = {
-      storage_bytes: number
-      object_count: number
-      scanned_at: string | null
-      month: string
-      class_a_operations: number
-      class_b_operations: number
-      limits: Record<'storage_bytes' | 'class_a_operations' | 'class_b_operations', number>
-      percentages: Record<'storage_bytes' | 'class_a_operations' | 'class_b_operations', number>
-    }
+    type Report = UsageReport
     const usage = async (query: string) => {
       const res = await overSocket(app, { url: `/v1/usage${query}`, headers: auth })
       t.equal(res.statusCode, 200, `GET /v1/usage${query}`)

@@ -4,7 +4,9 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import type { Readable } from 'node:stream'
 import { GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3'
+import type { FastifyInstance } from 'fastify'
 import S3rver from 's3rver'
+import { R2Driver } from '../../src/storage/r2.js'
 
 export const TEST_BUCKET = 'test-images'
 
@@ -63,3 +65,27 @@ export async function startS3(): Promise<{
 }
 
 export { HeadObjectCommand }
+
+/** One request as the driver's S3 client sent it: operation name (PutObject…) and input. */
+export interface SentCommand {
+  name: string
+  input: Record<string, unknown>
+}
+
+/** Records every request the driver's client sends (each attempt, below the SDK's retries), changing nothing. */
+export function recordCommands(driver: R2Driver): SentCommand[] {
+  const sent: SentCommand[] = []
+  driver.client.middlewareStack.add(
+    (next, context) => async (args) => {
+      sent.push({ name: (context.commandName ?? '?').replace(/Command$/, ''), input: args.input as Record<string, unknown> })
+      return next(args)
+    },
+    { step: 'finalizeRequest', name: 'testRecordCommands' },
+  )
+  return sent
+}
+
+export function r2DriverOf(app: FastifyInstance): R2Driver {
+  if (!(app.storage instanceof R2Driver)) throw new Error(`expected the r2 driver, got ${app.storage.name}`)
+  return app.storage
+}
