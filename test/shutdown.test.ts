@@ -1,0 +1,352 @@
+import { spawn, type ChildProcessByStdio } from 'node:child_process'
+import http from 'node:http'
+import net from 'node:net'
+import type { Readable } from 'node:stream'
+import { readFile } from 'node:fs/promises'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { fileURLToPath } from 'node:url'
+import t, { type Test } from 'tap'
+import { pngOfSize, sha256 } from './helpers/images.js'
+import { r2Env, startS3 } from './helpers/s3.js'
+import { SERVICE_ARGS, serviceEnv } from './helpers/service.js'
+
+const KiB = 1024
+const MiB = 1024 * 1024
+const ROOT = fileURLToPath(new URL('..', import.meta.url))
+const PROBLEM_JSON = /^application\/problem\+json/
+/** How long an early answer waits for the client to stop sending before closing (not exported: read from the source). */
+const LINGER_MS = Number(
+  /const LINGER_MS = ([\d_]+)/.exec(await readFile(new URL('../src/plugins/problem-details.ts', import.meta.url), 'utf8'))![1]!.replaceAll('_', ''),
+)
+
+// Three services start in turn (tsx compiles src/ in each): generous on a loaded machine.
+t.setTimeout(120_000)
+
+const s3 = await startS3()
+t.teardown(() => s3.stop())
+
+/** Services still running if this process ends early (a tap timeout skips teardowns): never left orphaned. */
+const running = new Set<ChildProcessByStdio<null, Readable, null>>()
+process.once('exit', () => {
+  for (const child of running) child.kill('SIGKILL')
+})
+
+interface LogLine {
+  msg?: string
+  [field: string]: unknown
+}
+
+/** The service in a process of its own (src/server.ts, as in production), so it can be sent SIGTERM. */
+async function startService(t: Test, env: NodeJS.ProcessEnv) {
+  const child: ChildProcessByStdio<null, Readable, null> = spawn(process.execPath, SERVICE_ARGS, {
+    cwd: ROOT,
+    env: serviceEnv({ ...r2Env(s3.endpoint), HOST: '127.0.0.1', PORT: '0', LOG_LEVEL: 'info', USAGE_SCAN_INTERVAL_S: '0', ...env }),
+    stdio: ['ignore', 'pipe', 'inherit'],
+  })
+  running.add(child)
+  // Timed at 'exit', settled at 'close': only then has every line the process wrote been read.
+  let exitedAt = 0
+  child.once('exit', () => {
+    exitedAt = Date.now()
+    running.delete(child)
+  })
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; at: number }>((resolve) =>
+    child.once('close', (code, signal) => resolve({ code, signal, at: exitedAt })),
+  )
+  t.teardown(() => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
+  })
+  const logs: LogLine[] = []
+  const waiters: { test: (line: LogLine) => boolean; resolve: (line: LogLine) => void }[] = []
+  let pending = ''
+  child.stdout.setEncoding('utf8')
+  child.stdout.on('data', (chunk: string) => {
+    pending += chunk
+    const lines = pending.split('\n')
+    pending = lines.pop()!
+    for (const text of lines) {
+      let line: LogLine
+      try {
+        line = JSON.parse(text) as LogLine
+      } catch {
+        line = { msg: text }
+      }
+      logs.push(line)
+      for (const waiter of [...waiters]) {
+        if (waiter.test(line)) {
+          waiters.splice(waiters.indexOf(waiter), 1)
+          waiter.resolve(line)
+        }
+      }
+    }
+  })
+  /** The first log line (already written or to come) matching `test`; rejects if the process exits first. */
+  const waitForLog = (test: (line: LogLine) => boolean, what: string): Promise<LogLine> => {
+    const seen = logs.find(test)
+    if (seen) return Promise.resolve(seen)
+    return Promise.race([
+      new Promise<LogLine>((resolve) => waiters.push({ test, resolve })),
+      exited.then(({ code }) => Promise.reject(new Error(`the service exited (${code}) before logging ${what}`))),
+    ])
+  }
+  const listening = await waitForLog((line) => /Server listening at http:\/\/127\.0\.0\.1:\d+/.test(line.msg ?? ''), 'that it listens')
+  const port = Number(/:(\d+)$/.exec(listening.msg!)![1])
+  return { child, exited, logs, waitForLog, target: { host: '127.0.0.1', port } }
+}
+
+type Outcome =
+  | { kind: 'response'; status: number; headers: http.IncomingHttpHeaders; body: string; at: number }
+  | { kind: 'closed'; error: string; at: number }
+
+/**
+ * A POST whose body the test writes piece by piece, when it wants (a slow or stalled client). Like a
+ * careful client it stops writing once the answer arrives, and hangs up once the answer is read.
+ */
+function openUpload(target: { host: string; port: number }, path: string, headers: http.OutgoingHttpHeaders) {
+  const request = http.request({ ...target, method: 'POST', path, headers, agent: false })
+  let answered = false
+  let sent = 0
+  const outcome = new Promise<Outcome>((resolve) => {
+    request.on('response', (response) => {
+      answered = true
+      let body = ''
+      response.setEncoding('utf8')
+      response.on('data', (chunk: string) => (body += chunk))
+      response.on('end', () => {
+        resolve({ kind: 'response', status: response.statusCode!, headers: response.headers, body, at: Date.now() })
+        request.destroy()
+      })
+      response.on('error', (error) => resolve({ kind: 'closed', error: error.message, at: Date.now() }))
+    })
+    request.on('error', (error: NodeJS.ErrnoException) => resolve({ kind: 'closed', error: error.code ?? error.message, at: Date.now() }))
+    request.on('close', () => resolve({ kind: 'closed', error: 'closed without an answer', at: Date.now() }))
+  })
+  return {
+    outcome,
+    get sent() {
+      return sent
+    },
+    get stopped() {
+      return answered || request.destroyed
+    },
+    /** Writes one piece, waiting for the socket to take it; does nothing once the exchange is over. */
+    async write(piece: Buffer): Promise<void> {
+      if (answered || request.destroyed) return
+      sent += piece.length
+      if (!request.write(piece)) {
+        await new Promise<void>((drained) => {
+          const done = () => {
+            request.off('drain', done).off('response', done).off('close', done)
+            drained()
+          }
+          request.on('drain', done).on('response', done).on('close', done)
+        })
+      }
+    },
+    end() {
+      if (!answered && !request.destroyed) request.end()
+    },
+  }
+}
+
+function pieces(buffer: Buffer, size: number): Buffer[] {
+  const out: Buffer[] = []
+  for (let offset = 0; offset < buffer.length; offset += size) out.push(buffer.subarray(offset, offset + size))
+  return out
+}
+
+/** Tries to open a new connection until one is refused (the listener is closed) or `withinMs` passes. */
+async function refusedWithin(target: { host: string; port: number }, withinMs: number): Promise<string> {
+  const deadline = Date.now() + withinMs
+  for (;;) {
+    const result = await new Promise<string>((resolve) => {
+      const socket = net.connect(target)
+      socket.once('connect', () => {
+        socket.destroy()
+        resolve('connected')
+      })
+      socket.once('error', (error: NodeJS.ErrnoException) => resolve(error.code ?? error.message))
+    })
+    if (result !== 'connected' || Date.now() >= deadline) return result
+    await sleep(25)
+  }
+}
+
+/** GET on a fresh connection (no keep-alive pool that shutdown would have to wait for). */
+function get(target: { host: string; port: number }, path: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    http
+      .get({ ...target, path, agent: false }, (response) => {
+        let body = ''
+        response.setEncoding('utf8')
+        response.on('data', (chunk: string) => (body += chunk))
+        response.on('end', () => resolve(body))
+      })
+      .on('error', reject)
+  })
+}
+
+/** A sample of the service's own Prometheus text (METRICS_PORT unset and no API keys: /metrics is open). */
+async function metric(target: { host: string; port: number }, series: string): Promise<number> {
+  const text = await get(target, '/metrics')
+  const line = text.split('\n').find((candidate) => candidate.startsWith(`${series} `))
+  return line === undefined ? 0 : Number(line.slice(series.length + 1))
+}
+
+async function until(condition: () => Promise<boolean>, what: string, withinMs = 10_000): Promise<void> {
+  const deadline = Date.now() + withinMs
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await sleep(50)
+  }
+}
+
+t.test('SIGTERM during a slow upload: it finishes with 201 and a byte-exact object, new connections are refused, exit 0', async (t) => {
+  // Long enough for the rest of the upload (about 0.8 s after the signal): the abort must never fire here.
+  const SHUTDOWN_TIMEOUT_MS = 5000
+  const service = await startService(t, { SHUTDOWN_TIMEOUT_MS: String(SHUTDOWN_TIMEOUT_MS) })
+  const keysBefore = await s3.keys()
+
+  const image = pngOfSize(2 * MiB, 11)
+  const upload = openUpload(service.target, '/v1/images?filename=slow.png', {
+    'content-type': 'image/png',
+    'content-length': String(image.length),
+  })
+  // 16 pieces of 128 KiB, 60 ms apart: about a second in all; SIGTERM after the fourth.
+  let signalledAt = 0
+  let refused = ''
+  for (const [index, piece] of pieces(image, 128 * KiB).entries()) {
+    await upload.write(piece)
+    if (index === 3) {
+      t.equal(upload.stopped, false, 'the upload is still being sent when SIGTERM is sent')
+      signalledAt = Date.now()
+      service.child.kill('SIGTERM')
+      await service.waitForLog((line) => line.msg === 'closing: finishing uploads in flight', 'the shutdown')
+      refused = await refusedWithin(service.target, 1000)
+    }
+    await sleep(60)
+  }
+  upload.end()
+  t.equal(upload.sent, image.length, 'the whole body was sent after SIGTERM went out')
+  t.equal(refused, 'ECONNREFUSED', 'a new connection after SIGTERM is refused')
+
+  const outcome = await upload.outcome
+  const status = outcome.kind === 'response' ? outcome.status : outcome.error
+  const body = outcome.kind === 'response' ? outcome.body : ''
+  t.equal(status, 201, `the upload in flight finishes: ${body.slice(0, 200)}`)
+  t.ok(outcome.at - signalledAt > 500, `answered ${outcome.at - signalledAt} ms after SIGTERM, having received the rest of the body`)
+  const newKeys = (await s3.keys()).filter((key) => !keysBefore.includes(key))
+  if (status === 201) {
+    const stored = JSON.parse(body) as { key: string; size: number; sha256: string }
+    t.equal(stored.size, image.length, 'the whole body was stored')
+    t.equal(stored.sha256, sha256(image), 'the service hashed exactly the bytes sent')
+    t.equal(await s3.sha256Of(stored.key), sha256(image), 'the stored object is byte-exact')
+    t.same(newKeys, [stored.key], 'exactly that object was stored')
+  }
+
+  const exit = await service.exited
+  t.same({ code: exit.code, signal: exit.signal }, { code: 0, signal: null }, 'the process exits 0')
+  t.ok(exit.at - signalledAt < SHUTDOWN_TIMEOUT_MS, `it exits ${exit.at - signalledAt} ms after SIGTERM, once the upload is done (not at the timeout)`)
+  t.notOk(service.logs.some((line) => line.msg === 'closing: aborting the uploads still in flight'), 'nothing was aborted')
+  t.ok(service.logs.some((line) => line.msg === 'closed'), 'it logged that it closed')
+})
+
+t.test('SIGTERM with uploads that stall past SHUTDOWN_TIMEOUT_MS: they end, nothing is stored, exit 0', async (t) => {
+  const SHUTDOWN_TIMEOUT_MS = 2000
+  const service = await startService(t, { SHUTDOWN_TIMEOUT_MS: String(SHUTDOWN_TIMEOUT_MS) })
+  const keysBefore = await s3.keys()
+  const headers = (size: number) => ({ 'content-type': 'image/png', 'content-length': String(size) })
+
+  // Single-request size (<= 5 MiB: buffered, then one PutObject): half the body, then nothing.
+  const small = pngOfSize(2 * MiB, 21)
+  const stalledSmall = openUpload(service.target, '/v1/images?filename=stalled-small.png', headers(small.length))
+  await stalledSmall.write(small.subarray(0, MiB))
+
+  // Multipart size (> 5 MiB: streamed to a multipart upload whose first part is sent): 7 of 12 MiB, then nothing.
+  const large = pngOfSize(12 * MiB, 22)
+  const stalledLarge = openUpload(service.target, '/v1/images?filename=stalled-large.png', headers(large.length))
+  await stalledLarge.write(large.subarray(0, 7 * MiB))
+
+  // A trickle far slower than the timeout allows (1 KiB every 100 ms of 2 MiB), still going at the abort.
+  const trickled = pngOfSize(2 * MiB, 23)
+  const trickle = openUpload(service.target, '/v1/images?filename=trickle.png', headers(trickled.length))
+  let trickling = true
+  const trickler = (async () => {
+    await trickle.write(trickled.subarray(0, 64 * KiB))
+    for (let offset = 64 * KiB; trickling && !trickle.stopped && offset < trickled.length; offset += KiB) {
+      await sleep(100)
+      await trickle.write(trickled.subarray(offset, offset + KiB))
+    }
+  })()
+
+  // All three are in the handler, and the large one really is in a multipart upload, before the signal.
+  await until(async () => (await metric(service.target, 'r2_uploads_in_flight')) === 3, 'three uploads in flight')
+  await until(
+    async () => (await metric(service.target, 'r2_operations_total{operation="UploadPart",class="A"}')) >= 1,
+    'the first part of the large upload to be sent',
+  )
+  t.pass('three uploads are in flight, the large one with a part already sent')
+
+  const signalledAt = Date.now()
+  service.child.kill('SIGTERM')
+
+  const uploads = { 'single-request size, stalled': stalledSmall, 'multipart size, stalled': stalledLarge, 'trickling': trickle }
+  for (const [name, upload] of Object.entries(uploads)) {
+    const outcome = await upload.outcome
+    const after = outcome.at - signalledAt
+    // Either answer ends the upload: a 503 problem, or (had the answer been lost) a closed connection.
+    if (outcome.kind === 'response') {
+      t.equal(outcome.status, 503, `${name}: 503 (${outcome.body.slice(0, 200)})`)
+      t.match(outcome.headers['content-type'], PROBLEM_JSON, `${name}: a problem document`)
+      t.equal((JSON.parse(outcome.body) as { code: string }).code, 'storage_unavailable', `${name}: storage_unavailable, retry`)
+    } else {
+      t.pass(`${name}: the connection was closed (${outcome.error})`)
+    }
+    t.ok(after >= SHUTDOWN_TIMEOUT_MS - 100, `${name}: it had the grace period (ended ${after} ms after SIGTERM)`)
+    t.ok(after < SHUTDOWN_TIMEOUT_MS + 2000, `${name}: it ended ${after} ms after SIGTERM, soon after the timeout`)
+  }
+  trickling = false
+  await trickler
+
+  const exit = await service.exited
+  t.same({ code: exit.code, signal: exit.signal }, { code: 0, signal: null }, 'the process exits 0')
+  t.ok(exit.at - signalledAt < SHUTDOWN_TIMEOUT_MS + 3000, `it exits ${exit.at - signalledAt} ms after SIGTERM (timeout ${SHUTDOWN_TIMEOUT_MS} ms)`)
+  t.ok(service.logs.some((line) => line.msg === 'closing: aborting the uploads still in flight'), 'the late uploads were aborted')
+  t.notOk(service.logs.some((line) => line.msg === 'image stored'), 'no upload reports a stored image')
+  // s3rver does not implement AbortMultipartUpload, so the large upload's sent part may linger there
+  // (R2 would drop it); what matters is that no object was completed: the bucket lists no new key.
+  t.same((await s3.keys()).filter((key) => !keysBefore.includes(key)), [], 'no object was stored')
+})
+
+t.test('a client that neither reads the 503 nor hangs up holds the exit for LINGER_MS at most', async (t) => {
+  // What fly.toml's kill_timeout must allow for beyond SHUTDOWN_TIMEOUT_MS (test/deploy.test.ts checks it).
+  const SHUTDOWN_TIMEOUT_MS = 2000
+  const service = await startService(t, { SHUTDOWN_TIMEOUT_MS: String(SHUTDOWN_TIMEOUT_MS) })
+  const keysBefore = await s3.keys()
+  const image = pngOfSize(2 * MiB, 31)
+  const socket = net.connect(service.target)
+  await new Promise((resolve) => socket.once('connect', resolve))
+  socket.on('error', () => {})
+  socket.pause() // never reads the answer
+  socket.write(`POST /v1/images?filename=deaf.png HTTP/1.1\r\nHost: test\r\nContent-Type: image/png\r\nContent-Length: ${image.length}\r\n\r\n`)
+  socket.write(image.subarray(0, 256 * KiB))
+  let offset = 256 * KiB
+  const trickle = setInterval(() => {
+    if (!socket.destroyed && offset < image.length) socket.write(image.subarray(offset, (offset += KiB)))
+  }, 100)
+  t.teardown(() => {
+    clearInterval(trickle)
+    socket.destroy()
+  })
+  await until(async () => (await metric(service.target, 'r2_uploads_in_flight')) === 1, 'the upload to be in flight')
+
+  const signalledAt = Date.now()
+  service.child.kill('SIGTERM')
+  const exit = await service.exited
+  const after = exit.at - signalledAt
+  t.comment(`exited ${after} ms after SIGTERM (SHUTDOWN_TIMEOUT_MS ${SHUTDOWN_TIMEOUT_MS}, LINGER_MS ${LINGER_MS})`)
+  t.same({ code: exit.code, signal: exit.signal }, { code: 0, signal: null }, 'the process exits 0')
+  t.ok(after >= SHUTDOWN_TIMEOUT_MS - 100, `the upload had its grace period (exit after ${after} ms)`)
+  t.ok(after < SHUTDOWN_TIMEOUT_MS + LINGER_MS + 2000, `exit within SHUTDOWN_TIMEOUT_MS + LINGER_MS (+2 s): ${after} ms`)
+  t.same((await s3.keys()).filter((key) => !keysBefore.includes(key)), [], 'no object was stored')
+})
