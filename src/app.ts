@@ -31,7 +31,7 @@ declare module 'fastify' {
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/
 /** All request headers together (Node's default, stated so it is documented and tested). */
-export const MAX_HEADER_BYTES = 16 * 1024
+const MAX_HTTP_HEADER_BYTES = 16 * 1024
 const PROBE_ROUTES = new Set(['/healthz', '/readyz'])
 
 export interface BuildOptions {
@@ -56,7 +56,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}) {
     connectionTimeout: config.timeouts.idleMs,
     keepAliveTimeout: config.timeouts.idleMs,
     // requireHostHeader off: Node would answer a missing Host with a bare 400; the hook below says why.
-    http: { headersTimeout: config.timeouts.headersMs, maxHeaderSize: MAX_HEADER_BYTES, connectionsCheckingInterval: 1000, requireHostHeader: false },
+    http: { headersTimeout: config.timeouts.headersMs, maxHeaderSize: MAX_HTTP_HEADER_BYTES, connectionsCheckingInterval: 1000, requireHostHeader: false },
     clientErrorHandler: answerUnparsableRequest,
     // A path whose percent-encoding cannot be decoded never reaches a route: answer it like one that can.
     // No hook runs on this path: the request id, the log line and the metric are added here.

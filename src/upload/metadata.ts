@@ -5,9 +5,9 @@ const CONTEXT_PATTERN = /^[a-z0-9][a-z0-9_-]{0,62}$/
 const NAME_PATTERN = /^[a-z0-9][a-z0-9_]{0,63}$/
 const MAX_CLIENT_METADATA_BYTES = 2048
 export const MAX_FILENAME_BYTES = 255
-export const DEFAULT_CONTEXT = 'general'
+const DEFAULT_CONTEXT = 'general'
 /** Metadata the service computes itself; a client may not send these. */
-export const SERVICE_OWNED_METADATA = ['sha256', 'filename', 'width', 'height'] as const
+const SERVICE_OWNED_METADATA = ['sha256', 'filename', 'width', 'height'] as const
 const ISO_8601 = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})$/
 const HEADER_PREFIX = 'x-meta-'
 
@@ -49,8 +49,8 @@ export function clientMetadata(entries: Iterable<[string, string]>, now = new Da
 }
 
 /** `character_name` ↔ `character-name`: the form metadata names take in headers (ours and S3's). */
-export const headerNameOf = (name: string): string => name.replaceAll('_', '-')
-export const metadataNameOf = (headerName: string): string => headerName.toLowerCase().replaceAll('-', '_')
+const headerNameOf = (name: string): string => name.replaceAll('_', '-')
+const metadataNameOf = (headerName: string): string => headerName.toLowerCase().replaceAll('-', '_')
 
 function decodeValue(name: string, value: string): string {
   // Raw non-ASCII would arrive as Latin-1 and be stored garbled: only the percent-encoded form is accepted.

@@ -13,7 +13,7 @@ import { SVG_MAX_BYTES, checkSvg, looksLikeMarkup } from './svg.js'
 /** file-type needs at most this many leading bytes to recognise any format. */
 const TYPE_SNIFF_BYTES = 4100
 /** JPEG dimensions can sit behind large EXIF segments; past this the header is not believable. */
-const MAX_HEADER_BYTES = 1024 * 1024
+const MAX_IMAGE_HEADER_BYTES = 1024 * 1024
 export const CACHE_CONTROL = 'public, max-age=31536000, immutable'
 
 export interface UploadSource {
@@ -138,7 +138,7 @@ async function readDimensions(reader: CountingReader, type: ImageType): Promise<
     if (size && size.width > 0 && size.height > 0) return size
     // A strict reader's answer is final; image-size may just not have seen enough yet.
     if (size && strictReader) throw new ApiError('unsupported_media_type', 'The image header declares no width or height.')
-    if (reader.ended || reader.bufferedBytes >= MAX_HEADER_BYTES) {
+    if (reader.ended || reader.bufferedBytes >= MAX_IMAGE_HEADER_BYTES) {
       throw new ApiError('unsupported_media_type', 'The image header is corrupt: its width and height cannot be read.')
     }
     // Doubling keeps the re-parsing linear in the header size, however small the client's chunks.
