@@ -116,7 +116,6 @@ export interface R2Settings {
 export type StorageConfig = { driver: 'fs'; dataDir: string } | ({ driver: 'r2' } & R2Settings)
 
 export interface Config {
-  production: boolean
   /** NODE_ENV=development: readable logs. */
   development: boolean
   port: number
@@ -199,7 +198,6 @@ export function loadConfig(env: NodeJS.ProcessEnv): Config {
           bucket: settings.R2_BUCKET_NAME,
         }
   return {
-    production: settings.NODE_ENV === 'production',
     development: settings.NODE_ENV === 'development',
     port: settings.PORT,
     host: settings.HOST,

@@ -43,3 +43,5 @@ export class ApiError extends Error {
     return 'retryAfterSeconds' in entry ? entry.retryAfterSeconds : undefined
   }
 }
+
+export const objectNotFound = (key: string): ApiError => new ApiError('not_found', `There is no object with the key "${key}".`)

@@ -331,7 +331,7 @@ t.test('fly.toml agrees with the code and the Dockerfile: ports, health check, m
   const config = loadConfig({ ...env, ...secrets })
 
   t.equal(env.NODE_ENV, 'production', 'NODE_ENV=production')
-  t.equal(config.production, true)
+  t.throws(() => loadConfig({ ...env, ...secrets, API_KEYS: '' }), { message: /API_KEYS: required under NODE_ENV=production/ }, 'the production rules apply')
   t.equal(config.storage.driver, 'r2', 'it stores on R2')
   t.notMatch(config.host, /^(127\.|localhost$|::1$)/, `HOST ${config.host} is reachable by Fly's proxy (not loopback)`)
 

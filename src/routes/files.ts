@@ -1,5 +1,5 @@
 import type { FastifyInstance } from 'fastify'
-import { ApiError } from '../errors.js'
+import { objectNotFound } from '../errors.js'
 import type { FsDriver } from '../storage/fs.js'
 import { keyFromPath } from '../upload/keys.js'
 
@@ -17,8 +17,9 @@ export default async function fileRoutes(app: FastifyInstance, options: { driver
   app.get('/files/*', async (request, reply) => {
     const key = keyFromPath(request.url, '/files/')
     const found = await options.driver.open(key)
-    if (!found) throw new ApiError('not_found', `There is no object with the key "${key}".`)
+    if (!found) throw objectNotFound(key)
     const { object, handle } = found
+    // X-Content-Type-Options: nosniff comes with every answer (http-hardening).
     // An SVG opened directly is a document that could run script: sandbox it, on top of any app-wide policy.
     // Raster types are not sandboxed: they cannot script, and a browser's image viewer needs nothing relaxed.
     const policy = reply.getHeader('content-security-policy')
@@ -26,7 +27,6 @@ export default async function fileRoutes(app: FastifyInstance, options: { driver
       'content-type': object.contentType,
       etag: object.etag,
       'last-modified': object.lastModified.toUTCString(),
-      'x-content-type-options': 'nosniff',
       ...(object.cacheControl && { 'cache-control': object.cacheControl }),
       ...(object.contentType === 'image/svg+xml' && { 'content-security-policy': policy ? `${String(policy)}; sandbox` : 'sandbox' }),
     })

@@ -2,7 +2,7 @@ import { Readable } from 'node:stream'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import multipart, { type Multipart } from '@fastify/multipart'
 import type { Config } from '../config.js'
-import { ApiError } from '../errors.js'
+import { ApiError, objectNotFound } from '../errors.js'
 import { baseFilename, keyFromPath, publicUrlOf } from '../upload/keys.js'
 import {
   MAX_FILENAME_BYTES,
@@ -36,12 +36,13 @@ async function* readClientBody(stream: AsyncIterable<Buffer>): AsyncGenerator<Bu
 }
 
 function checkedFilename(filename: string | undefined): string | undefined {
-  const base = filename === undefined ? undefined : baseFilename(filename)
-  if (base !== undefined && Buffer.byteLength(base) > MAX_FILENAME_BYTES) {
+  if (filename === undefined) return undefined
+  const base = baseFilename(filename)
+  if (Buffer.byteLength(base) > MAX_FILENAME_BYTES) {
     throw new ApiError('invalid_request', `The filename is longer than ${MAX_FILENAME_BYTES} bytes.`)
   }
   // U+FFFD is what bytes that are not UTF-8 decode to: the name the client meant is already lost.
-  if (base !== undefined && /[\u0000-\u001f\u007f\ufffd]/.test(base)) {
+  if (/[\u0000-\u001f\u007f\ufffd]/.test(base)) {
     throw new ApiError('invalid_request', 'The filename must be UTF-8 text without control characters.')
   }
   return base
@@ -126,7 +127,7 @@ const keyOf = (request: FastifyRequest): string => keyFromPath(request.url, IMAG
 
 async function findObject(app: FastifyInstance, key: string) {
   const object = await app.storage.head(key)
-  if (!object) throw new ApiError('not_found', `There is no object with the key "${key}".`)
+  if (!object) throw objectNotFound(key)
   return object
 }
 

@@ -103,7 +103,7 @@ async function detectType(head: Buffer, allowedTypes: readonly ImageType[]): Pro
 }
 
 /** An SVG is a document, checked whole before anything is stored: so it is read whole, up to SVG_MAX_BYTES. */
-async function readSvg(reader: CountingReader): Promise<{ width: number; height: number }> {
+async function readSvg(reader: CountingReader): Promise<Size> {
   // The reader itself still refuses anything over the policy's maxBytes, should that be the lower limit.
   await reader.fillTo(SVG_MAX_BYTES + 1)
   if (reader.bufferedBytes > SVG_MAX_BYTES) {

@@ -1,5 +1,6 @@
 import { SaxesParser, type SaxesAttributeNS, type SaxesTagNS } from 'saxes'
 import { ApiError } from '../errors.js'
+import type { Size } from './frame-size.js'
 
 /** An SVG is checked whole before anything is stored, so it is held in memory: at most this much. */
 export const SVG_MAX_BYTES = 1024 * 1024
@@ -27,7 +28,7 @@ export function looksLikeMarkup(head: Buffer): boolean {
  * checks see a value, and refuses what could run script or load another resource when the SVG is opened
  * (served as image/svg+xml it is a document, not a picture). Returns the size the root declares.
  */
-export function checkSvg(document: Buffer): { width: number; height: number } {
+export function checkSvg(document: Buffer): Size {
   let text: string
   try {
     text = new TextDecoder('utf-8', { fatal: true }).decode(document)
@@ -35,7 +36,7 @@ export function checkSvg(document: Buffer): { width: number; height: number } {
     refuse('The SVG is not UTF-8 text.')
   }
   const parser = new SaxesParser({ xmlns: true })
-  let size: { width: number; height: number } | undefined
+  let size: Size | undefined
   let styleDepth = 0
   let css = ''
   // A browser honours the declared encoding; parsing as UTF-8 what it reads otherwise could hide markup.
@@ -70,7 +71,7 @@ export function checkSvg(document: Buffer): { width: number; height: number } {
   return size! // the parser refuses a document without a root element
 }
 
-function rootSize(root: SaxesTagNS): { width: number; height: number } {
+function rootSize(root: SaxesTagNS): Size {
   if (root.local !== 'svg' || (root.uri !== SVG_NAMESPACE && root.uri !== '')) {
     refuse(`The document's root is <${root.name}>${root.uri && ` in the namespace ${root.uri}`}, not an SVG <svg> element.`)
   }
