@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto'
-import Fastify, { type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
+import Fastify, { LogController, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
 import type { Registry } from 'prom-client'
 import type { Config } from './config.js'
 import auth from './plugins/auth.js'
@@ -46,7 +46,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}) {
   const app = Fastify({
     logger: options.logger ?? loggerOptions(config),
     // One line per request is written below, with what an operator needs on it.
-    disableRequestLogging: true,
+    logController: new LogController({ disableRequestLogging: true }),
     // Requests arriving while the service closes are answered by the hook below, as problem+json.
     return503OnClosing: false,
     trustProxy: config.trustProxy,
