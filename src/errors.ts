@@ -10,6 +10,7 @@ export const ERROR_CATALOGUE = {
   empty_file: { status: 400, title: 'The file is empty' },
   unauthorized: { status: 401, title: 'A valid API key is required' },
   not_found: { status: 404, title: 'Not found' },
+  idempotency_conflict: { status: 409, title: 'The Idempotency-Key was used for a different upload' },
   image_too_large: { status: 413, title: 'The image is too large' },
   unsupported_media_type: { status: 415, title: 'The content is not an allowed image type' },
   image_too_many_pixels: { status: 422, title: 'The image has too many pixels' },

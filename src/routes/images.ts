@@ -11,7 +11,8 @@ import {
   metadataFromRequestHeaders,
   metadataToResponseHeaders,
 } from '../upload/metadata.js'
-import { storeUpload, type UploadSource } from '../upload/pipeline.js'
+import { IdempotencyRecords, fingerprintOf, idempotencyKeyOf, type IdempotencyRecord } from '../upload/idempotency.js'
+import { checkUpload, storeUpload, type StoredUpload, type UploadSource } from '../upload/pipeline.js'
 
 /** Raw-body uploads: any image/* type or octet-stream; the declared type is never trusted. */
 const RAW_BODY_TYPES = /^(image\/[\w.+-]+|application\/octet-stream)\s*(;.*)?$/i
@@ -182,15 +183,69 @@ export default async function imageRoutes(app: FastifyInstance, options: { confi
     }
   })
 
+  const records = new IdempotencyRecords(app.storage)
+
   async function upload(request: FastifyRequest<{ Querystring: RawUploadQuery }>, reply: FastifyReply) {
+    const idempotencyKey = idempotencyKeyOf(request.headers)
     const source = request.isMultipart()
       ? await multipartUploadSource(request, config.maxUploadBytes)
       : rawUploadSource(request, config.maxUploadBytes)
-    const stored = await storeUpload(source, policy, uploadSignal(reply, shutdown))
+    const signal = uploadSignal(reply, shutdown)
+    if (idempotencyKey === undefined) return created(reply, await store(request, source, signal))
+
+    // A retry: the same key from the same API key (by name, so it survives a token rotation).
+    const recordKey = records.recordKey(request.apiKeyName ?? 'anonymous', idempotencyKey)
+    const earlier = await records.find(recordKey)
+    if (earlier) {
+      // The retried bytes go through every check and are not stored: they must match the first upload's.
+      return replay(reply, earlier, fingerprintOf(source, await checkUpload(source, policy, signal)))
+    }
+    const stored = await store(request, source, signal)
+    const fingerprint = fingerprintOf(source, stored)
+    let holder: IdempotencyRecord
+    try {
+      holder = await records.claim(recordKey, fingerprint, stored, signal)
+    } catch (error) {
+      // Without its record a retry would store the image twice: withdraw it, and let the client retry.
+      await withdraw(request, stored.key)
+      throw error
+    }
+    if (holder.response.key === stored.key) return created(reply, stored)
+    // A request with this key (the original of this retry) stored its image first: this copy goes.
+    await withdraw(request, stored.key)
+    return replay(reply, holder, fingerprint)
+  }
+
+  async function store(request: FastifyRequest, source: UploadSource, signal: AbortSignal): Promise<StoredUpload> {
+    const stored = await storeUpload(source, policy, signal)
     request.log.info({ key: stored.key, size: stored.size, type: stored.content_type, sha256: stored.sha256 }, 'image stored')
     metrics.uploads.inc()
     metrics.uploadSize.observe(stored.size)
+    return stored
+  }
+
+  function created(reply: FastifyReply, stored: StoredUpload) {
     return reply.code(201).header('location', stored.url).send(stored)
+  }
+
+  function replay(reply: FastifyReply, record: IdempotencyRecord, fingerprint: string) {
+    if (record.fingerprint !== fingerprint) {
+      throw new ApiError(
+        'idempotency_conflict',
+        `This Idempotency-Key was used at ${record.created_at} for a different upload (other bytes, context, filename or metadata).`,
+      )
+    }
+    reply.log.info({ key: record.response.key }, 'idempotent retry: first answer replayed')
+    return created(reply.header('idempotent-replayed', 'true'), record.response)
+  }
+
+  async function withdraw(request: FastifyRequest, key: string) {
+    try {
+      await app.storage.delete(key)
+      request.log.info({ key }, 'image withdrawn')
+    } catch (error) {
+      request.log.error({ err: error, key }, 'image could not be withdrawn: an orphan remains')
+    }
   }
 
   app.head(`${IMAGES_PREFIX}*`, async (request, reply) => {

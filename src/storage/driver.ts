@@ -1,4 +1,5 @@
 import type { Readable } from 'node:stream'
+import { ApiError } from '../errors.js'
 
 /** What the service writes with every object. */
 export interface ObjectWrite {
@@ -28,10 +29,13 @@ export interface StorageDriver {
   /**
    * Stores a new object and never overwrites one. A Buffer goes up in one request; a stream is written
    * as it arrives. If the stream errors or `signal` aborts, nothing is left behind and the call rejects.
+   * Rejects with KeyExistsError when the key already holds an object written by someone else.
    */
   put(key: string, body: Buffer | Readable, write: ObjectWrite, signal: AbortSignal): Promise<void>
   /** The object's headers and metadata, or undefined when there is no such object. */
   head(key: string): Promise<StoredObject | undefined>
+  /** The bytes of a small object (the service's own records), or undefined when there is no such object. */
+  read(key: string): Promise<Buffer | undefined>
   /** Deletes the object; deleting a missing object succeeds. */
   delete(key: string): Promise<void>
   /** Bytes and objects stored, counted by listing everything (R2: one Class A operation per 1000 objects). */
@@ -46,3 +50,10 @@ export interface StorageDriver {
  * larger ones stream. It is also the R2 multipart part size: R2 wants equal parts and S3 at least 5 MiB.
  */
 export const SINGLE_REQUEST_MAX_BYTES = 5 * 1024 * 1024
+
+/** put() found the key taken: objects are never overwritten. */
+export class KeyExistsError extends ApiError {
+  constructor(key: string, options?: { cause?: unknown }) {
+    super('storage_error', `An object with the key "${key}" already exists.`, options)
+  }
+}

@@ -6,7 +6,7 @@ import { Readable, Transform } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { ConfigError } from '../config.js'
 import { ApiError } from '../errors.js'
-import type { ObjectWrite, StorageDriver, StoredObject } from './driver.js'
+import { KeyExistsError, type ObjectWrite, type StorageDriver, type StoredObject } from './driver.js'
 
 interface Sidecar {
   contentType: string
@@ -79,7 +79,8 @@ export class FsDriver implements StorageDriver {
       await fs.link(tmpMeta, metaPath)
       await fs.link(tmpObject, objectPath)
     } catch (error) {
-      throw signal.aborted ? signal.reason : asStorageError(error)
+      if (signal.aborted) throw signal.reason
+      throw (error as NodeJS.ErrnoException).code === 'EEXIST' ? new KeyExistsError(key, { cause: error }) : asStorageError(error)
     } finally {
       await Promise.all([fs.rm(tmpObject, { force: true }), fs.rm(tmpMeta, { force: true })])
     }
@@ -113,6 +114,15 @@ export class FsDriver implements StorageDriver {
       return { object, handle }
     } catch (error) {
       await handle?.close()
+      if (isMissing(error)) return undefined
+      throw asStorageError(error)
+    }
+  }
+
+  async read(key: string): Promise<Buffer | undefined> {
+    try {
+      return await fs.readFile(this.pathIn(this.objectsDir, key))
+    } catch (error) {
       if (isMissing(error)) return undefined
       throw asStorageError(error)
     }
@@ -161,6 +171,5 @@ const isMissing = (error: unknown): boolean => MISSING.has((error as NodeJS.Errn
 function asStorageError(error: unknown): ApiError {
   if (error instanceof ApiError) return error
   const code = (error as NodeJS.ErrnoException).code
-  const detail = code === 'EEXIST' ? 'An object with this key already exists.' : `The data directory failed (${code ?? 'unreadable'}).`
-  return new ApiError('storage_error', detail, { cause: error })
+  return new ApiError('storage_error', `The data directory failed (${code ?? 'unreadable'}).`, { cause: error })
 }

@@ -1,6 +1,7 @@
 import type { Readable } from 'node:stream'
 import {
   DeleteObjectCommand,
+  GetObjectCommand,
   HeadBucketCommand,
   HeadObjectCommand,
   PutObjectCommand,
@@ -13,7 +14,7 @@ import { Upload } from '@aws-sdk/lib-storage'
 import type { R2Settings } from '../config.js'
 import { ApiError } from '../errors.js'
 import { decodeStoredMetadata, encodeStoredMetadata } from '../upload/metadata.js'
-import { SINGLE_REQUEST_MAX_BYTES, type ObjectWrite, type StorageDriver, type StoredObject } from './driver.js'
+import { KeyExistsError, SINGLE_REQUEST_MAX_BYTES, type ObjectWrite, type StorageDriver, type StoredObject } from './driver.js'
 
 export type PricingClass = 'A' | 'B' | 'free'
 
@@ -90,7 +91,8 @@ export class R2Driver implements StorageDriver {
       // A 412 on a key this upload made up can only be its own earlier attempt, retried after the answer
       // was lost: that write succeeded, so the upload did too.
       const keyExists = error instanceof ApiError && (error.cause as Error | undefined)?.name === 'PreconditionFailed'
-      if (!keyExists || !(await this.holdsOwnWrite(key, body, write))) throw error
+      if (!keyExists) throw error
+      if (!(await this.holdsOwnWrite(key, body, write))) throw new KeyExistsError(key, { cause: error })
     }
   }
 
@@ -151,6 +153,16 @@ export class R2Driver implements StorageDriver {
         await this.checkReady()
         return undefined
       }
+      throw storageErrorOf(error)
+    }
+  }
+
+  async read(key: string): Promise<Buffer | undefined> {
+    try {
+      const object = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }))
+      return Buffer.from(await object.Body!.transformToByteArray())
+    } catch (error) {
+      if (error instanceof S3ServiceException && error.name === 'NoSuchKey') return undefined
       throw storageErrorOf(error)
     }
   }

@@ -1,5 +1,6 @@
 import { randomInt } from 'node:crypto'
-import { ApiError } from '../errors.js'
+import { ApiError, objectNotFound } from '../errors.js'
+import { RECORDS_PREFIX } from './idempotency.js'
 
 const MAX_KEY_BYTES = 1024
 const KEY_SEGMENT = /^[A-Za-z0-9._-]+$/
@@ -29,7 +30,10 @@ export function assertValidKey(key: string): string {
  */
 export function keyFromPath(url: string, prefix: string): string {
   const path = url.split('?', 1)[0] ?? ''
-  return assertValidKey(path.startsWith(prefix) ? path.slice(prefix.length) : '')
+  const key = assertValidKey(path.startsWith(prefix) ? path.slice(prefix.length) : '')
+  // The service's own records share the bucket; to a client they are no images.
+  if (key.startsWith(RECORDS_PREFIX)) throw objectNotFound(key)
+  return key
 }
 
 /** The client's filename without any directory part ("C:\\pics\\a.png" and "../a.png" are both "a.png"). */

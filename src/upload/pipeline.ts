@@ -28,7 +28,7 @@ export interface UploadSource {
 }
 
 export interface UploadPolicy {
-  driver: StorageDriver
+  driver: Pick<StorageDriver, 'put'>
   maxBytes: number
   allowedTypes: readonly ImageType[]
   maxPixels: number
@@ -88,6 +88,18 @@ export async function storeUpload(source: UploadSource, policy: UploadPolicy, si
     width,
     height,
   }
+}
+
+/** Takes the body and keeps nothing: for reading an upload through the same checks without storing it. */
+const NO_STORAGE: Pick<StorageDriver, 'put'> = {
+  async put(_key, body) {
+    if (!Buffer.isBuffer(body)) for await (const _chunk of body);
+  },
+}
+
+/** Reads and checks an upload exactly as storeUpload does (type, size, pixels, hash), and stores nothing. */
+export function checkUpload(source: UploadSource, policy: UploadPolicy, signal: AbortSignal): Promise<StoredUpload> {
+  return storeUpload(source, { ...policy, driver: NO_STORAGE }, signal)
 }
 
 async function detectType(head: Buffer, allowedTypes: readonly ImageType[]): Promise<ImageType> {

@@ -1,0 +1,92 @@
+import { createHash } from 'node:crypto'
+import type { IncomingHttpHeaders } from 'node:http'
+import { ApiError } from '../errors.js'
+import { KeyExistsError, type StorageDriver } from '../storage/driver.js'
+import type { StoredUpload, UploadSource } from './pipeline.js'
+
+/** How long an Idempotency-Key replays the first answer. */
+export const IDEMPOTENCY_WINDOW_MS = 24 * 60 * 60 * 1000
+/**
+ * Records live in the bucket, beside the images, so a retry finds them after a restart and on any
+ * instance. No image key starts here (contexts start with [a-z0-9]), and the routes never serve it.
+ */
+export const RECORDS_PREFIX = '.idempotency/'
+/** Printable ASCII without spaces, as the IETF draft and Stripe's keys use (a UUID fits). */
+const IDEMPOTENCY_KEY = /^[\x21-\x7e]{1,255}$/
+
+export interface IdempotencyRecord {
+  created_at: string
+  /** What makes two uploads the same request: see fingerprintOf. */
+  fingerprint: string
+  /** The first upload's 201 body, replayed as is. */
+  response: StoredUpload
+}
+
+/** The request's Idempotency-Key, or undefined; a malformed one is refused rather than ignored. */
+export function idempotencyKeyOf(headers: IncomingHttpHeaders): string | undefined {
+  const key = headers['idempotency-key']
+  if (key === undefined) return undefined
+  if (typeof key !== 'string' || !IDEMPOTENCY_KEY.test(key)) {
+    throw new ApiError('invalid_request', 'Idempotency-Key must be 1 to 255 printable ASCII characters without spaces, sent once.')
+  }
+  return key
+}
+
+/**
+ * The same request means the same bytes, context, filename and metadata. `uploaded_at` is left out: a
+ * client that stamps it when it sends may stamp a retry anew, and the retry is still the same upload.
+ */
+export function fingerprintOf(source: UploadSource, upload: StoredUpload): string {
+  const { uploaded_at: _restamped, ...metadata } = source.metadata
+  const entries = Object.entries(metadata).sort(([a], [b]) => (a < b ? -1 : 1))
+  return createHash('sha256').update(JSON.stringify([upload.sha256, source.context, upload.filename, entries])).digest('hex')
+}
+
+/** Idempotency records, one small JSON object per (API key name, Idempotency-Key), written once. */
+export class IdempotencyRecords {
+  constructor(
+    private readonly driver: Pick<StorageDriver, 'read' | 'put' | 'delete'>,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  /** Hashed, so the client's key needs no escaping and one API key cannot name another's records. */
+  recordKey(scope: string, idempotencyKey: string): string {
+    return `${RECORDS_PREFIX}${createHash('sha256').update(`${scope}\n${idempotencyKey}`).digest('hex')}.json`
+  }
+
+  /** The record if it is younger than the window; an expired or unreadable one counts as none. */
+  async find(recordKey: string): Promise<IdempotencyRecord | undefined> {
+    const bytes = await this.driver.read(recordKey)
+    if (bytes === undefined) return undefined
+    try {
+      const record = JSON.parse(bytes.toString('utf8')) as IdempotencyRecord
+      const age = this.now() - Date.parse(record.created_at)
+      return age >= 0 && age < IDEMPOTENCY_WINDOW_MS ? record : undefined
+    } catch {
+      return undefined
+    }
+  }
+
+  /**
+   * Writes the record unless a live one is there already, and returns whichever holds the key: this
+   * one, or the earlier request's when two with one key raced (the write never overwrites).
+   */
+  async claim(recordKey: string, fingerprint: string, response: StoredUpload, signal: AbortSignal): Promise<IdempotencyRecord> {
+    const record: IdempotencyRecord = { created_at: new Date(this.now()).toISOString(), fingerprint, response }
+    const body = Buffer.from(JSON.stringify(record))
+    const sha256 = createHash('sha256').update(body).digest('hex')
+    const write = { contentType: 'application/json', cacheControl: 'no-store', metadata: { uploaded_at: record.created_at, sha256 }, sha256 }
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.driver.put(recordKey, body, write, signal)
+        return record
+      } catch (error) {
+        if (!(error instanceof KeyExistsError) || attempt > 1) throw error
+        const earlier = await this.find(recordKey)
+        if (earlier) return earlier
+        // Expired or unreadable: replace it, once.
+        await this.driver.delete(recordKey)
+      }
+    }
+  }
+}
