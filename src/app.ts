@@ -6,7 +6,7 @@ import auth from './plugins/auth.js'
 import httpHardening from './plugins/http-hardening.js'
 import { ApiError } from './errors.js'
 import problemDetails, { answerUnparsableRequest, sendProblem } from './plugins/problem-details.js'
-import metrics, { observeResponse, serveMetrics } from './plugins/metrics.js'
+import metrics, { CLIENT_CLOSED, answeredStatus, observeResponse, onUnfinishedResponse, serveMetrics } from './plugins/metrics.js'
 import storagePlugin from './plugins/storage.js'
 import usage from './plugins/usage.js'
 import fileRoutes from './routes/files.js'
@@ -80,6 +80,8 @@ export async function buildApp(config: Config, options: BuildOptions = {}) {
   app.addHook('preClose', async () => {
     closing = true
   })
+  // First, so that a request refused by the next hook gets its line too if its client leaves.
+  app.addHook('onRequest', async (request, reply) => onUnfinishedResponse(reply, () => logResponse(request, reply)))
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id)
     if (closing) {
@@ -119,19 +121,24 @@ export async function buildApp(config: Config, options: BuildOptions = {}) {
   return app
 }
 
-/** One line per request; the request id and the key's name are on the logger's bindings (reqId, apiKey). */
+/**
+ * One line per request, answered or not; the request id and the key's name are on the logger's bindings
+ * (reqId, apiKey).
+ */
 function logResponse(request: FastifyRequest, reply: FastifyReply): void {
+  const status = answeredStatus(reply)
+  const code = status === CLIENT_CLOSED.status ? CLIENT_CLOSED.code : request.problemCode
   // Health probes every few seconds would drown the log: a healthy answer to one is debug.
-  const probe = PROBE_ROUTES.has(request.routeOptions.url ?? '') && reply.statusCode === 200
+  const probe = PROBE_ROUTES.has(request.routeOptions.url ?? '') && status === 200
   request.log[probe ? 'debug' : 'info'](
     {
       method: request.method,
       route: request.routeOptions.url ?? null,
-      status: reply.statusCode,
+      status,
       durationMs: Math.round(reply.elapsedTime),
       bytesIn: Number(request.headers['content-length'] ?? 0),
       bytesOut: Number(reply.getHeader('content-length') ?? 0),
-      ...(request.problemCode && { code: request.problemCode }),
+      ...(code && { code }),
     },
     'request',
   )

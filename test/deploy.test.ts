@@ -26,6 +26,10 @@ const MiB = 1024 * 1024
 const TOKEN = 'deploy-test-token-0123456789abcdef0123456'
 const API_KEYS = `bot:${TOKEN}`
 
+// The file's own budget, not only the slow subtest's: tap's default 30 s per file ran out first whenever
+// the npm install and build below shared the two cores with another heavy test file.
+t.setTimeout(180_000)
+
 const s3 = await startS3()
 t.teardown(() => s3.stop())
 

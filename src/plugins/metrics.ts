@@ -11,7 +11,7 @@ function createMetrics(registry: Registry) {
     uploads: new Counter({ name: 'r2_uploads_total', help: 'Uploads stored (201).', registers }),
     uploadErrors: new Counter({
       name: 'r2_upload_errors_total',
-      help: 'Uploads answered with an error, by contract error code.',
+      help: 'Uploads answered with an error, by contract error code; client_closed: the client left before its answer.',
       labelNames: ['error_type'] as const,
       registers,
     }),
@@ -63,10 +63,34 @@ export function serveMetrics(app: FastifyInstance, registry: Registry, requiresA
   )
 }
 
+/**
+ * How a request is recorded when its client disconnected before any answer was sent: no answer exists,
+ * so the logs and metrics use nginx's status 499 ("client closed request") and a code of their own.
+ */
+export const CLIENT_CLOSED = { status: 499, code: 'client_closed' } as const
+
+/** The status the client was answered with, or CLIENT_CLOSED's when it left before any answer. */
+export function answeredStatus(reply: FastifyReply): number {
+  return reply.raw.headersSent ? reply.statusCode : CLIENT_CLOSED.status
+}
+
+/**
+ * Calls `listener` when the connection closed before the answer was complete (the client went away).
+ * Node then emits no 'finish', so Fastify runs no onResponse hook: what one records, this must record.
+ * ('finish' itself is watched: an injected response never reports writableFinished.)
+ */
+export function onUnfinishedResponse(reply: FastifyReply, listener: () => void): void {
+  let finished = false
+  reply.raw.once('finish', () => (finished = true))
+  reply.raw.once('close', () => {
+    if (!finished) listener()
+  })
+}
+
 /** One answer in the request histogram; the route label is the pattern, never a key. */
 export function observeResponse(metrics: Metrics, request: FastifyRequest, reply: FastifyReply): void {
   metrics.httpDuration.observe(
-    { method: request.method, route: request.routeOptions.url ?? 'unmatched', status_code: String(reply.statusCode) },
+    { method: request.method, route: request.routeOptions.url ?? 'unmatched', status_code: String(answeredStatus(reply)) },
     reply.elapsedTime / 1000,
   )
 }
@@ -78,6 +102,7 @@ export default fp(
     collectDefaultMetrics({ register: registry })
     app.decorate('metricsRegistry', registry)
     app.decorate('metrics', createMetrics(registry))
+    app.addHook('onRequest', async (request, reply) => onUnfinishedResponse(reply, () => observeResponse(app.metrics, request, reply)))
     app.addHook('onResponse', async (request, reply) => observeResponse(app.metrics, request, reply))
   },
   { name: 'metrics' },

@@ -13,6 +13,7 @@ import {
 } from '../upload/metadata.js'
 import { IdempotencyRecords, fingerprintOf, idempotencyKeyOf, type IdempotencyRecord } from '../upload/idempotency.js'
 import { checkUpload, storeUpload, type StoredUpload, type UploadSource } from '../upload/pipeline.js'
+import { CLIENT_CLOSED, onUnfinishedResponse } from '../plugins/metrics.js'
 
 /** Raw-body uploads: any image/* type or octet-stream; the declared type is never trusted. */
 const RAW_BODY_TYPES = /^(image\/[\w.+-]+|application\/octet-stream)\s*(;.*)?$/i
@@ -114,13 +115,13 @@ async function multipartUploadSource(request: FastifyRequest, maxBytes: number):
   throw new ApiError('invalid_request', 'The form has no file part named "file".')
 }
 
-/** Aborts backend work when the client goes away before it has its answer, or when `shutdown` aborts. */
-function uploadSignal(reply: FastifyReply, shutdown: AbortSignal): AbortSignal {
+/** Aborts when the client goes away before it has its answer (also when it has already gone). */
+function clientGoneSignal(reply: FastifyReply): AbortSignal {
   const controller = new AbortController()
-  reply.raw.once('close', () => {
-    if (!reply.raw.writableFinished) controller.abort(new ApiError('invalid_request', 'The client closed the connection.'))
-  })
-  return AbortSignal.any([controller.signal, shutdown])
+  const abort = () => controller.abort(new ApiError('invalid_request', 'The client closed the connection.'))
+  if (reply.raw.destroyed) abort()
+  else onUnfinishedResponse(reply, abort)
+  return controller.signal
 }
 
 const IMAGES_PREFIX = '/v1/images/'
@@ -157,40 +158,53 @@ export default async function imageRoutes(app: FastifyInstance, options: { confi
   // Uploads hold memory and backend connections: past the limit, refuse at once rather than queue.
   let uploadsInFlight = 0
 
+  // Every upload attempt is counted once: stored (in the handler, which knows the size), refused, or
+  // client_closed when the client left before any answer. A request without a valid key, or over its
+  // key's budget, is no attempt: it must not be able to move the error ratio an operator is alerted on.
+  function countAttempt(reply: FastifyReply, code: string | undefined): void {
+    if (code === 'unauthorized' || code === 'rate_limited') return
+    metrics.uploadLatency.observe(reply.elapsedTime / 1000)
+    if (code) metrics.uploadErrors.inc({ error_type: code })
+  }
+  const answeredCode = (request: FastifyRequest, reply: FastifyReply) =>
+    reply.statusCode === 201 ? undefined : (request.problemCode ?? 'internal_error')
+
   const uploadRoute = {
     schema: { querystring: uploadQuery },
     config: { offersFallback: true, acceptsBody: true },
-    // Every upload attempt is counted once: stored (in the handler, which knows the size) or refused.
-    // A request without a valid key, or over its key's budget, is no attempt: it must not be able to
-    // move the error ratio an operator is alerted on.
-    onResponse: async (request: FastifyRequest, reply: FastifyReply) => {
-      const code = reply.statusCode === 201 ? undefined : (request.problemCode ?? 'internal_error')
-      if (code === 'unauthorized' || code === 'rate_limited') return
-      metrics.uploadLatency.observe(reply.elapsedTime / 1000)
-      if (code) metrics.uploadErrors.inc({ error_type: code })
-    },
+    onResponse: async (request: FastifyRequest, reply: FastifyReply) => countAttempt(reply, answeredCode(request, reply)),
+    // An answer cut off by the client (a reset while an early 413 lingers) has no onResponse either.
+    // Cut off before any answer was sent, the handler counts it, once it knows how the upload ended.
+    onRequest: async (request: FastifyRequest, reply: FastifyReply) =>
+      onUnfinishedResponse(reply, () => reply.raw.headersSent && countAttempt(reply, answeredCode(request, reply))),
   }
 
   app.post<{ Querystring: RawUploadQuery }>('/v1/images', uploadRoute, async (request, reply) => {
     if (uploadsInFlight >= config.maxConcurrentUploads) {
       throw new ApiError('server_busy', `This instance is already handling ${config.maxConcurrentUploads} uploads; retry shortly.`)
     }
+    const clientGone = clientGoneSignal(reply)
     metrics.uploadsInFlight.set(++uploadsInFlight)
+    let stored = false
     try {
-      return await upload(request, reply)
+      const answer = await upload(request, reply, AbortSignal.any([clientGone, shutdown]))
+      stored = true
+      return answer
     } finally {
       metrics.uploadsInFlight.set(--uploadsInFlight)
+      // Its answer will never go out, so no onResponse: counted here. Stored all the same (the client
+      // left after sending the whole body), it counts as stored.
+      if (clientGone.aborted) countAttempt(reply, stored ? undefined : CLIENT_CLOSED.code)
     }
   })
 
   const records = new IdempotencyRecords(app.storage)
 
-  async function upload(request: FastifyRequest<{ Querystring: RawUploadQuery }>, reply: FastifyReply) {
+  async function upload(request: FastifyRequest<{ Querystring: RawUploadQuery }>, reply: FastifyReply, signal: AbortSignal) {
     const idempotencyKey = idempotencyKeyOf(request.headers)
     const source = request.isMultipart()
       ? await multipartUploadSource(request, config.maxUploadBytes)
       : rawUploadSource(request, config.maxUploadBytes)
-    const signal = uploadSignal(reply, shutdown)
     if (idempotencyKey === undefined) return created(reply, await store(request, source, signal))
 
     // A retry: the same key from the same API key (by name, so it survives a token rotation).

@@ -1,0 +1,188 @@
+import net from 'node:net'
+import { Writable } from 'node:stream'
+import { setTimeout as sleep } from 'node:timers/promises'
+import t from 'tap'
+import { buildTestApp } from './helpers/app.js'
+import { streamUpload } from './helpers/client.js'
+import { listen } from './helpers/http.js'
+import { pngOfSize, sha256 } from './helpers/images.js'
+import { multipartBody } from './helpers/multipart.js'
+import { r2Env, startS3 } from './helpers/s3.js'
+import { startS3Recorder } from './helpers/s3-recorder.js'
+
+// Clients that disconnect at 0 % (headers only), 50 % and 99 % of their body, for a one-part and a
+// multipart-sized file, raw and as a form. Proven for each: no new object in the bucket (listed on the S3
+// server itself), no multipart upload left neither completed nor aborted (the recorder between the service
+// and the S3 server sees every request: s3rver itself cannot list multipart uploads), the metrics and the
+// log count the abort, and the same instance then stores a whole upload byte-exact.
+
+const KiB = 1024
+const MiB = 1024 * 1024
+const PART_BYTES = 5 * MiB // the R2 driver's part size
+const WIRE_CHUNK = 64 * KiB
+const MAX_CONCURRENT_UPLOADS = 2
+
+t.setTimeout(60_000)
+
+const s3 = await startS3()
+t.teardown(() => s3.stop())
+const recorder = await startS3Recorder(s3.endpoint)
+t.teardown(() => recorder.stop())
+
+const logLines: Record<string, unknown>[] = []
+const logStream = new Writable({
+  write(chunk: Buffer, _encoding, done) {
+    for (const line of chunk.toString('utf8').split('\n')) if (line) logLines.push(JSON.parse(line) as Record<string, unknown>)
+    done()
+  },
+})
+// One instance for the whole file: it must keep serving after every abort, with no slot held.
+const { app } = await buildTestApp(t, { ...r2Env(recorder.endpoint), MAX_CONCURRENT_UPLOADS: String(MAX_CONCURRENT_UPLOADS) }, { logger: { level: 'info', stream: logStream } })
+const service = await listen(app)
+
+async function inFlight(): Promise<number> {
+  return (await app.metrics.uploadsInFlight.get()).values[0]?.value ?? 0
+}
+
+async function uploadErrors(): Promise<Record<string, number>> {
+  return Object.fromEntries((await app.metrics.uploadErrors.get()).values.map((sample) => [sample.labels.error_type!, sample.value]))
+}
+
+async function abortsCounted(): Promise<number> {
+  const samples = (await app.metrics.operations.get()).values.filter((sample) => sample.labels.operation === 'AbortMultipartUpload')
+  return samples.reduce((sum, sample) => sum + sample.value, 0)
+}
+
+/** Upload requests measured in http_request_duration_seconds as 499: the client left before any answer. */
+async function unansweredUploadsMeasured(): Promise<number> {
+  const { values } = await app.metrics.httpDuration.get()
+  const count = values.find(
+    (sample) => sample.metricName === 'http_request_duration_seconds_count' && sample.labels.route === '/v1/images' && sample.labels.status_code === '499',
+  )
+  return count?.value ?? 0
+}
+
+async function until(what: string, check: () => Promise<boolean> | boolean, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await sleep(5)
+  }
+}
+
+/**
+ * Sends the request head and the first `cutAt` bytes of the body over a raw socket, waits for `beforeCut`,
+ * then disconnects. Returns what the service wrote back before the cut.
+ */
+async function sendAndCut(head: string, body: Buffer, cutAt: number, beforeCut: () => Promise<void>): Promise<string> {
+  const socket = net.connect(service.port, service.host)
+  let answered = ''
+  socket.setEncoding('utf8')
+  socket.on('data', (chunk: string) => (answered += chunk))
+  await new Promise<void>((resolve, reject) => socket.once('connect', resolve).once('error', reject))
+  const write = (data: string | Buffer) => new Promise<void>((resolve, reject) => socket.write(data, (error) => (error ? reject(error) : resolve())))
+  await write(head)
+  for (let offset = 0; offset < cutAt; offset += WIRE_CHUNK) await write(body.subarray(offset, Math.min(offset + WIRE_CHUNK, cutAt)))
+  await beforeCut()
+  socket.destroy()
+  return answered
+}
+
+async function* piecesOf(payload: Buffer): AsyncGenerator<Buffer> {
+  for (let offset = 0; offset < payload.length; offset += WIRE_CHUNK) yield payload.subarray(offset, offset + WIRE_CHUNK)
+}
+
+const requestHead = (path: string, headers: Record<string, string | number>) =>
+  [`POST ${path} HTTP/1.1`, `Host: ${service.host}:${service.port}`, ...Object.entries(headers).map(([name, value]) => `${name}: ${value}`), '', ''].join('\r\n')
+
+/** How a file goes up: the body with its headers, sent whole or cut by the callers. */
+const ENCODINGS = {
+  'raw body': (data: Buffer) => ({ path: '/v1/images?filename=portrait.png', headers: { 'content-type': 'image/png', 'content-length': data.length }, body: data }),
+  'multipart/form-data': (data: Buffer) => {
+    const { payload, headers } = multipartBody([{ name: 'file', filename: 'portrait.png', contentType: 'image/png', data }])
+    return { path: '/v1/images', headers: { ...headers, 'content-length': payload.length }, body: payload }
+  },
+}
+
+const SIZES = {
+  'one-part (600 KB)': 600_000, // one PutObject, sent only once the whole body is in
+  'multipart (12 MiB)': 12 * MiB, // CreateMultipartUpload, then 5 MiB parts as the body arrives
+}
+
+for (const [sizeName, size] of Object.entries(SIZES)) {
+  const data = pngOfSize(size, size % 251)
+  for (const [encodingName, encode] of Object.entries(ENCODINGS)) {
+    const { path, headers, body } = encode(data)
+    for (const percent of [0, 50, 99]) {
+      t.test(`${sizeName}, ${encodingName}, cut at ${percent} %`, async (t) => {
+        const cutAt = Math.floor((body.length * percent) / 100)
+        const keysBefore = await s3.keys()
+        const errorsBefore = await uploadErrors()
+        const abortsBefore = await abortsCounted()
+        const unansweredBefore = await unansweredUploadsMeasured()
+        const firstRequest = recorder.requests.length
+        const firstLogLine = logLines.length
+        const sentToS3 = () => recorder.requests.slice(firstRequest)
+        // The parts the service can fill from the bytes sent must reach the S3 server before the cut, so
+        // the cut finds a multipart upload under way; and at 0 % the service must hold the request.
+        const fullParts = Math.floor(cutAt / PART_BYTES)
+        const partsStored = () => sentToS3().filter((request) => request.operation === 'UploadPart' && request.status === 200).length
+
+        const answered = await sendAndCut(requestHead(path, headers), body, cutAt, () =>
+          until(`the upload in flight with ${fullParts} parts stored`, async () => (await inFlight()) === 1 && partsStored() >= fullParts),
+        )
+        t.equal(answered, '', 'no answer before the cut')
+
+        const closedAfter = (errorsBefore.client_closed ?? 0) + 1
+        await until('the abort counted', async () => (await uploadErrors()).client_closed === closedAfter && (await inFlight()) === 0)
+        await recorder.idle()
+        const sent = sentToS3()
+        t.comment(`sent to S3: ${sent.map((r) => `${r.operation}${r.partNumber ? ` #${r.partNumber}` : ''} → ${r.status ?? 'cut'}`).join(', ') || 'nothing'}`)
+
+        t.same(await s3.keys(), keysBefore, 'no new object in the bucket')
+        t.same(recorder.unfinishedMultipartUploads(), [], 'every multipart upload started was completed or aborted')
+        t.notOk(sent.some((r) => r.operation === 'PutObject' || r.operation === 'CompleteMultipartUpload'), 'nothing was committed')
+        const created = sent.filter((r) => r.operation === 'CreateMultipartUpload')
+        const aborts = sent.filter((r) => r.operation === 'AbortMultipartUpload')
+        if (fullParts > 0) {
+          t.equal(created.length, 1, 'a multipart upload had been started')
+          t.equal(partsStored(), fullParts, `${fullParts} part(s) stored before the cut`)
+          // Sent is what the service controls: s3rver answers every AbortMultipartUpload with 405.
+          t.same(aborts.map((r) => r.uploadId), [created[0]!.uploadId], 'AbortMultipartUpload sent for its UploadId')
+        } else {
+          t.same(created, [], 'no multipart upload was started')
+          t.same(aborts, [], 'so none to abort')
+        }
+        t.equal(await abortsCounted(), abortsBefore + aborts.length, 'r2_operations_total counts the abort sent')
+        t.same(await uploadErrors(), { ...errorsBefore, client_closed: closedAfter }, 'r2_upload_errors_total{error_type="client_closed"} + 1, nothing else')
+        t.equal(await unansweredUploadsMeasured(), unansweredBefore + 1, 'http_request_duration_seconds{status_code="499"} + 1')
+        const requestLines = logLines.slice(firstLogLine).filter((line) => line.msg === 'request')
+        t.same(
+          requestLines.map(({ route, status, code }) => ({ route, status, code })),
+          [{ route: '/v1/images', status: 499, code: 'client_closed' }],
+          'one request log line, status 499, code client_closed',
+        )
+
+        const whole = await streamUpload(service, path, headers, piecesOf(body))
+        t.equal(whole.status, 201, 'then a whole upload is stored')
+        t.equal(await s3.sha256Of(JSON.parse(whole.body).key), sha256(data), 'and reads back byte-exact')
+      })
+    }
+  }
+}
+
+t.test('after every abort, no upload slot is held: as many uploads as allowed at once are stored', async (t) => {
+  t.equal(await inFlight(), 0, 'r2_uploads_in_flight is 0')
+  const images = Array.from({ length: MAX_CONCURRENT_UPLOADS }, (_, index) => pngOfSize(600_000, 100 + index))
+  const answers = await Promise.all(
+    images.map((image) => {
+      const { path, headers, body } = ENCODINGS['raw body'](image)
+      return streamUpload(service, path, headers, piecesOf(body))
+    }),
+  )
+  for (const [index, answer] of answers.entries()) {
+    t.equal(answer.status, 201, `upload ${index + 1} of ${MAX_CONCURRENT_UPLOADS}: 201, not 503 server_busy`)
+    t.equal(await s3.sha256Of(JSON.parse(answer.body).key), sha256(images[index]!), 'byte-exact')
+  }
+  t.same(recorder.unfinishedMultipartUploads(), [], 'in the whole file, no multipart upload left unfinished')
+})
