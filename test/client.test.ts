@@ -36,18 +36,18 @@ async function rejection(t: Test, call: Promise<unknown>): Promise<unknown> {
 
 t.test('upload (multipart), metadata and delete', async (t) => {
   const data = pngOfSize(500_000, 21)
-  const image = await client.upload(data, 'Thorgar portrait.png', {
+  const image = await client.upload(data, 'Thorgar Ø portrait.png', {
     context: 'portraits',
     metadata: { character_name: CHARACTER, uploader_id: '1234567890' },
   })
-  t.match(image, { size: data.length, filename: 'Thorgar portrait.png', content_type: 'image/png', width: 16, height: 16, sha256: sha256(data) })
-  t.match(image.key, /^portraits\/\d{4}\/\d{2}\/[a-z]{20}_Thorgar_portrait\.png$/)
+  t.match(image, { size: data.length, filename: 'Thorgar Ø portrait.png', content_type: 'image/png', width: 16, height: 16, sha256: sha256(data) })
+  t.match(image.key, /^portraits\/\d{4}\/\d{2}\/[a-z]{20}_Thorgar___portrait\.png$/)
   t.equal(image.url, `https://images.example.test/${image.key}`)
   t.equal(await s3.sha256Of(image.key), sha256(data), 'the stored bytes are the bytes sent')
 
   const described = await client.metadata(image.key)
   t.match(described, { key: image.key, url: image.url, size: data.length, content_type: 'image/png' })
-  t.match(described.metadata, { character_name: CHARACTER, uploader_id: '1234567890', filename: 'Thorgar portrait.png', sha256: sha256(data) })
+  t.match(described.metadata, { character_name: CHARACTER, uploader_id: '1234567890', filename: 'Thorgar Ø portrait.png', sha256: sha256(data) })
   t.ok(Date.parse(described.last_modified), 'last_modified is a date')
 
   t.equal(await client.delete(image.key), undefined)
