@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Optional, Type
@@ -275,7 +275,7 @@ class ImageServiceClient:
         form.add_field("file", data, filename=escaped, content_type="application/octet-stream")
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else {}
         body = await self._call("POST", URL(f"{self._base_url}/v1/images"), data=form, headers=headers)
-        return UploadedImage(**{name: body[name] for name in UploadedImage.__dataclass_fields__})
+        return UploadedImage(**{field.name: body[field.name] for field in fields(UploadedImage)})
 
     async def upload_with_fallback(
         self,
