@@ -26,6 +26,10 @@ const MiB = 1024 * 1024
 const TOKEN = 'deploy-test-token-0123456789abcdef0123456'
 const API_KEYS = `bot:${TOKEN}`
 
+// The runtime stage's `npm ci` alone takes about 20 s on a busy 2-core machine: the file needs more than
+// tap's default 30 s, as the reproduction's own subtest limit (180 s) intends.
+t.setTimeout(240_000)
+
 const s3 = await startS3()
 t.teardown(() => s3.stop())
 
