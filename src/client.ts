@@ -129,7 +129,7 @@ export class ImageServiceClient {
       const form = new FormData()
       if (context !== undefined) form.append('context', context)
       for (const [name, value] of Object.entries(metadata)) form.append(name, value)
-      // The casts: lib.dom's types refuse arrays that could be over a SharedArrayBuffer; a Buffer never is.
+      // This cast and the raw body's: the DOM types refuse arrays that could be over a SharedArrayBuffer.
       form.append('file', new Blob([body as Uint8Array<ArrayBuffer>], { type: 'application/octet-stream' }), filename)
       return (await this.#call('POST', '/v1/images', { headers, body: form }, signal)) as StoredImage
     }
@@ -178,24 +178,23 @@ export class ImageServiceClient {
     // Built before sending, so a bad header (a metadata name no header can carry) is a TypeError of its own.
     const headers = new Headers({ ...this.#authorization, ...(init.headers as Record<string, string>) })
     const timeout = AbortSignal.timeout(this.#timeoutMs)
-    let status: number
-    let answer: { headers: Headers; text: string }
+    let response: Response
+    let text: string
     try {
-      const response = await fetch(`${this.#baseUrl}${path}`, { ...init, method, headers, signal: signal ? AbortSignal.any([signal, timeout]) : timeout })
-      status = response.status
-      answer = { headers: response.headers, text: await response.text() }
+      response = await fetch(`${this.#baseUrl}${path}`, { ...init, method, headers, signal: signal ? AbortSignal.any([signal, timeout]) : timeout })
+      text = await response.text()
     } catch (error) {
       if (signal?.aborted) throw signal.reason
       if (timeout.aborted) throw new ImageServiceUnreachableError(`No answer from ${this.#baseUrl} within ${this.#timeoutMs} ms.`, true, { cause: error })
       const reason = error instanceof Error && error.cause instanceof Error ? error.cause.message : String(error)
       throw new ImageServiceUnreachableError(`Could not reach ${this.#baseUrl}: ${reason}.`, false, { cause: error })
     }
-    if (status >= 400) throw problemError(status, answer.headers, answer.text)
-    if (answer.text === '') return undefined
+    if (response.status >= 400) throw problemError(response.status, response.headers, text)
+    if (text === '') return undefined
     try {
-      return JSON.parse(answer.text)
+      return JSON.parse(text)
     } catch {
-      throw new ImageServiceError(status, 'unexpected_response', 'The answer is not JSON.')
+      throw new ImageServiceError(response.status, 'unexpected_response', 'The answer is not JSON.')
     }
   }
 }
