@@ -28,7 +28,7 @@ const API_KEYS = `bot:${TOKEN}`
 
 // The file's own budget, not only the slow subtest's: tap's default 30 s per file ran out first whenever
 // the npm install and build below shared the two cores with another heavy test file.
-t.setTimeout(180_000)
+t.setTimeout(240_000)
 
 const s3 = await startS3()
 t.teardown(() => s3.stop())

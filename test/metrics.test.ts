@@ -9,7 +9,7 @@ import { buildTestApp } from './helpers/app.js'
 import { pngOfSize } from './helpers/images.js'
 import { multipartBody } from './helpers/multipart.js'
 import { r2Env, startS3 } from './helpers/s3.js'
-import { PROMTOOL, havePromtool } from './helpers/promtool.js'
+import { PROMTOOL, havePromtool } from './helpers/system-tools.js'
 
 const KiB = 1024
 const MiB = 1024 * 1024

@@ -1,12 +1,10 @@
-import { once } from 'node:events'
-import net from 'node:net'
 import { S3ServiceException } from '@aws-sdk/client-s3'
 import type { FastifyInstance } from 'fastify'
 import t from 'tap'
 import { R2Driver } from '../src/storage/r2.js'
 import { buildTestApp } from './helpers/app.js'
 import { streamUpload } from './helpers/client.js'
-import { listen } from './helpers/http.js'
+import { closedPort, listen, silentServer } from './helpers/http.js'
 import { pngOfSize, sha256 } from './helpers/images.js'
 import { multipartBody, type FormPart } from './helpers/multipart.js'
 import { HeadObjectCommand, TEST_BUCKET, r2DriverOf, recordCommands, r2Env as s3Env, startS3 } from './helpers/s3.js'
@@ -41,16 +39,6 @@ async function upload(app: FastifyInstance, data: Buffer, fields: FormPart[] = [
   const target = await addresses.get(app)!
   const res = await streamUpload(target, '/v1/images', { ...headers, 'content-length': payload.length }, piecesOf(payload))
   return { ...res, statusCode: res.status, json: () => JSON.parse(res.body) }
-}
-
-/** The port of a 127.0.0.1 listener that has just been closed: nothing answers there. */
-async function closedPort(): Promise<number> {
-  const server = net.createServer()
-  server.listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  const { port } = server.address() as net.AddressInfo
-  await new Promise<void>((resolve, reject) => server.close((error) => (error ? reject(error) : resolve())))
-  return port
 }
 
 t.test('uploads of 1 KiB, 500 KB and 12 MiB are stored byte-exact with their headers and metadata', async (t) => {
@@ -337,16 +325,7 @@ t.test('a write whose answer was lost is not reported as a failure (SDK-level mo
 })
 
 t.test('a backend that accepts connections but never answers: 503 storage_unavailable, not a hang', async (t) => {
-  const silent = net.createServer((socket) => socket.resume()) // reads everything, answers nothing
-  silent.listen(0, '127.0.0.1')
-  await once(silent, 'listening')
-  t.teardown(() => {
-    silent.close()
-    for (const connection of connections) connection.destroy()
-  })
-  const connections = new Set<net.Socket>()
-  silent.on('connection', (socket) => connections.add(socket))
-  const { port } = silent.address() as net.AddressInfo
+  const { port } = await silentServer(t)
   const settings = { endpoint: `http://127.0.0.1:${port}`, forcePathStyle: true, accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER', bucket: TEST_BUCKET }
   const driver = new R2Driver(settings, { connectMs: 500, idleMs: 300, requestMs: 1000 })
   const { app } = await buildTestApp(t, r2Env(`http://127.0.0.1:${port}`), { driver })

@@ -1,11 +1,13 @@
+import { once } from 'node:events'
 import http from 'node:http'
-import type { AddressInfo } from 'node:net'
+import net from 'node:net'
 import type { FastifyInstance } from 'fastify'
+import type { Test } from 'tap'
 
 /** Starts the app on a loopback port and returns its base address. */
 export async function listen(app: FastifyInstance): Promise<{ host: string; port: number }> {
   await app.listen({ host: '127.0.0.1', port: 0 })
-  return { host: '127.0.0.1', port: (app.server.address() as AddressInfo).port }
+  return { host: '127.0.0.1', port: (app.server.address() as net.AddressInfo).port }
 }
 
 /** A request whose path goes on the wire exactly as given (no dot-segment normalisation, unlike URL). */
@@ -24,4 +26,34 @@ export function rawRequest(
     request.on('error', reject)
     request.end()
   })
+}
+
+/** The port of a 127.0.0.1 listener that has just been closed: nothing answers there. */
+export async function closedPort(): Promise<number> {
+  const server = net.createServer()
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  const { port } = server.address() as net.AddressInfo
+  await new Promise<void>((resolve, reject) => server.close((error) => (error ? reject(error) : resolve())))
+  return port
+}
+
+/**
+ * A 127.0.0.1 listener that accepts connections and reads everything, but never answers (a hung server),
+ * until the test ends. `received()` is every byte sent to it so far.
+ */
+export async function silentServer(t: Test): Promise<{ port: number; received(): Buffer }> {
+  const chunks: Buffer[] = []
+  const connections = new Set<net.Socket>()
+  const server = net.createServer((socket) => {
+    connections.add(socket)
+    socket.on('data', (chunk: Buffer) => chunks.push(chunk))
+  })
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  t.teardown(() => {
+    server.close()
+    for (const connection of connections) connection.destroy()
+  })
+  return { port: (server.address() as net.AddressInfo).port, received: () => Buffer.concat(chunks) }
 }

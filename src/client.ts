@@ -1,0 +1,226 @@
+/**
+ * A client for image-upload-service (HTTP contract: openapi.yaml), for Node 20 and later: it uses only
+ * the built-in fetch. Imported by Node callers as `image-upload-service/client`.
+ */
+import type { ErrorCode } from './errors.js'
+
+const DEFAULT_TIMEOUT_MS = 30_000
+
+export interface ImageServiceClientOptions {
+  /** Where the service answers, e.g. `https://images.example.com` (without `/v1`). */
+  baseUrl: string
+  /** Sent as `Authorization: Bearer <apiKey>`. */
+  apiKey?: string
+  /** Bounds each call, from connecting to the last byte of the answer (default 30 000). */
+  timeoutMs?: number
+  /** What uploadWithFallback gives when the service offers no `fallback_url` (or cannot be reached). */
+  defaultFallbackUrl?: string
+}
+
+/** Bytes, or a stream of them (a Readable, or any async iterable of Uint8Array). */
+export type UploadBody = Uint8Array | AsyncIterable<Uint8Array>
+
+export interface UploadOptions {
+  /** The key prefix (the service's default is `general`). */
+  context?: string
+  /** Stored with the object: names `^[a-z0-9][a-z0-9_]{0,63}$`, values any UTF-8. */
+  metadata?: Record<string, string>
+  /** Sent as the `Idempotency-Key` header, so a retried upload is not stored twice. */
+  idempotencyKey?: string
+  /**
+   * `multipart` (the default for bytes) sends multipart/form-data, as the bot does; `raw` sends the bytes
+   * as the body. A stream is always sent raw, as it comes, never held whole.
+   */
+  encoding?: 'multipart' | 'raw'
+  /** Aborts the call; its reason is thrown as it is. */
+  signal?: AbortSignal
+}
+
+/** The 201 answer of an upload (field names as on the wire). */
+export interface StoredImage {
+  url: string
+  key: string
+  size: number
+  filename: string
+  content_type: string
+  sha256: string
+  width: number
+  height: number
+}
+
+/** A stored object as `GET /v1/images/{key}` describes it; metadata values decoded. */
+export interface ImageMetadata {
+  key: string
+  url: string
+  size: number
+  content_type: string
+  /** ISO 8601. */
+  last_modified: string
+  etag: string
+  metadata: Record<string, string>
+}
+
+/** What uploadWithFallback gives: the URL to use, and either the stored image or the error. */
+export type UploadOutcome = { url: string; image: StoredImage; error?: undefined } | { url: string; image?: undefined; error: ImageServiceError | ImageServiceUnreachableError }
+
+/** The service answered with an error: `code` is the problem's, or `unexpected_response` for an answer that is not a problem. */
+export class ImageServiceError extends Error {
+  override name = 'ImageServiceError'
+  readonly requestId: string | undefined
+  /** Seconds, from `Retry-After` (429 and 503 answers). */
+  readonly retryAfter: number | undefined
+  /** The service's `DEFAULT_PORTRAIT_URL`, on upload errors when it is set. */
+  readonly fallbackUrl: string | undefined
+
+  constructor(
+    readonly status: number,
+    readonly code: ErrorCode | 'unexpected_response' | (string & {}),
+    readonly detail: string,
+    extra: { requestId?: string; retryAfter?: number; fallbackUrl?: string } = {},
+  ) {
+    super(`${status} ${code}: ${detail}`)
+    this.requestId = extra.requestId
+    this.retryAfter = extra.retryAfter
+    this.fallbackUrl = extra.fallbackUrl
+  }
+}
+
+/** No answer: the connection was refused or lost, or the answer took longer than `timeoutMs`. */
+export class ImageServiceUnreachableError extends Error {
+  override name = 'ImageServiceUnreachableError'
+
+  constructor(
+    message: string,
+    readonly timedOut: boolean,
+    options: { cause: unknown },
+  ) {
+    super(message, options)
+  }
+}
+
+const isBytes = (body: UploadBody): body is Uint8Array => body instanceof Uint8Array
+
+/** `character_name` → `X-Meta-character-name`, the value percent-encoded (the contract's header form). */
+function metadataHeaders(metadata: Record<string, string>): Record<string, string> {
+  return Object.fromEntries(Object.entries(metadata).map(([name, value]) => [`x-meta-${name.replaceAll('_', '-')}`, encodeURIComponent(value)]))
+}
+
+export class ImageServiceClient {
+  readonly #baseUrl: string
+  readonly #authorization: Record<string, string>
+  readonly #timeoutMs: number
+  readonly #defaultFallbackUrl: string | undefined
+
+  constructor(options: ImageServiceClientOptions) {
+    // Parsed now, so a bad URL fails here rather than looking like an unreachable service later.
+    this.#baseUrl = new URL(options.baseUrl).href.replace(/\/+$/, '')
+    this.#authorization = options.apiKey ? { authorization: `Bearer ${options.apiKey}` } : {}
+    this.#timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS
+    this.#defaultFallbackUrl = options.defaultFallbackUrl
+  }
+
+  /** Uploads one image; throws ImageServiceError or ImageServiceUnreachableError. */
+  async upload(body: UploadBody, filename: string, options: UploadOptions = {}): Promise<StoredImage> {
+    const { context, metadata = {}, idempotencyKey, encoding = 'multipart', signal } = options
+    if ('context' in metadata) throw new TypeError('Pass the context as options.context, not as metadata.')
+    const headers: Record<string, string> = idempotencyKey === undefined ? {} : { 'idempotency-key': idempotencyKey }
+    if (isBytes(body) && encoding === 'multipart') {
+      // The contract wants text fields first, then the one file part.
+      const form = new FormData()
+      if (context !== undefined) form.append('context', context)
+      for (const [name, value] of Object.entries(metadata)) form.append(name, value)
+      // This cast and the raw body's: the DOM types refuse arrays that could be over a SharedArrayBuffer.
+      form.append('file', new Blob([body as Uint8Array<ArrayBuffer>], { type: 'application/octet-stream' }), filename)
+      return (await this.#call('POST', '/v1/images', { headers, body: form }, signal)) as StoredImage
+    }
+    const query = new URLSearchParams({ filename, ...(context !== undefined && { context }) })
+    return (await this.#call(
+      'POST',
+      `/v1/images?${query}`,
+      {
+        headers: { ...headers, ...metadataHeaders(metadata), 'content-type': 'application/octet-stream' },
+        body: body as BodyInit,
+        // A stream goes out as it is read; fetch requires saying so.
+        ...(!isBytes(body) && { duplex: 'half' as const }),
+      },
+      signal,
+    )) as StoredImage
+  }
+
+  /**
+   * Like upload, but any failure gives the service's `fallback_url`, else `defaultFallbackUrl`; throws only
+   * when there is neither (or when `signal` aborts).
+   */
+  async uploadWithFallback(body: UploadBody, filename: string, options: UploadOptions = {}): Promise<UploadOutcome> {
+    try {
+      const image = await this.upload(body, filename, options)
+      return { url: image.url, image }
+    } catch (error) {
+      if (!(error instanceof ImageServiceError || error instanceof ImageServiceUnreachableError)) throw error
+      const url = (error instanceof ImageServiceError ? error.fallbackUrl : undefined) ?? this.#defaultFallbackUrl
+      if (url === undefined) throw error
+      return { url, error }
+    }
+  }
+
+  /** The stored object's size, type, dates and metadata; ImageServiceError `not_found` when there is none. */
+  async metadata(key: string, options: { signal?: AbortSignal } = {}): Promise<ImageMetadata> {
+    return (await this.#call('GET', imagePath(key), {}, options.signal)) as ImageMetadata
+  }
+
+  /** Deletes the object; deleting one that is already gone succeeds too. */
+  async delete(key: string, options: { signal?: AbortSignal } = {}): Promise<void> {
+    await this.#call('DELETE', imagePath(key), {}, options.signal)
+  }
+
+  /** One request; the decoded JSON answer (undefined when empty), or a typed error. */
+  async #call(method: string, path: string, init: RequestInit & { duplex?: 'half' }, signal: AbortSignal | undefined): Promise<unknown> {
+    // Built before sending, so a bad header (a metadata name no header can carry) is a TypeError of its own.
+    const headers = new Headers({ ...this.#authorization, ...(init.headers as Record<string, string>) })
+    const timeout = AbortSignal.timeout(this.#timeoutMs)
+    let response: Response
+    let text: string
+    try {
+      response = await fetch(`${this.#baseUrl}${path}`, { ...init, method, headers, signal: signal ? AbortSignal.any([signal, timeout]) : timeout })
+      text = await response.text()
+    } catch (error) {
+      if (signal?.aborted) throw signal.reason
+      if (timeout.aborted) throw new ImageServiceUnreachableError(`No answer from ${this.#baseUrl} within ${this.#timeoutMs} ms.`, true, { cause: error })
+      const reason = error instanceof Error && error.cause instanceof Error ? error.cause.message : String(error)
+      throw new ImageServiceUnreachableError(`Could not reach ${this.#baseUrl}: ${reason}.`, false, { cause: error })
+    }
+    if (response.status >= 400) throw problemError(response.status, response.headers, text)
+    if (text === '') return undefined
+    try {
+      return JSON.parse(text)
+    } catch {
+      throw new ImageServiceError(response.status, 'unexpected_response', 'The answer is not JSON.')
+    }
+  }
+}
+
+/** `/v1/images/<key>`, each segment percent-encoded, so the service sees (and judges) the key as given. */
+function imagePath(key: string): string {
+  const segments = key.split('/')
+  // A URL resolves these segments away and would name another object: refuse them as the service would.
+  if (segments.some((segment) => segment === '.' || segment === '..')) {
+    throw new ImageServiceError(400, 'invalid_key', `The key "${key}" has a "." or ".." segment (refused by the client).`)
+  }
+  return `/v1/images/${segments.map(encodeURIComponent).join('/')}`
+}
+
+function problemError(status: number, headers: Headers, text: string): ImageServiceError {
+  let problem: { code?: unknown; detail?: unknown; request_id?: unknown; fallback_url?: unknown } | undefined
+  try {
+    problem = JSON.parse(text)
+  } catch {}
+  if (typeof problem?.code !== 'string') {
+    return new ImageServiceError(status, 'unexpected_response', `An answer that is not a problem: ${text.slice(0, 200)}`)
+  }
+  const retryAfter = headers.get('retry-after')
+  return new ImageServiceError(status, problem.code, String(problem.detail ?? ''), {
+    ...(typeof problem.request_id === 'string' && { requestId: problem.request_id }),
+    ...(retryAfter !== null && /^\d+$/.test(retryAfter) && { retryAfter: Number(retryAfter) }),
+    ...(typeof problem.fallback_url === 'string' && { fallbackUrl: problem.fallback_url }),
+  })
+}

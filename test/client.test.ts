@@ -1,0 +1,155 @@
+import { Readable } from 'node:stream'
+import t, { type Test } from 'tap'
+import { ImageServiceClient, ImageServiceError, ImageServiceUnreachableError } from '../src/client.js'
+import { buildTestApp } from './helpers/app.js'
+import { closedPort, listen, silentServer } from './helpers/http.js'
+import { pngOfSize, pngStream, sha256 } from './helpers/images.js'
+import { r2Env, startS3 } from './helpers/s3.js'
+
+// The service's own TypeScript client (src/client.ts) against the app on a loopback port, storing on
+// s3rver through the R2 driver; every stored upload is read back from s3rver and its SHA-256 compared.
+
+const TOKEN = 'client-test-token-0123456789abcdef0123'
+const SERVICE_FALLBACK = 'https://cdn.example.test/service-default.png'
+const CLIENT_FALLBACK = 'https://cdn.example.test/client-default.png'
+const MiB = 1024 * 1024
+const CHARACTER = 'Thorgar Ø 永久'
+
+const s3 = await startS3()
+t.teardown(() => s3.stop())
+
+const { app } = await buildTestApp(t, { ...r2Env(s3.endpoint), API_KEYS: `bot:${TOKEN}`, DEFAULT_PORTRAIT_URL: SERVICE_FALLBACK })
+const { port } = await listen(app)
+const baseUrl = `http://127.0.0.1:${port}`
+const client = new ImageServiceClient({ baseUrl, apiKey: TOKEN, timeoutMs: 10_000, defaultFallbackUrl: CLIENT_FALLBACK })
+
+/** The error a call rejects with, or a failed assertion when it resolves. */
+async function rejection(t: Test, call: Promise<unknown>): Promise<unknown> {
+  try {
+    await call
+  } catch (error) {
+    return error
+  }
+  t.fail('the call was expected to fail')
+  return undefined
+}
+
+t.test('upload (multipart), metadata and delete', async (t) => {
+  const data = pngOfSize(500_000, 21)
+  const image = await client.upload(data, 'Thorgar Ø portrait.png', {
+    context: 'portraits',
+    metadata: { character_name: CHARACTER, uploader_id: '1234567890' },
+  })
+  t.match(image, { size: data.length, filename: 'Thorgar Ø portrait.png', content_type: 'image/png', width: 16, height: 16, sha256: sha256(data) })
+  t.match(image.key, /^portraits\/\d{4}\/\d{2}\/[a-z]{20}_Thorgar___portrait\.png$/)
+  t.equal(image.url, `https://images.example.test/${image.key}`)
+  t.equal(await s3.sha256Of(image.key), sha256(data), 'the stored bytes are the bytes sent')
+
+  const described = await client.metadata(image.key)
+  t.match(described, { key: image.key, url: image.url, size: data.length, content_type: 'image/png' })
+  t.match(described.metadata, { character_name: CHARACTER, uploader_id: '1234567890', filename: 'Thorgar Ø portrait.png', sha256: sha256(data) })
+  t.ok(Date.parse(described.last_modified), 'last_modified is a date')
+
+  t.equal(await client.delete(image.key), undefined)
+  t.notOk((await s3.keys()).includes(image.key), 'gone from the backend')
+  const missing = await rejection(t, client.metadata(image.key))
+  t.ok(missing instanceof ImageServiceError)
+  t.match(missing, { status: 404, code: 'not_found', requestId: /\S/, fallbackUrl: undefined })
+  await client.delete(image.key) // deleting again succeeds
+})
+
+t.test('raw uploads: bytes with metadata in headers, and a stream never held whole', async (t) => {
+  const data = pngOfSize(2048, 22)
+  const raw = await client.upload(data, 'raw.png', { encoding: 'raw', context: 'portraits', metadata: { character_name: CHARACTER } })
+  t.match(raw, { filename: 'raw.png', size: data.length, sha256: sha256(data), key: /^portraits\/.*_raw\.png$/ })
+  t.equal(await s3.sha256Of(raw.key), sha256(data))
+  t.equal((await client.metadata(raw.key)).metadata.character_name, CHARACTER, 'percent-encoded X-Meta-* headers round-trip')
+
+  // 6 MiB: past one part, so the service stores it as a multipart upload while it streams.
+  const streamed = pngStream(6 * MiB)
+  const image = await client.upload(Readable.from(streamed.stream), 'big.png')
+  const sent = streamed.sha256()
+  t.match(image, { size: 6 * MiB, key: /^general\/.*_big\.png$/ })
+  t.equal(image.sha256, sent, 'the 201 hash is the hash of the streamed bytes')
+  t.equal(await s3.sha256Of(image.key), sent)
+})
+
+t.test('problems become ImageServiceError with the contract code', async (t) => {
+  const refused = await rejection(t, client.upload(Buffer.from('just some text, not an image'), 'notes.png'))
+  t.ok(refused instanceof ImageServiceError)
+  t.match(refused, { status: 415, code: 'unsupported_media_type', fallbackUrl: SERVICE_FALLBACK, requestId: /\S/, detail: /\S/ })
+
+  const wrongKey = new ImageServiceClient({ baseUrl, apiKey: 'x'.repeat(40) })
+  const unauthorized = await rejection(t, wrongKey.metadata('general/2025/01/abcdefghijklmnop_a.png'))
+  t.match(unauthorized, { status: 401, code: 'unauthorized' })
+  const anonymous = await rejection(t, new ImageServiceClient({ baseUrl }).upload(pngOfSize(1024), 'a.png'))
+  t.match(anonymous, { status: 401, code: 'unauthorized', fallbackUrl: SERVICE_FALLBACK })
+
+  t.match(await rejection(t, client.upload(pngOfSize(1024), 'a.png', { context: 'Not A Context' })), { status: 400, code: 'invalid_context' })
+  t.match(await rejection(t, client.metadata('general/2025/01/x y.png')), { status: 400, code: 'invalid_key' }, 'the service judges the key as given')
+  // A dot segment would be resolved away by the URL and name another object: refused before sending.
+  const dotted = await rejection(t, client.delete('general/../portraits/2025/01/abcdefghijklmnop_a.png'))
+  t.match(dotted, { status: 400, code: 'invalid_key', requestId: undefined })
+  await t.rejects(client.upload(pngOfSize(1024), 'a.png', { metadata: { context: 'portraits' } }), TypeError)
+})
+
+t.test('a backend failure is 503 storage_unavailable with Retry-After and the service fallback', async (t) => {
+  const { app: broken } = await buildTestApp(t, { ...r2Env(`http://127.0.0.1:${await closedPort()}`), DEFAULT_PORTRAIT_URL: SERVICE_FALLBACK })
+  const brokenClient = new ImageServiceClient({ baseUrl: `http://127.0.0.1:${(await listen(broken)).port}`, defaultFallbackUrl: CLIENT_FALLBACK })
+  const outcome = await brokenClient.uploadWithFallback(pngOfSize(1024), 'a.png')
+  t.equal(outcome.url, SERVICE_FALLBACK, "the service's fallback_url comes first")
+  t.equal(outcome.image, undefined)
+  t.match(outcome.error, { status: 503, code: 'storage_unavailable', retryAfter: 5 })
+})
+
+t.test('uploadWithFallback', async (t) => {
+  const data = pngOfSize(4096, 23)
+  const stored = await client.uploadWithFallback(data, 'ok.png')
+  t.equal(stored.error, undefined)
+  t.equal(stored.url, stored.image?.url, 'a stored upload gives its own url')
+  t.equal(await s3.sha256Of(stored.image!.key), sha256(data))
+
+  const refused = await client.uploadWithFallback(Buffer.from('<html></html>'), 'x.png')
+  t.equal(refused.url, SERVICE_FALLBACK, 'a 415 gives the fallback_url the service offers')
+  t.match(refused.error, { status: 415, code: 'unsupported_media_type' })
+
+  const stopped = new ImageServiceClient({ baseUrl: `http://127.0.0.1:${await closedPort()}`, defaultFallbackUrl: CLIENT_FALLBACK })
+  const unreachable = await stopped.uploadWithFallback(data, 'a.png')
+  t.equal(unreachable.url, CLIENT_FALLBACK, 'no service: the configured default')
+  t.ok(unreachable.error instanceof ImageServiceUnreachableError)
+  t.match(unreachable.error, { timedOut: false })
+
+  const withoutDefault = new ImageServiceClient({ baseUrl: `http://127.0.0.1:${await closedPort()}` })
+  t.ok((await rejection(t, withoutDefault.uploadWithFallback(data, 'a.png'))) instanceof ImageServiceUnreachableError, 'no fallback at all: the error is thrown')
+})
+
+t.test('a service that never answers: the timeout, the caller signal, and what the client sent', async (t) => {
+  const hung = await silentServer(t)
+  const slowClient = new ImageServiceClient({ baseUrl: `http://127.0.0.1:${hung.port}`, apiKey: TOKEN, timeoutMs: 300, defaultFallbackUrl: CLIENT_FALLBACK })
+  const started = performance.now()
+  const outcome = await slowClient.uploadWithFallback(pngOfSize(1024, 24), 'hung.png', {
+    context: 'portraits',
+    metadata: { character_name: CHARACTER },
+    idempotencyKey: 'discord-message-1234',
+  })
+  const elapsed = performance.now() - started
+  t.equal(outcome.url, CLIENT_FALLBACK)
+  t.ok(outcome.error instanceof ImageServiceUnreachableError)
+  t.match(outcome.error, { timedOut: true })
+  t.ok(elapsed < 2000, `gave up after ${Math.round(elapsed)} ms (timeout 300)`)
+
+  const request = hung.received().toString('latin1')
+  t.match(request, /^POST \/v1\/images HTTP\/1\.1\r\n/)
+  t.match(request, /\r\nauthorization: Bearer client-test-token-0123456789abcdef0123\r\n/i)
+  t.match(request, /\r\nidempotency-key: discord-message-1234\r\n/i)
+  // Text fields first, then the one file part, as the contract requires.
+  const names = [...request.matchAll(/Content-Disposition: form-data; name="([^"]+)"/g)].map((match) => match[1])
+  t.same(names, ['context', 'character_name', 'file'])
+  t.match(request, 'filename="hung.png"')
+
+  const caller = new AbortController()
+  const reason = new Error('the caller gave up')
+  setTimeout(() => caller.abort(reason), 50)
+  const aborted = await rejection(t, new ImageServiceClient({ baseUrl: `http://127.0.0.1:${hung.port}` }).metadata('general/a.png', { signal: caller.signal }))
+  t.equal(aborted, reason, "the caller's abort reason is thrown as it is")
+})

@@ -1,0 +1,95 @@
+"""Drives the Python client against a service and prints what happened as JSON, for python-client.test.ts.
+
+    client_check.py live <base_url> <api_key> <image_path> <client_fallback_url>
+    client_check.py unreachable <stopped_url> <hung_url> <api_key> <client_fallback_url>
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import sys
+import time
+from typing import Any, Awaitable
+
+from image_service_client import (
+    ImageServiceClient,
+    ImageServiceError,
+    ProblemError,
+    ServiceUnreachableError,
+    UploadOutcome,
+)
+
+CHARACTER = "Thorgar Ø 永久"
+
+
+def described(error: ImageServiceError) -> dict[str, Any]:
+    fields = {"class": type(error).__name__, "is_service_error": isinstance(error, ImageServiceError)}
+    if isinstance(error, ProblemError):
+        fields.update(status=error.status, code=error.code, request_id=error.request_id, fallback_url=error.fallback_url)
+    if isinstance(error, ServiceUnreachableError):
+        fields.update(timed_out=error.timed_out)
+    return fields
+
+
+async def raised(call: Awaitable[Any]) -> dict[str, Any]:
+    try:
+        await call
+    except ImageServiceError as error:
+        return described(error)
+    return {"class": None}
+
+
+def outcome(result: UploadOutcome) -> dict[str, Any]:
+    return {"url": result.url, "fell_back": result.fell_back, "error": result.error and described(result.error)}
+
+
+async def live(base_url: str, api_key: str, image_path: str, client_fallback_url: str) -> dict[str, Any]:
+    with open(image_path, "rb") as file:
+        data = file.read()
+    metadata = {"character_name": CHARACTER, "uploader_id": "1234567890"}
+    async with ImageServiceClient(base_url, api_key=api_key, timeout=10, default_fallback_url=client_fallback_url) as client:
+        kept = await client.upload(data, "Thorgar Ø portrait.png", metadata, context="portraits")
+        described_kept = await client.metadata(kept.key)
+        deleted = await client.upload(data, "deleted.png", context="portraits")
+        await client.delete(deleted.key)
+        result = {
+            "sent_sha256": hashlib.sha256(data).hexdigest(),
+            "kept": dataclasses.asdict(kept),
+            "metadata": {**dataclasses.asdict(described_kept), "last_modified": described_kept.last_modified.isoformat()},
+            "deleted": dataclasses.asdict(deleted),
+            "after_delete": await raised(client.metadata(deleted.key)),
+            "delete_again": await raised(client.delete(deleted.key)),
+            "fallback_on_415": outcome(await client.upload_with_fallback(b"just some text", "notes.png", context="portraits")),
+            "upload_415": await raised(client.upload(b"just some text", "notes.png")),
+            "invalid_context": await raised(client.upload(data, "a.png", context="Not A Context")),
+            "dot_key": await raised(client.delete("general/../portraits/2025/01/abcdefghijklmnop_a.png")),
+        }
+    async with ImageServiceClient(base_url, api_key="x" * 40) as wrong_key:
+        result["wrong_key"] = await raised(wrong_key.metadata(kept.key))
+    result["error_classes"] = {error.code: error.__name__ for error in ProblemError.__subclasses__()}
+    return result
+
+
+async def unreachable(stopped_url: str, hung_url: str, api_key: str, client_fallback_url: str) -> dict[str, Any]:
+    async with ImageServiceClient(stopped_url, default_fallback_url=client_fallback_url) as stopped:
+        result = {
+            "stopped_fallback": outcome(await stopped.upload_with_fallback(b"\x89PNG", "a.png")),
+            "stopped_upload": await raised(stopped.upload(b"\x89PNG", "a.png")),
+        }
+    async with ImageServiceClient(hung_url, api_key=api_key, timeout=0.5, default_fallback_url=client_fallback_url) as hung:
+        started = time.monotonic()
+        result["hung_fallback"] = outcome(
+            await hung.upload_with_fallback(b"\x89PNG", "hung.png", {"character_name": CHARACTER}, context="portraits", idempotency_key="discord-message-1234")
+        )
+        result["hung_seconds"] = time.monotonic() - started
+    async with ImageServiceClient(stopped_url) as without_default:
+        result["no_fallback_at_all"] = await raised(without_default.upload_with_fallback(b"\x89PNG", "a.png"))
+    return result
+
+
+if __name__ == "__main__":
+    mode, *arguments = sys.argv[1:]
+    print(json.dumps(asyncio.run({"live": live, "unreachable": unreachable}[mode](*arguments))))
