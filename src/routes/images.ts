@@ -3,15 +3,16 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import multipart, { type Multipart } from '@fastify/multipart'
 import type { Config } from '../config.js'
 import { ApiError, objectNotFound } from '../errors.js'
-import { baseFilename, keyFromPath, publicUrlOf } from '../upload/keys.js'
+import { keyFromPath, publicUrlOf } from '../upload/keys.js'
 import {
-  MAX_FILENAME_BYTES,
   assertValidContext,
+  checkedFilename,
   clientMetadata,
   metadataFromRequestHeaders,
   metadataToResponseHeaders,
 } from '../upload/metadata.js'
 import { storeUpload, type UploadSource } from '../upload/pipeline.js'
+import { answerStored, countUploadAttempts, uploadPolicyOf, uploadSignal, type UploadSlots } from './upload-handling.js'
 
 /** Raw-body uploads: any image/* type or octet-stream; the declared type is never trusted. */
 const RAW_BODY_TYPES = /^(image\/[\w.+-]+|application\/octet-stream)\s*(;.*)?$/i
@@ -33,19 +34,6 @@ async function* readClientBody(stream: AsyncIterable<Buffer>): AsyncGenerator<Bu
   } catch (error) {
     throw asClientError(error)
   }
-}
-
-function checkedFilename(filename: string | undefined): string | undefined {
-  if (filename === undefined) return undefined
-  const base = baseFilename(filename)
-  if (Buffer.byteLength(base) > MAX_FILENAME_BYTES) {
-    throw new ApiError('invalid_request', `The filename is longer than ${MAX_FILENAME_BYTES} bytes.`)
-  }
-  // U+FFFD is what bytes that are not UTF-8 decode to: the name the client meant is already lost.
-  if (/[\u0000-\u001f\u007f\ufffd]/.test(base)) {
-    throw new ApiError('invalid_request', 'The filename must be UTF-8 text without control characters.')
-  }
-  return base
 }
 
 interface RawUploadQuery {
@@ -113,15 +101,6 @@ async function multipartUploadSource(request: FastifyRequest, maxBytes: number):
   throw new ApiError('invalid_request', 'The form has no file part named "file".')
 }
 
-/** Aborts backend work when the client goes away before it has its answer, or when `shutdown` aborts. */
-function uploadSignal(reply: FastifyReply, shutdown: AbortSignal): AbortSignal {
-  const controller = new AbortController()
-  reply.raw.once('close', () => {
-    if (!reply.raw.writableFinished) controller.abort(new ApiError('invalid_request', 'The client closed the connection.'))
-  })
-  return AbortSignal.any([controller.signal, shutdown])
-}
-
 const IMAGES_PREFIX = '/v1/images/'
 const keyOf = (request: FastifyRequest): string => keyFromPath(request.url, IMAGES_PREFIX)
 
@@ -132,65 +111,34 @@ async function findObject(app: FastifyInstance, key: string) {
 }
 
 /** POST /v1/images and the per-key HEAD, GET and DELETE. */
-export default async function imageRoutes(app: FastifyInstance, options: { config: Config; shutdown: AbortSignal }) {
-  const { config, shutdown } = options
+export default async function imageRoutes(app: FastifyInstance, options: { config: Config; shutdown: AbortSignal; uploadSlots: UploadSlots }) {
+  const { config, shutdown, uploadSlots } = options
   const { metrics } = app
   // This context reads upload bodies only: multipart, or the raw image as an unparsed stream.
   app.removeAllContentTypeParsers()
   app.addContentTypeParser(RAW_BODY_TYPES, (_request, payload, done) => done(null, payload))
   await app.register(multipart, { throwFileSizeLimit: false })
 
-  const policy = {
-    driver: app.storage,
-    maxBytes: config.maxUploadBytes,
-    allowedTypes: config.allowedTypes,
-    maxPixels: config.maxImagePixels,
-    publicUrl: config.publicUrl,
-  }
+  const policy = uploadPolicyOf(config, app.storage)
 
   const uploadQuery = {
     type: 'object',
     properties: { filename: { type: 'string' }, context: { type: 'string' } },
   } as const
 
-  // Uploads hold memory and backend connections: past the limit, refuse at once rather than queue.
-  let uploadsInFlight = 0
-
   const uploadRoute = {
     schema: { querystring: uploadQuery },
     config: { offersFallback: true, acceptsBody: true },
-    // Every upload attempt is counted once: stored (in the handler, which knows the size) or refused.
-    // A request without a valid key, or over its key's budget, is no attempt: it must not be able to
-    // move the error ratio an operator is alerted on.
-    onResponse: async (request: FastifyRequest, reply: FastifyReply) => {
-      const code = reply.statusCode === 201 ? undefined : (request.problemCode ?? 'internal_error')
-      if (code === 'unauthorized' || code === 'rate_limited') return
-      metrics.uploadLatency.observe(reply.elapsedTime / 1000)
-      if (code) metrics.uploadErrors.inc({ error_type: code })
-    },
+    onResponse: countUploadAttempts(metrics),
   }
 
-  app.post<{ Querystring: RawUploadQuery }>('/v1/images', uploadRoute, async (request, reply) => {
-    if (uploadsInFlight >= config.maxConcurrentUploads) {
-      throw new ApiError('server_busy', `This instance is already handling ${config.maxConcurrentUploads} uploads; retry shortly.`)
-    }
-    metrics.uploadsInFlight.set(++uploadsInFlight)
-    try {
-      return await upload(request, reply)
-    } finally {
-      metrics.uploadsInFlight.set(--uploadsInFlight)
-    }
-  })
+  app.post<{ Querystring: RawUploadQuery }>('/v1/images', uploadRoute, (request, reply) => uploadSlots.run(() => upload(request, reply)))
 
   async function upload(request: FastifyRequest<{ Querystring: RawUploadQuery }>, reply: FastifyReply) {
     const source = request.isMultipart()
       ? await multipartUploadSource(request, config.maxUploadBytes)
       : rawUploadSource(request, config.maxUploadBytes)
-    const stored = await storeUpload(source, policy, uploadSignal(reply, shutdown))
-    request.log.info({ key: stored.key, size: stored.size, type: stored.content_type, sha256: stored.sha256 }, 'image stored')
-    metrics.uploads.inc()
-    metrics.uploadSize.observe(stored.size)
-    return reply.code(201).header('location', stored.url).send(stored)
+    return answerStored(request, reply, metrics, await storeUpload(source, policy, uploadSignal(reply, shutdown)))
   }
 
   app.head(`${IMAGES_PREFIX}*`, async (request, reply) => {
