@@ -147,6 +147,7 @@ t.test('with the default settings, redirects are followed at most 3 times and ea
     '/hop/2': redirect(303, 'https://cdn.discordapp.com/hop/3'),
     '/hop/3': redirect(302, '/portrait.png?ex=1'),
     '/hop/0': redirect(302, '/hop/1'),
+    '/to-nowhere': redirect(302, 'https://[bad'),
   }
   const spy = spyNetwork({
     names: { 'cdn.discordapp.com': [CDN_ADDRESS], 'media.discordapp.net': [LOOPBACK] },
@@ -171,6 +172,9 @@ t.test('with the default settings, redirects are followed at most 3 times and ea
   const fourHops = await importImage(app, { source_url: 'https://cdn.discordapp.com/hop/0', context: 'portraits' })
   t.equal(fourHops.statusCode, 502, 'a fourth redirect is not')
   t.match(fourHops.json(), { code: 'import_failed', detail: /more than 3 times/ })
+  const nowhere = await importImage(app, { source_url: 'https://cdn.discordapp.com/to-nowhere', context: 'portraits' })
+  t.equal(nowhere.statusCode, 502, 'a redirect to an invalid URL is the source failing')
+  t.match(nowhere.json(), { code: 'import_failed', detail: /redirected to a URL that is not valid/ })
 })
 
 t.test('the connection goes to the checked address, with the original name as Host and TLS server name', async (t) => {
@@ -326,17 +330,22 @@ t.test('a slow source runs into IMPORT_TIMEOUT_MS', async (t) => {
     // /silent.png: never answers
   })
   const spy = spyNetwork({ loopback: true })
-  const { app, dataDir } = await buildTestApp(t, { ...LOCAL_SOURCE_ENV, IMPORT_TIMEOUT_MS: '1000' }, { importNetwork: spy.network })
-  for (const path of ['/silent.png', '/slow-body.png']) {
+  // cdn.discordapp.com: a name server that never answers.
+  spy.network.resolve = () => new Promise(() => {})
+  const env = { ...LOCAL_SOURCE_ENV, IMPORT_ALLOWED_HOSTS: '127.0.0.1,cdn.discordapp.com', IMPORT_TIMEOUT_MS: '1000' }
+  const { app, dataDir } = await buildTestApp(t, env, { importNetwork: spy.network })
+  for (const url of [source.url('/silent.png'), source.url('/slow-body.png'), 'https://cdn.discordapp.com/portrait.png']) {
     const started = Date.now()
-    const res = await importImage(app, { source_url: source.url(path), context: 'portraits' })
+    const res = await importImage(app, { source_url: url, context: 'portraits' })
     const elapsed = Date.now() - started
-    t.equal(res.statusCode, 502, `${path}: 502`)
+    t.equal(res.statusCode, 502, `${url}: 502`)
     t.match(res.json(), { code: 'import_failed', detail: /within 1000 ms \(IMPORT_TIMEOUT_MS\)/ })
-    t.ok(elapsed >= 950 && elapsed < 5000, `${path}: answered after ${elapsed} ms`)
+    t.ok(elapsed >= 950 && elapsed < 5000, `${url}: answered after ${elapsed} ms`)
+    if (!url.startsWith('http://')) continue
     await closed.at(-1)
-    t.pass(`${path}: the service closed its connection to the source`)
+    t.pass(`${url}: the service closed its connection to the source`)
   }
+  t.same(spy.connections.map((target) => target.address), [LOOPBACK, LOOPBACK], 'the name that never resolved was never connected to')
   t.same(await storedFiles(dataDir), [], 'nothing stored')
 })
 

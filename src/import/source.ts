@@ -195,8 +195,8 @@ export async function openSource(sourceUrl: string, rules: SourceRules, network:
     let url = parseUrl(sourceUrl)
     for (let redirects = 0; ; redirects++) {
       const destination = destinationOf(url, rules)
-      const addresses = await addressesOf(destination, rules, network.resolve)
-      if (aborted.aborted) throw aborted.reason
+      // A name server that never answers must not outlast the deadline.
+      const addresses = await untilAborted(addressesOf(destination, rules, network.resolve), aborted)
       socket = await connectToFirst(addresses, destination, network.connect, aborted)
       const response = await get(socket, destination)
       const status = response.statusCode ?? 0
@@ -204,7 +204,8 @@ export async function openSource(sourceUrl: string, rules: SourceRules, network:
       if (REDIRECT_STATUSES.has(status) && location !== undefined) {
         socket.destroy()
         if (redirects === MAX_REDIRECTS) throw new ApiError('import_failed', `The source redirected more than ${MAX_REDIRECTS} times.`)
-        url = parseUrl(new URL(location, url).href)
+        if (!URL.canParse(location, url)) throw new ApiError('import_failed', 'The source redirected to a URL that is not valid.')
+        url = new URL(location, url)
         continue
       }
       if (status < 200 || status > 299) throw new ApiError('import_failed', `The source answered ${status}.`)
@@ -215,6 +216,15 @@ export async function openSource(sourceUrl: string, rules: SourceRules, network:
     close()
     throw failureOf(error)
   }
+}
+
+function untilAborted<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason as Error)
+  return new Promise((resolve, reject) => {
+    const onAbort = () => reject(signal.reason as Error)
+    signal.addEventListener('abort', onAbort, { once: true })
+    work.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort))
+  })
 }
 
 /** Tries the addresses in order (all of them checked), as a browser does when one does not answer. */
