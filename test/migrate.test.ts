@@ -216,6 +216,25 @@ t.test('a run killed midway and restarted ends with every id exactly once in the
   t.same((await readdir(dir)).sort(), ['map.jsonl', 'records.jsonl'], 'no temporary files left')
 })
 
+t.test('SIGINT stops the run after the imports in flight, with a compacted map and exit 130', async (t) => {
+  const { source, records, serviceUrl, dir } = await setUp(t)
+  source.delayMs = 100
+  const input = path.join(dir, 'records.jsonl')
+  await writeFile(input, records.map(({ id, url }) => JSON.stringify({ id, url })).join('\n'))
+  const mapFile = path.join(dir, 'map.jsonl')
+  const stopped = await migrate(['--input', input, '--map', mapFile, '--url', serviceUrl, '--rate', '500/s'], async (child) => {
+    while ((await readMap(mapFile)).length < 8) await sleep(10)
+    child.kill('SIGINT')
+  })
+  t.equal(stopped.code, 130, 'exit 130')
+  t.match(stopped.stderr, 'Stopping: finishing the imports in flight')
+  const map = await readMap(mapFile)
+  t.ok(map.length >= 8 && map.length < RECORDS, `${map.length} records migrated before it stopped`)
+  t.ok(map.every((line) => line.new_url), 'the imports in flight finished and were written')
+  t.match(stopped.stdout, `Migrated ${map.length}, failed 0, skipped 0 (already migrated), not attempted ${RECORDS - map.length}, of ${RECORDS} records`)
+  t.equal(source.fetched.length, map.length, 'nothing was fetched that the map does not name')
+})
+
 t.test('the map is compacted: superseded and cut-off lines go; migrated ids are skipped', async (t) => {
   const { records, serviceUrl, dir } = await setUp(t)
   const [a, b] = records as [(typeof records)[0], (typeof records)[0]]
