@@ -19,11 +19,6 @@ const MiB = 1024 * 1024
 /** A public address of our choosing for the allowed CDN names: never contacted, the spy answers for it in memory. */
 const CDN_ADDRESS = '1.2.3.4'
 
-interface Problem {
-  code: string
-  detail: string
-}
-
 function importImage(app: FastifyInstance, body: Record<string, unknown>) {
   return app.inject({ method: 'POST', url: '/v1/images/import', payload: body })
 }

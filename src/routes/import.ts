@@ -46,7 +46,7 @@ function importRequestOf(body: unknown): ImportRequest {
   return {
     sourceUrl,
     context: assertValidContext(context),
-    filename: checkedFilename(filename) ?? filenameInUrl(sourceUrl),
+    filename: checkedFilename(filename) || filenameInUrl(sourceUrl),
     // The source URL counts against the client's metadata budget: it is the client's text, stored.
     metadata: clientMetadata([...(Object.entries(metadata) as [string, string][]), [MIGRATED_FROM, sourceUrl]]),
   }
