@@ -5,6 +5,7 @@ import type { Config } from './config.js'
 import auth from './plugins/auth.js'
 import httpHardening from './plugins/http-hardening.js'
 import { ApiError } from './errors.js'
+import { SYSTEM_NETWORK, type ImportNetwork } from './import/source.js'
 import problemDetails, { answerUnparsableRequest, sendProblem } from './plugins/problem-details.js'
 import metrics, { CLIENT_CLOSED, answeredStatus, observeResponse, onUnfinishedResponse, serveMetrics } from './plugins/metrics.js'
 import storagePlugin from './plugins/storage.js'
@@ -12,7 +13,9 @@ import usage from './plugins/usage.js'
 import fileRoutes from './routes/files.js'
 import healthRoutes from './routes/health.js'
 import imageRoutes from './routes/images.js'
+import importRoutes from './routes/import.js'
 import openapiRoutes from './routes/openapi.js'
+import { UploadSlots } from './routes/upload-handling.js'
 import usageRoutes from './routes/usage.js'
 import type { StorageDriver } from './storage/driver.js'
 import { FsDriver } from './storage/fs.js'
@@ -39,6 +42,8 @@ export interface BuildOptions {
   logger?: FastifyServerOptions['logger']
   /** A ready driver instead of the configured one (tests of what no local backend implements). */
   driver?: StorageDriver
+  /** How imports resolve names and connect (tests: a resolver and a connector that never leave 127.0.0.1). */
+  importNetwork?: Partial<ImportNetwork>
 }
 
 /** Builds the whole app from a parsed config; no side effects beyond creating the storage directories. */
@@ -114,7 +119,9 @@ export async function buildApp(config: Config, options: BuildOptions = {}) {
   await app.register(usage, { scanIntervalS: config.usageScanIntervalS })
   await app.register(healthRoutes)
   await app.register(openapiRoutes)
-  await app.register(imageRoutes, { config, shutdown: shutdown.signal })
+  const uploadSlots = new UploadSlots(config.maxConcurrentUploads, app.metrics.uploadsInFlight)
+  await app.register(imageRoutes, { config, shutdown: shutdown.signal, uploadSlots })
+  await app.register(importRoutes, { config, shutdown: shutdown.signal, uploadSlots, network: { ...SYSTEM_NETWORK, ...options.importNetwork } })
   await app.register(usageRoutes)
   if (driver instanceof FsDriver) await app.register(fileRoutes, { driver })
   if (config.metricsPort === undefined) serveMetrics(app, app.metricsRegistry, true)

@@ -70,6 +70,18 @@ const origins = z
   .transform((list) => list.split(',').map((item) => item.trim()).filter(Boolean))
   .pipe(z.array(z.url({ protocol: /^https?$/, error: 'expected origins such as https://app.example.com' }).transform((url) => new URL(url).origin)))
 
+/** Host names as a URL carries them (lower case, no port); an IPv4 literal such as 127.0.0.1 fits too. */
+const HOST_NAME = /^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/
+
+/** Empty: every import is refused. */
+const hostNames = z.string().transform((list, context): string[] => {
+  const names = list.split(',').map((item) => item.trim().toLowerCase()).filter(Boolean)
+  for (const name of names.filter((name) => !HOST_NAME.test(name))) {
+    context.addIssue({ code: 'custom', message: `"${name.slice(0, 64)}" is not a host name such as cdn.discordapp.com` })
+  }
+  return names
+})
+
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const
 
 const environmentSchema = z.object({
@@ -100,6 +112,9 @@ const environmentSchema = z.object({
   USAGE_SCAN_INTERVAL_S: wholeNumber(0, 7 * 24 * 3600).default(3600),
   SHUTDOWN_TIMEOUT_MS: wholeNumber(0, 600_000).default(25_000),
   TRUST_PROXY: z.enum(['true', 'false']).default('false'),
+  IMPORT_ALLOWED_HOSTS: hostNames.default(['cdn.discordapp.com', 'media.discordapp.net']),
+  IMPORT_TIMEOUT_MS: wholeNumber(1000, 600_000).default(30_000),
+  IMPORT_ALLOW_INSECURE_LOCAL_SOURCES: z.enum(['true', 'false']).default('false'),
 })
 
 type Environment = z.infer<typeof environmentSchema>
@@ -111,6 +126,15 @@ export interface R2Settings {
   accessKeyId: string
   secretAccessKey: string
   bucket: string
+}
+
+export interface ImportSettings {
+  /** The only hosts an import may fetch from (exact names, lower case). */
+  allowedHosts: string[]
+  /** The whole download, from the first connection to the last byte, redirects included. */
+  timeoutMs: number
+  /** Tests only (refused under NODE_ENV=production): http:// sources, and 127.0.0.1 as an address. */
+  allowInsecureLocalSources: boolean
 }
 
 export type StorageConfig = { driver: 'fs'; dataDir: string } | ({ driver: 'r2' } & R2Settings)
@@ -142,6 +166,7 @@ export interface Config {
   shutdownTimeoutMs: number
   /** Behind a proxy (Fly.io): the client's address comes from X-Forwarded-For. */
   trustProxy: boolean
+  imports: ImportSettings
   timeouts: {
     /** A whole request, body included. */
     requestMs: number
@@ -158,6 +183,9 @@ function checkCombinations(settings: Environment, context: z.RefinementCtx): voi
   const production = settings.NODE_ENV === 'production'
   if (production && settings.API_KEYS.length === 0) {
     report('API_KEYS', 'required under NODE_ENV=production (name:token entries); the service never runs open in production')
+  }
+  if (production && settings.IMPORT_ALLOW_INSECURE_LOCAL_SOURCES === 'true') {
+    report('IMPORT_ALLOW_INSECURE_LOCAL_SOURCES', 'a test-only setting (http and 127.0.0.1 import sources), refused under NODE_ENV=production')
   }
   if (storageDriverOf(settings) === 'fs') {
     if (production && settings.STORAGE_DRIVER !== 'fs') {
@@ -216,6 +244,11 @@ export function loadConfig(env: NodeJS.ProcessEnv): Config {
     usageScanIntervalS: settings.USAGE_SCAN_INTERVAL_S,
     shutdownTimeoutMs: settings.SHUTDOWN_TIMEOUT_MS,
     trustProxy: settings.TRUST_PROXY === 'true',
+    imports: {
+      allowedHosts: settings.IMPORT_ALLOWED_HOSTS,
+      timeoutMs: settings.IMPORT_TIMEOUT_MS,
+      allowInsecureLocalSources: settings.IMPORT_ALLOW_INSECURE_LOCAL_SOURCES === 'true',
+    },
     timeouts: { requestMs: settings.REQUEST_TIMEOUT_MS, headersMs: settings.HEADERS_TIMEOUT_MS, idleMs: settings.IDLE_TIMEOUT_MS },
   }
 }

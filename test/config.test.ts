@@ -12,6 +12,12 @@ t.test('defaults give the local-disk driver on port 3000', async (t) => {
   t.equal(config.publicUrl, 'http://localhost:3000/files')
   t.equal(config.maxUploadBytes, 104_857_600)
   t.same(config.allowedTypes, ['image/jpeg', 'image/png', 'image/gif', 'image/webp'])
+  t.same(config.imports, { allowedHosts: ['cdn.discordapp.com', 'media.discordapp.net'], timeoutMs: 30_000, allowInsecureLocalSources: false })
+})
+
+t.test('import hosts are case-folded; an empty list refuses every import', async (t) => {
+  t.same(loadConfig({ IMPORT_ALLOWED_HOSTS: ' CDN.Example.com , 127.0.0.1,' }).imports.allowedHosts, ['cdn.example.com', '127.0.0.1'])
+  t.same(loadConfig({ IMPORT_ALLOWED_HOSTS: '' }).imports.allowedHosts, [])
 })
 
 t.test('R2 settings select the r2 driver and its endpoint', async (t) => {
@@ -48,6 +54,13 @@ const refusals: [string, NodeJS.ProcessEnv, RegExp][] = [
   ['a CORS origin that is not a URL', { CORS_ORIGINS: 'example.com' }, /CORS_ORIGINS/],
   ['RATE_LIMIT_PER_MINUTE=0', { RATE_LIMIT_PER_MINUTE: '0' }, /RATE_LIMIT_PER_MINUTE/],
   ['MAX_IMAGE_PIXELS=-1', { MAX_IMAGE_PIXELS: '-1' }, /MAX_IMAGE_PIXELS/],
+  ['an import host given as a URL', { IMPORT_ALLOWED_HOSTS: 'https://cdn.discordapp.com' }, /IMPORT_ALLOWED_HOSTS: "https:\/\/cdn.discordapp.com" is not a host name/],
+  ['IMPORT_TIMEOUT_MS=10', { IMPORT_TIMEOUT_MS: '10' }, /IMPORT_TIMEOUT_MS/],
+  [
+    'the test-only import setting in production',
+    { NODE_ENV: 'production', STORAGE_DRIVER: 'fs', API_KEYS: `bot:${'t'.repeat(32)}`, IMPORT_ALLOW_INSECURE_LOCAL_SOURCES: 'true' },
+    /IMPORT_ALLOW_INSECURE_LOCAL_SOURCES: a test-only setting/,
+  ],
 ]
 
 for (const [name, env, message] of refusals) {

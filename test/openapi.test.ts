@@ -21,6 +21,7 @@ import { FsDriver } from '../src/storage/fs.js'
 import { assertValidKey } from '../src/upload/keys.js'
 import { buildTestApp } from './helpers/app.js'
 import { png, pngHeaderOnly } from './helpers/images.js'
+import { LOCAL_SOURCE_ENV, spyNetwork, startSource } from './helpers/import.js'
 import { multipartBody } from './helpers/multipart.js'
 import type { UsageReport } from '../src/plugins/usage.js'
 
@@ -219,10 +220,23 @@ async function overSocket(
 
 const upload = (filename = 'portrait.png', data = png()) => multipartBody([{ name: 'file', filename, data }])
 
-/** A request for a documented operation: an upload for POST, else `{key}` filled in; `headers` on top. */
+/** The images imports fetch, from 127.0.0.1: apps built with IMPORT_ENV may import them. */
+const importSource = await startSource(t, (request, reply) => {
+  if (request.url === '/bomb.png') reply.writeHead(200).end(pngHeaderOnly(50_000, 50_000))
+  else if (request.url === '/notes.png') reply.writeHead(200).end('not an image')
+  else if (request.url === '/portrait.png') reply.writeHead(200, { 'content-type': 'image/png' }).end(png())
+  else reply.writeHead(404).end()
+})
+const IMPORT_ENV = LOCAL_SOURCE_ENV
+/** Imports reach 127.0.0.1 only, whatever the code does. */
+const importOptions = () => ({ importNetwork: spyNetwork({ loopback: true }).network })
+const importBody = (path = '/portrait.png') => JSON.stringify({ source_url: importSource.url(path), context: 'portraits' })
+
+/** A request for a documented operation: an upload or an import for POST, else `{key}` filled in; `headers` on top. */
 function requestFor(method: string, specPath: string, key: string, headers: Record<string, string> = {}): Parameters<typeof overSocket>[1] {
   const url = specPath.replace('{key}', key)
   if (method !== 'POST') return { method, url, headers }
+  if (specPath === '/v1/images/import') return { method, url, payload: importBody(), headers: { 'content-type': 'application/json', ...headers } }
   const form = upload()
   return { method, url, payload: form.payload, headers: { ...form.headers, ...headers } }
 }
@@ -298,7 +312,7 @@ t.test('the document agrees with the code it describes', async (t) => {
   t.test('the info section documents the security headers, the limits and the timeouts', async (t) => {
     const text = rawDocument.info.description.replace(/\s+/g, ' ')
     for (const [documented] of SECURITY_HEADERS) t.ok(text.includes(documented), documented)
-    const variables = ['API_KEYS', 'RATE_LIMIT_PER_MINUTE', 'MAX_CONCURRENT_UPLOADS', 'CORS_ORIGINS', 'MAX_IMAGE_PIXELS', 'MAX_UPLOAD_BYTES', 'REQUEST_TIMEOUT_MS', 'HEADERS_TIMEOUT_MS', 'IDLE_TIMEOUT_MS']
+    const variables = ['API_KEYS', 'RATE_LIMIT_PER_MINUTE', 'MAX_CONCURRENT_UPLOADS', 'CORS_ORIGINS', 'MAX_IMAGE_PIXELS', 'MAX_UPLOAD_BYTES', 'REQUEST_TIMEOUT_MS', 'HEADERS_TIMEOUT_MS', 'IDLE_TIMEOUT_MS', 'IMPORT_ALLOWED_HOSTS', 'IMPORT_TIMEOUT_MS']
     for (const variable of [...variables, 'METRICS_PORT', 'USAGE_SCAN_INTERVAL_S', 'SHUTDOWN_TIMEOUT_MS']) {
       t.ok(text.includes(`\`${variable}\``), variable)
     }
@@ -315,8 +329,10 @@ t.test('the document agrees with the code it describes', async (t) => {
       ['IDLE_TIMEOUT_MS', config.timeouts.idleMs],
       ['USAGE_SCAN_INTERVAL_S', config.usageScanIntervalS],
       ['SHUTDOWN_TIMEOUT_MS', config.shutdownTimeoutMs],
+      ['IMPORT_TIMEOUT_MS', config.imports.timeoutMs],
     ]
     for (const [variable, value] of defaults) t.ok(text.includes(`\`${variable}\`, default ${value}`), `${variable} default ${value}`)
+    t.ok(text.includes(`\`IMPORT_ALLOWED_HOSTS\`, default \`${config.imports.allowedHosts.join(',')}\``), 'IMPORT_ALLOWED_HOSTS default')
     t.equal(config.metricsPort, undefined, 'METRICS_PORT has no default')
     t.ok(text.includes('`METRICS_PORT`, unset by default'), 'METRICS_PORT: unset by default')
     t.match(text, /## Graceful shutdown .*`SHUTDOWN_TIMEOUT_MS`.* 503 `storage_unavailable`/, 'graceful shutdown: uploads aborted at shutdown are 503 storage_unavailable')
@@ -513,6 +529,47 @@ t.test('answers conform to the document', async (t) => {
     }
   })
 
+  t.test('imports: stored, refused, failed and the upload errors', async (t) => {
+    const fallback = 'https://cdn.example.test/default-portrait.png'
+    const { app } = await buildTestApp(t, { ...IMPORT_ENV, DEFAULT_PORTRAIT_URL: fallback }, importOptions())
+    const json = { 'content-type': 'application/json' }
+    const importOf = (body: string, headers: Record<string, string> = json) => ({ method: 'POST', url: '/v1/images/import', headers, payload: body })
+
+    const created = await overSocket(app, importOf(importBody()))
+    t.equal(created.statusCode, 201)
+    const stored = conforms(t, 'POST', '/v1/images/import', created) as { url: string; key: string; filename: string } | undefined
+    t.equal(created.headers.location, stored?.url, 'Location is the url')
+    t.equal(stored?.filename, 'portrait.png', 'the filename from the URL')
+    const read = await overSocket(app, { url: `/v1/images/${stored?.key}` })
+    const metadata = (conforms(t, 'GET', '/v1/images/{key}', read) as { metadata: Record<string, string> } | undefined)?.metadata
+    t.equal(metadata?.migrated_from, importSource.url('/portrait.png'), 'migrated_from is the source URL')
+
+    const body = (source_url: string, extra: Record<string, unknown> = {}) => JSON.stringify({ source_url, context: 'portraits', ...extra })
+    const cases: [string, Parameters<typeof overSocket>[1], number, string][] = [
+      ['a host outside the allow-list', importOf(body('https://images.example.com/a.png')), 400, 'import_refused'],
+      ['a private address', importOf(body('https://10.0.0.1/a.png')), 400, 'import_refused'],
+      ['an unknown member', importOf(body(importSource.url('/portrait.png'), { sourceUrl: 'x' })), 400, 'invalid_request'],
+      ['no context', importOf(JSON.stringify({ source_url: importSource.url('/portrait.png') })), 400, 'invalid_context'],
+      ['migrated_from in the metadata', importOf(body(importSource.url('/portrait.png'), { metadata: { migrated_from: 'x' } })), 400, 'invalid_metadata'],
+      ['a source that answers 404', importOf(importBody('/missing.png')), 502, 'import_failed'],
+      ['a source that is not an image', importOf(importBody('/notes.png')), 415, 'unsupported_media_type'],
+      ['a request that is not JSON', importOf('source_url=x', { 'content-type': 'application/x-www-form-urlencoded' }), 415, 'unsupported_media_type'],
+      ['a 50,000 × 50,000 PNG header at the source', importOf(importBody('/bomb.png')), 422, 'image_too_many_pixels'],
+    ]
+    for (const [what, request, status, code] of cases) {
+      const res = await overSocket(app, request)
+      t.equal(res.statusCode, status, `${what}: ${status}`)
+      const problem = conforms(t, 'POST', '/v1/images/import', res) as { code: string; fallback_url?: string } | undefined
+      t.equal(problem?.code, code, `${what}: ${code}`)
+      t.equal(problem?.fallback_url, fallback, `${what}: fallback_url`)
+    }
+
+    const { app: small } = await buildTestApp(t, { ...IMPORT_ENV, MAX_UPLOAD_BYTES: '32' }, importOptions())
+    const tooLarge = await overSocket(small, importOf(importBody()))
+    t.equal(tooLarge.statusCode, 413, 'a source over MAX_UPLOAD_BYTES')
+    t.equal((conforms(t, 'POST', '/v1/images/import', tooLarge) as { code: string } | undefined)?.code, 'image_too_large')
+  })
+
   t.test('413 with fallback_url and Connection: close', async (t) => {
     const fallback = 'https://cdn.example.test/default-portrait.png'
     const { app } = await buildTestApp(t, { MAX_UPLOAD_BYTES: '32', DEFAULT_PORTRAIT_URL: fallback })
@@ -579,7 +636,7 @@ t.test('answers conform to the document', async (t) => {
 
   t.test('401 without a token or with a wrong one, exactly on the operations the spec secures', async (t) => {
     const fallback = 'https://cdn.example.test/default-portrait.png'
-    const { app } = await buildTestApp(t, { API_KEYS, DEFAULT_PORTRAIT_URL: fallback })
+    const { app } = await buildTestApp(t, { API_KEYS, DEFAULT_PORTRAIT_URL: fallback, ...IMPORT_ENV }, importOptions())
     const first = await overSocket(app, requestFor('POST', '/v1/images', '', bearer(TOKEN)))
     t.equal(first.statusCode, 201, 'the configured key uploads')
     const { key } = JSON.parse(first.body) as { key: string }

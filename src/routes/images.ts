@@ -3,17 +3,16 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import multipart, { type Multipart } from '@fastify/multipart'
 import type { Config } from '../config.js'
 import { ApiError, objectNotFound } from '../errors.js'
-import { baseFilename, keyFromPath, publicUrlOf } from '../upload/keys.js'
+import { keyFromPath, publicUrlOf } from '../upload/keys.js'
 import {
-  MAX_FILENAME_BYTES,
   assertValidContext,
+  checkedFilename,
   clientMetadata,
   metadataFromRequestHeaders,
   metadataToResponseHeaders,
 } from '../upload/metadata.js'
-import { IdempotencyRecords, fingerprintOf, idempotencyKeyOf, type IdempotencyRecord } from '../upload/idempotency.js'
-import { checkUpload, storeUpload, type StoredUpload, type UploadSource } from '../upload/pipeline.js'
-import { CLIENT_CLOSED, onUnfinishedResponse } from '../plugins/metrics.js'
+import type { UploadSource } from '../upload/pipeline.js'
+import { uploadHandling, type UploadSlots } from './upload-handling.js'
 
 /** Raw-body uploads: any image/* type or octet-stream; the declared type is never trusted. */
 const RAW_BODY_TYPES = /^(image\/[\w.+-]+|application\/octet-stream)\s*(;.*)?$/i
@@ -35,19 +34,6 @@ async function* readClientBody(stream: AsyncIterable<Buffer>): AsyncGenerator<Bu
   } catch (error) {
     throw asClientError(error)
   }
-}
-
-function checkedFilename(filename: string | undefined): string | undefined {
-  if (filename === undefined) return undefined
-  const base = baseFilename(filename)
-  if (Buffer.byteLength(base) > MAX_FILENAME_BYTES) {
-    throw new ApiError('invalid_request', `The filename is longer than ${MAX_FILENAME_BYTES} bytes.`)
-  }
-  // U+FFFD is what bytes that are not UTF-8 decode to: the name the client meant is already lost.
-  if (/[\u0000-\u001f\u007f\ufffd]/.test(base)) {
-    throw new ApiError('invalid_request', 'The filename must be UTF-8 text without control characters.')
-  }
-  return base
 }
 
 interface RawUploadQuery {
@@ -115,15 +101,6 @@ async function multipartUploadSource(request: FastifyRequest, maxBytes: number):
   throw new ApiError('invalid_request', 'The form has no file part named "file".')
 }
 
-/** Aborts when the client goes away before it has its answer (also when it has already gone). */
-function clientGoneSignal(reply: FastifyReply): AbortSignal {
-  const controller = new AbortController()
-  const abort = () => controller.abort(new ApiError('invalid_request', 'The client closed the connection.'))
-  if (reply.raw.destroyed) abort()
-  else onUnfinishedResponse(reply, abort)
-  return controller.signal
-}
-
 const IMAGES_PREFIX = '/v1/images/'
 const keyOf = (request: FastifyRequest): string => keyFromPath(request.url, IMAGES_PREFIX)
 
@@ -134,133 +111,29 @@ async function findObject(app: FastifyInstance, key: string) {
 }
 
 /** POST /v1/images and the per-key HEAD, GET and DELETE. */
-export default async function imageRoutes(app: FastifyInstance, options: { config: Config; shutdown: AbortSignal }) {
-  const { config, shutdown } = options
-  const { metrics } = app
+export default async function imageRoutes(app: FastifyInstance, options: { config: Config; shutdown: AbortSignal; uploadSlots: UploadSlots }) {
+  const { config, shutdown, uploadSlots } = options
   // This context reads upload bodies only: multipart, or the raw image as an unparsed stream.
   app.removeAllContentTypeParsers()
   app.addContentTypeParser(RAW_BODY_TYPES, (_request, payload, done) => done(null, payload))
   await app.register(multipart, { throwFileSizeLimit: false })
 
-  const policy = {
-    driver: app.storage,
-    maxBytes: config.maxUploadBytes,
-    allowedTypes: config.allowedTypes,
-    maxPixels: config.maxImagePixels,
-    publicUrl: config.publicUrl,
-  }
-
+  const uploads = uploadHandling(app, { config, shutdown, slots: uploadSlots })
   const uploadQuery = {
     type: 'object',
     properties: { filename: { type: 'string' }, context: { type: 'string' } },
   } as const
-
-  // Uploads hold memory and backend connections: past the limit, refuse at once rather than queue.
-  let uploadsInFlight = 0
-
-  // Every upload attempt is counted once: stored (in the handler, which knows the size), refused, or
-  // client_closed when the client left before any answer. A request without a valid key, or over its
-  // key's budget, is no attempt: it must not be able to move the error ratio an operator is alerted on.
-  function countAttempt(reply: FastifyReply, code: string | undefined): void {
-    if (code === 'unauthorized' || code === 'rate_limited') return
-    metrics.uploadLatency.observe(reply.elapsedTime / 1000)
-    if (code) metrics.uploadErrors.inc({ error_type: code })
-  }
-  const answeredCode = (request: FastifyRequest, reply: FastifyReply) =>
-    reply.statusCode === 201 ? undefined : (request.problemCode ?? 'internal_error')
-
   const uploadRoute = {
     schema: { querystring: uploadQuery },
     config: { offersFallback: true, acceptsBody: true },
-    onResponse: async (request: FastifyRequest, reply: FastifyReply) => countAttempt(reply, answeredCode(request, reply)),
-    // An answer cut off by the client (a reset while an early 413 lingers) has no onResponse either.
-    // Cut off before any answer was sent, the handler counts it, once it knows how the upload ended.
-    onRequest: async (request: FastifyRequest, reply: FastifyReply) =>
-      onUnfinishedResponse(reply, () => reply.raw.headersSent && countAttempt(reply, answeredCode(request, reply))),
+    ...uploads.hooks,
   }
 
-  app.post<{ Querystring: RawUploadQuery }>('/v1/images', uploadRoute, async (request, reply) => {
-    if (uploadsInFlight >= config.maxConcurrentUploads) {
-      throw new ApiError('server_busy', `This instance is already handling ${config.maxConcurrentUploads} uploads; retry shortly.`)
-    }
-    const clientGone = clientGoneSignal(reply)
-    metrics.uploadsInFlight.set(++uploadsInFlight)
-    let stored = false
-    try {
-      const answer = await upload(request, reply, AbortSignal.any([clientGone, shutdown]))
-      stored = true
-      return answer
-    } finally {
-      metrics.uploadsInFlight.set(--uploadsInFlight)
-      // Its answer will never go out, so no onResponse: counted here. Stored all the same (the client
-      // left after sending the whole body), it counts as stored.
-      if (clientGone.aborted) countAttempt(reply, stored ? undefined : CLIENT_CLOSED.code)
-    }
-  })
-
-  const records = new IdempotencyRecords(app.storage)
-
-  async function upload(request: FastifyRequest<{ Querystring: RawUploadQuery }>, reply: FastifyReply, signal: AbortSignal) {
-    const idempotencyKey = idempotencyKeyOf(request.headers)
-    const source = request.isMultipart()
-      ? await multipartUploadSource(request, config.maxUploadBytes)
-      : rawUploadSource(request, config.maxUploadBytes)
-    if (idempotencyKey === undefined) return created(reply, await store(request, source, signal))
-
-    // A retry: the same key from the same API key (by name, so it survives a token rotation).
-    const recordKey = records.recordKey(request.apiKeyName ?? 'anonymous', idempotencyKey)
-    const earlier = await records.find(recordKey)
-    if (earlier) {
-      // The retried bytes go through every check and are not stored: they must match the first upload's.
-      return replay(reply, earlier, fingerprintOf(source, await checkUpload(source, policy, signal)))
-    }
-    const stored = await store(request, source, signal)
-    const fingerprint = fingerprintOf(source, stored)
-    let holder: IdempotencyRecord
-    try {
-      holder = await records.claim(recordKey, fingerprint, stored, signal)
-    } catch (error) {
-      // Without its record a retry would store the image twice: withdraw it, and let the client retry.
-      await withdraw(request, stored.key)
-      throw error
-    }
-    if (holder.response.key === stored.key) return created(reply, stored)
-    // A request with this key (the original of this retry) stored its image first: this copy goes.
-    await withdraw(request, stored.key)
-    return replay(reply, holder, fingerprint)
-  }
-
-  async function store(request: FastifyRequest, source: UploadSource, signal: AbortSignal): Promise<StoredUpload> {
-    const stored = await storeUpload(source, policy, signal)
-    request.log.info({ key: stored.key, size: stored.size, type: stored.content_type, sha256: stored.sha256 }, 'image stored')
-    metrics.uploads.inc()
-    metrics.uploadSize.observe(stored.size)
-    return stored
-  }
-
-  function created(reply: FastifyReply, stored: StoredUpload) {
-    return reply.code(201).header('location', stored.url).send(stored)
-  }
-
-  function replay(reply: FastifyReply, record: IdempotencyRecord, fingerprint: string) {
-    if (record.fingerprint !== fingerprint) {
-      throw new ApiError(
-        'idempotency_conflict',
-        `This Idempotency-Key was used at ${record.created_at} for a different upload (other bytes, context, filename or metadata).`,
-      )
-    }
-    reply.log.info({ key: record.response.key }, 'idempotent retry: first answer replayed')
-    return created(reply.header('idempotent-replayed', 'true'), record.response)
-  }
-
-  async function withdraw(request: FastifyRequest, key: string) {
-    try {
-      await app.storage.delete(key)
-      request.log.info({ key }, 'image withdrawn')
-    } catch (error) {
-      request.log.error({ err: error, key }, 'image could not be withdrawn: an orphan remains')
-    }
-  }
+  app.post<{ Querystring: RawUploadQuery }>('/v1/images', uploadRoute, (request, reply) =>
+    uploads.handle(request, reply, async () =>
+      request.isMultipart() ? multipartUploadSource(request, config.maxUploadBytes) : rawUploadSource(request, config.maxUploadBytes),
+    ),
+  )
 
   app.head(`${IMAGES_PREFIX}*`, async (request, reply) => {
     const object = await findObject(app, keyOf(request))

@@ -1,10 +1,11 @@
 import type { IncomingHttpHeaders } from 'node:http'
 import { ApiError } from '../errors.js'
+import { baseFilename } from './keys.js'
 
 const CONTEXT_PATTERN = /^[a-z0-9][a-z0-9_-]{0,62}$/
 const NAME_PATTERN = /^[a-z0-9][a-z0-9_]{0,63}$/
 const MAX_CLIENT_METADATA_BYTES = 2048
-export const MAX_FILENAME_BYTES = 255
+const MAX_FILENAME_BYTES = 255
 const DEFAULT_CONTEXT = 'general'
 /** Metadata the service computes itself; a client may not send these. */
 const SERVICE_OWNED_METADATA = ['sha256', 'filename', 'width', 'height'] as const
@@ -17,6 +18,20 @@ export function assertValidContext(context: string | undefined): string {
     throw new ApiError('invalid_context', 'context must match ^[a-z0-9][a-z0-9_-]{0,62}$.')
   }
   return context
+}
+
+/** The client's filename without its directory part, refused when too long or not UTF-8 text. */
+export function checkedFilename(filename: string | undefined): string | undefined {
+  if (filename === undefined) return undefined
+  const base = baseFilename(filename)
+  if (Buffer.byteLength(base) > MAX_FILENAME_BYTES) {
+    throw new ApiError('invalid_request', `The filename is longer than ${MAX_FILENAME_BYTES} bytes.`)
+  }
+  // U+FFFD is what bytes that are not UTF-8 decode to: the name the client meant is already lost.
+  if (/[\u0000-\u001f\u007f\ufffd]/.test(base)) {
+    throw new ApiError('invalid_request', 'The filename must be UTF-8 text without control characters.')
+  }
+  return base
 }
 
 /**

@@ -7,6 +7,7 @@ import { GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, S3Client } f
 import type { FastifyInstance } from 'fastify'
 import S3rver from 's3rver'
 import { R2Driver } from '../../src/storage/r2.js'
+import { RECORDS_PREFIX } from '../../src/upload/idempotency.js'
 
 export const TEST_BUCKET = 'test-images'
 
@@ -28,6 +29,8 @@ export async function startS3(): Promise<{
   client: S3Client
   sha256Of(key: string): Promise<string>
   keys(): Promise<string[]>
+  /** The keys of images: everything but the service's own Idempotency-Key records. */
+  imageKeys(): Promise<string[]>
   stop(): Promise<void>
 }> {
   const directory = await mkdtemp(path.join(tmpdir(), 's3rver-'))
@@ -42,6 +45,10 @@ export async function startS3(): Promise<{
     requestChecksumCalculation: 'WHEN_REQUIRED',
     responseChecksumValidation: 'WHEN_REQUIRED',
   })
+  const keys = async (): Promise<string[]> => {
+    const listed = await client.send(new ListObjectsV2Command({ Bucket: TEST_BUCKET }))
+    return (listed.Contents ?? []).map((object) => object.Key!)
+  }
   return {
     endpoint,
     client,
@@ -52,9 +59,9 @@ export async function startS3(): Promise<{
       for await (const chunk of object.Body as Readable) hash.update(chunk as Buffer)
       return hash.digest('hex')
     },
-    async keys() {
-      const listed = await client.send(new ListObjectsV2Command({ Bucket: TEST_BUCKET }))
-      return (listed.Contents ?? []).map((object) => object.Key!)
+    keys,
+    async imageKeys() {
+      return (await keys()).filter((key) => !key.startsWith(RECORDS_PREFIX))
     },
     async stop() {
       client.destroy()

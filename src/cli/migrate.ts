@@ -1,0 +1,283 @@
+/**
+ * Migrates images to the service: `npm run migrate -- --input records.csv --map map.jsonl --url …`.
+ * Each record is imported with POST /v1/images/import; the outcome is appended to the map, which the
+ * bot applies to its database. See the README, "Migrating images", for the whole behaviour.
+ */
+import { createHash } from 'node:crypto'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { parseArgs } from 'node:util'
+import { MigrationMap, isMigrated, type MapLine } from './migration-map.js'
+import { Progress } from './progress.js'
+import { InputError, formatOfPath, readRecords, type InputFormat, type MigrationRecord } from './records.js'
+
+const USAGE = `Usage: npm run migrate -- --input <records.csv|records.jsonl> --map <map.jsonl> --url <service URL> [options]
+
+  --input <file>       records: CSV with a header row (id, url, optional context and filename,
+                       any other column a metadata entry) or JSON lines
+                       ({"id","url","context"?,"filename"?,"metadata"?})
+  --map <file>         the output map, JSON lines, one per id; created if missing. Ids already
+                       migrated there are skipped, failed ones are tried again
+  --url <url>          the service's base URL (default: $IMAGE_SERVICE_URL)
+  --api-key <token>    an API key of the service (default: $IMAGE_SERVICE_API_KEY, which keeps it
+                       out of the process list)
+  --concurrency <n>    imports in flight at once (default 4)
+  --rate <n/s|n/min>   most imports started per second or minute (default 2/s, the service's
+                       default budget of 120 requests a minute per key)
+  --context <context>  for records without one (default general)
+  --format <csv|jsonl> the input's format (default: from its extension)
+  --timeout <seconds>  for one import request (default 120)
+  --retries <n>        tries again after 429, 503 or no answer (default 3)
+  --help`
+
+/** Bad arguments or input: nothing was attempted. */
+const EXIT_USAGE = 2
+/** Some records failed; the map says which and why. */
+const EXIT_FAILED = 1
+const EXIT_INTERRUPTED = 130
+/** Statuses after which the same record is tried again in this run: the service asks to come back later. */
+const RETRY_STATUSES = new Set([429, 503])
+const MAX_RETRY_WAIT_S = 60
+const LISTED_FAILURES = 20
+
+class UsageError extends Error {}
+
+interface Options {
+  input: string
+  map: string
+  url: string
+  apiKey: string | undefined
+  concurrency: number
+  /** Milliseconds between the starts of two requests. */
+  intervalMs: number
+  rateText: string
+  context: string
+  format: InputFormat
+  timeoutMs: number
+  retries: number
+}
+
+function wholeNumber(text: string, name: string, min: number, max: number): number {
+  const value = Number(text)
+  if (!/^\d+$/.test(text) || value < min || value > max) throw new UsageError(`--${name} must be a whole number from ${min} to ${max}`)
+  return value
+}
+
+function optionsOf(argv: string[], env: NodeJS.ProcessEnv): Options | undefined {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      input: { type: 'string' },
+      map: { type: 'string' },
+      url: { type: 'string' },
+      'api-key': { type: 'string' },
+      concurrency: { type: 'string', default: '4' },
+      rate: { type: 'string', default: '2/s' },
+      context: { type: 'string', default: 'general' },
+      format: { type: 'string' },
+      timeout: { type: 'string', default: '120' },
+      retries: { type: 'string', default: '3' },
+      help: { type: 'boolean', default: false },
+    },
+    strict: true,
+  })
+  if (values.help) return undefined
+  if (!values.input) throw new UsageError('--input is required')
+  if (!values.map) throw new UsageError('--map is required')
+  const url = (values.url ?? env.IMAGE_SERVICE_URL ?? '').replace(/\/+$/, '')
+  if (!/^https?:\/\/[^/]/.test(url)) throw new UsageError('--url (or IMAGE_SERVICE_URL) must be the service\'s http(s) base URL')
+  const rate = /^(\d+(?:\.\d+)?)\/(s|min)$/.exec(values.rate)
+  if (!rate || Number(rate[1]) <= 0) throw new UsageError('--rate must look like 5/s or 120/min')
+  const format = values.format ?? formatOfPath(values.input)
+  if (format !== 'csv' && format !== 'jsonl') throw new UsageError('--format must be csv or jsonl (or the input named .csv or .jsonl)')
+  return {
+    input: values.input,
+    map: values.map,
+    url,
+    apiKey: values['api-key'] ?? env.IMAGE_SERVICE_API_KEY,
+    concurrency: wholeNumber(values.concurrency, 'concurrency', 1, 64),
+    intervalMs: (rate[2] === 's' ? 1000 : 60_000) / Number(rate[1]),
+    rateText: values.rate,
+    context: values.context,
+    format,
+    timeoutMs: wholeNumber(values.timeout, 'timeout', 1, 3600) * 1000,
+    retries: wholeNumber(values.retries, 'retries', 0, 100),
+  }
+}
+
+/** Starts at most one request per interval, whichever worker asks. */
+class StartPacer {
+  private next = 0
+
+  constructor(private readonly intervalMs: number) {}
+
+  async wait(): Promise<void> {
+    const now = Date.now()
+    const at = Math.max(now, this.next)
+    this.next = at + this.intervalMs
+    if (at > now) await sleep(at - now)
+  }
+}
+
+/**
+ * The Idempotency-Key of a record's tries: `migrate-<hash of the id>-<n>`. `n` goes up after every error
+ * answer from the service (nothing was stored under that key, and a service that remembers answers must
+ * not replay the error when the source is fixed), and stays after a try that got no answer (the service
+ * may have stored the image: the same key lets it say so rather than store it twice).
+ */
+function idempotencyKey(id: string, n: number): string {
+  return `migrate-${createHash('sha256').update(id).digest('hex').slice(0, 32)}-${n}`
+}
+
+/** The key number a record starts at: from its failed line in the map, else 0. */
+function firstKeyNumber(record: MigrationRecord, previous: MapLine | undefined): number {
+  if (previous === undefined || isMigrated(previous)) return 0
+  const match = /^(migrate-[0-9a-f]{32})-(\d+)$/.exec(previous.retry_idempotency_key ?? '')
+  return match && `${match[1]}-0` === idempotencyKey(record.id, 0) ? Number(match[2]) : 0
+}
+
+interface Problem {
+  code?: string
+  detail?: string
+}
+
+async function migrateOne(record: MigrationRecord, options: Options, pacer: StartPacer, keyNumber: number): Promise<MapLine> {
+  const body = JSON.stringify({
+    source_url: record.url,
+    context: record.context ?? options.context,
+    ...(record.filename !== undefined && { filename: record.filename }),
+    ...(record.metadata !== undefined && { metadata: record.metadata }),
+  })
+  const failed = (error: string, status?: number): MapLine => ({
+    id: record.id,
+    old_url: record.url,
+    error,
+    ...(status !== undefined && { status }),
+    retry_idempotency_key: idempotencyKey(record.id, keyNumber),
+  })
+  for (let tries = 0; ; tries++) {
+    await pacer.wait()
+    let status: number
+    let text: string
+    let retryAfter: string | null
+    try {
+      const response = await fetch(`${options.url}/v1/images/import`, {
+        method: 'POST',
+        headers: {
+          'content-type': 'application/json',
+          'idempotency-key': idempotencyKey(record.id, keyNumber),
+          ...(options.apiKey && { authorization: `Bearer ${options.apiKey}` }),
+        },
+        body,
+        signal: AbortSignal.timeout(options.timeoutMs),
+      })
+      status = response.status
+      retryAfter = response.headers.get('retry-after')
+      text = await response.text()
+    } catch (error) {
+      const cause = (error as { cause?: { code?: string } }).cause?.code
+      const message = `no answer from the service: ${(error as Error).message}${cause ? ` (${cause})` : ''}`
+      if (tries >= options.retries) return failed(message)
+      await sleep(1000 * 2 ** tries)
+      continue
+    }
+    if (status === 201) {
+      try {
+        return { id: record.id, old_url: record.url, new_url: (JSON.parse(text) as { url: string }).url }
+      } catch {
+        // Stored, but the answer is unreadable: no status, so a retry keeps the key (and the service can tell).
+        return failed('the service answered 201 without a readable body')
+      }
+    }
+    keyNumber++
+    let problem: Problem = {}
+    try {
+      problem = JSON.parse(text) as Problem
+    } catch {}
+    const error = problem.code ? `${status} ${problem.code}: ${problem.detail ?? ''}`.trim() : `${status} ${text.slice(0, 200)}`.trim()
+    if (!RETRY_STATUSES.has(status) || tries >= options.retries) return failed(error, status)
+    const wait = Number(retryAfter)
+    await sleep(1000 * (Number.isFinite(wait) && wait > 0 ? Math.min(wait, MAX_RETRY_WAIT_S) : 2 ** tries))
+  }
+}
+
+async function run(options: Options): Promise<number> {
+  const records = await readRecords(options.input, options.format)
+  const { map, unreadableLines } = await MigrationMap.open(options.map)
+  if (unreadableLines > 0) console.error(`The map had ${unreadableLines} unreadable line(s) (a run cut short while writing); they were dropped.`)
+  const pending = records.filter((record) => !isMigrated(map.get(record.id)))
+  const skipped = records.length - pending.length
+  console.error(
+    `Migrating ${pending.length} of ${records.length} records (${skipped} already in the map) to ${options.url}, ` +
+      `${options.concurrency} at a time, at most ${options.rateText}.`,
+  )
+
+  let stopping = false
+  const stop = () => {
+    if (stopping) process.exit(EXIT_INTERRUPTED) // a second signal: stop at once (the map stays readable)
+    stopping = true
+    console.error('\nStopping: finishing the imports in flight; a second signal stops at once.')
+  }
+  process.on('SIGINT', stop).on('SIGTERM', stop)
+
+  const started = Date.now()
+  const progress = new Progress(pending.length, process.stderr)
+  const pacer = new StartPacer(options.intervalMs)
+  const failures: { id: string; error: string }[] = []
+  let next = 0
+  const worker = async () => {
+    while (!stopping && next < pending.length) {
+      const record = pending[next++]!
+      const line = await migrateOne(record, options, pacer, firstKeyNumber(record, map.get(record.id)))
+      await map.append(line)
+      if (isMigrated(line)) progress.record('migrated')
+      else {
+        failures.push({ id: line.id, error: line.error })
+        progress.record('failed')
+      }
+    }
+  }
+  await Promise.all(Array.from({ length: Math.min(options.concurrency, pending.length) }, worker))
+  progress.finish()
+  await map.compact()
+  await map.close()
+  process.off('SIGINT', stop).off('SIGTERM', stop)
+
+  const seconds = ((Date.now() - started) / 1000).toFixed(1)
+  const notAttempted = pending.length - progress.done
+  console.log(
+    `Migrated ${progress.migrated}, failed ${failures.length}, skipped ${skipped} (already migrated)` +
+      `${notAttempted > 0 ? `, not attempted ${notAttempted}` : ''}, of ${records.length} records, in ${seconds} s.`,
+  )
+  console.log(`Map: ${options.map} (one line per id, its latest outcome).`)
+  if (failures.length > 0) {
+    console.log('Failed:')
+    for (const { id, error } of failures.slice(0, LISTED_FAILURES)) console.log(`  ${id}: ${error}`)
+    if (failures.length > LISTED_FAILURES) console.log(`  … and ${failures.length - LISTED_FAILURES} more (see the map)`)
+  }
+  if (failures.length > 0 || notAttempted > 0) console.log('Run the same command again to retry what did not migrate.')
+  if (stopping) return EXIT_INTERRUPTED
+  return failures.length > 0 ? EXIT_FAILED : 0
+}
+
+async function main(): Promise<number> {
+  let options: Options | undefined
+  try {
+    options = optionsOf(process.argv.slice(2), process.env)
+  } catch (error) {
+    console.error(`${(error as Error).message}\n\n${USAGE}`)
+    return EXIT_USAGE
+  }
+  if (!options) {
+    console.log(USAGE)
+    return 0
+  }
+  try {
+    return await run(options)
+  } catch (error) {
+    if (!(error instanceof InputError)) throw error
+    console.error(`${options.input}: ${error.message}`)
+    return EXIT_USAGE
+  }
+}
+
+process.exitCode = await main()
