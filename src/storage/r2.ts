@@ -1,5 +1,6 @@
 import type { Readable } from 'node:stream'
 import {
+  AbortMultipartUploadCommand,
   DeleteObjectCommand,
   HeadBucketCommand,
   HeadObjectCommand,
@@ -111,25 +112,34 @@ export class R2Driver implements StorageDriver {
       await this.guarded(this.client.send(command, { abortSignal: signal }), signal)
       return
     }
-    // lib-storage sends equal parts (R2's rule) and aborts the multipart upload when the body errors.
+    // lib-storage sends equal parts (R2's rule). It would also abort the multipart upload on failure, but
+    // then throws the abort's own failure instead of the cause (s3rver answers every abort 405, and R2 may
+    // not answer at all when it is what failed): the abort is sent here, and the cause is what is thrown.
     let bodyError: unknown
     body.once('error', (error) => (bodyError = error))
     const destroyBody = () => body.destroy(signal.reason as Error)
     signal.addEventListener('abort', destroyBody, { once: true })
+    const upload = new Upload({
+      client: this.client,
+      params: { ...params, Body: body },
+      partSize: SINGLE_REQUEST_MAX_BYTES,
+      queueSize: PART_QUEUE_SIZE,
+      leavePartsOnError: true,
+    })
     try {
-      await new Upload({
-        client: this.client,
-        params: { ...params, Body: body },
-        partSize: SINGLE_REQUEST_MAX_BYTES,
-        queueSize: PART_QUEUE_SIZE,
-        leavePartsOnError: false,
-      }).done()
+      await upload.done()
     } catch (error) {
-      // The body's own error (size limit, client gone) is the real cause, not what the abort answered.
+      if (upload.uploadId !== undefined) await this.abortMultipartUpload(params.Key!, upload.uploadId)
+      // The body's own error (size limit, client gone) is the real cause.
       throw bodyError ?? storageErrorOf(error)
     } finally {
       signal.removeEventListener('abort', destroyBody)
     }
+  }
+
+  /** Drops an unfinished multipart upload's parts; a failure only leaves parts behind, which are not objects. */
+  private async abortMultipartUpload(key: string, uploadId: string): Promise<void> {
+    await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: key, UploadId: uploadId })).catch(() => {})
   }
 
   async head(key: string): Promise<StoredObject | undefined> {
