@@ -130,8 +130,10 @@ export class R2Driver implements StorageDriver {
       await upload.done()
     } catch (error) {
       if (upload.uploadId !== undefined) await this.abortMultipartUpload(params.Key!, upload.uploadId)
-      // The body's own error (size limit, client gone) is the real cause.
-      throw bodyError ?? storageErrorOf(error)
+      // The body's own error (size limit, client gone: contract errors) is the real cause. Any other is
+      // lib-storage letting go of the body after a part failed (an AbortError when three or more parts
+      // were to come), and the cause is the part's failure.
+      throw bodyError instanceof ApiError ? bodyError : storageErrorOf(error)
     } finally {
       signal.removeEventListener('abort', destroyBody)
     }
