@@ -1,4 +1,5 @@
 import type { Readable } from 'node:stream'
+import { setTimeout as sleep } from 'node:timers/promises'
 import {
   AbortMultipartUploadCommand,
   DeleteObjectCommand,
@@ -46,11 +47,24 @@ export interface R2Timeouts {
 
 const DEFAULT_TIMEOUTS: R2Timeouts = { connectMs: 1000, idleMs: 5000, requestMs: 30_000 }
 
+/**
+ * A failed upload's key is deleted in the background: first after a pause, so that a write the backend may
+ * still be finishing is not overtaken, then again while the backend does not answer, about a minute in all.
+ */
+const CLEANUP_ATTEMPTS = 15
+const cleanupDelayMs = (attempt: number) => Math.min(500 * 2 ** attempt, 5000)
+/** How long closing waits for clean-ups in flight before the client is destroyed under them. */
+const CLOSE_CLEANUP_WAIT_MS = 3000
+
 /** Cloudflare R2 (or any S3-compatible server) through the AWS SDK. */
 export class R2Driver implements StorageDriver {
   readonly name = 'r2'
   readonly client: S3Client
   private readonly bucket: string
+  /** Clean-ups still running, and what cuts their pauses short when the driver closes. */
+  private readonly cleanups = new Set<Promise<void>>()
+  private readonly closing = new AbortController()
+  private reportLeftBehind: (key: string, error: ApiError) => void = () => {}
 
   constructor(settings: R2Settings, timeouts: R2Timeouts = DEFAULT_TIMEOUTS) {
     this.bucket = settings.bucket
@@ -88,10 +102,26 @@ export class R2Driver implements StorageDriver {
     try {
       await this.write(params, body, write, signal)
     } catch (error) {
-      // A 412 on a key this upload made up can only be its own earlier attempt, retried after the answer
-      // was lost: that write succeeded, so the upload did too.
-      const keyExists = error instanceof ApiError && (error.cause as Error | undefined)?.name === 'PreconditionFailed'
-      if (!keyExists || !(await this.holdsOwnWrite(key, body, write))) throw error
+      if (isPreconditionFailed(error)) {
+        // A 412 on a key this upload made up can only be its own earlier attempt, retried after the answer
+        // was lost: that write succeeded, so the upload did too. Another object under the key is never touched.
+        let ownWrite: boolean
+        try {
+          ownWrite = await this.holdsOwnWrite(key, body, write)
+        } catch (checkError) {
+          // Not known, but the key is this upload's own: what it holds is deleted.
+          this.inBackground(() => this.deleteLeftover(key))
+          throw checkError
+        }
+        if (ownWrite) return
+        throw error
+      }
+      // The write may have landed though it failed (its answer was lost; some servers even keep a body cut
+      // short): the key is deleted, off the client's path. Only a refusal of the credentials or the bucket
+      // proves nothing was written.
+      const refused = error instanceof ApiError && (error.code === 'storage_access_denied' || error.code === 'bucket_not_found')
+      if (!refused) this.inBackground(() => this.deleteLeftover(key))
+      throw error
     }
   }
 
@@ -129,7 +159,8 @@ export class R2Driver implements StorageDriver {
     try {
       await upload.done()
     } catch (error) {
-      if (upload.uploadId !== undefined) await this.abortMultipartUpload(params.Key!, upload.uploadId)
+      const { uploadId } = upload
+      if (uploadId !== undefined) this.inBackground(() => this.abortMultipartUpload(params.Key!, uploadId))
       // The body's own error (size limit, client gone: contract errors) is the real cause. Any other is
       // lib-storage letting go of the body after a part failed (an AbortError when three or more parts
       // were to come), and the cause is the part's failure.
@@ -142,6 +173,35 @@ export class R2Driver implements StorageDriver {
   /** Drops an unfinished multipart upload's parts; a failure only leaves parts behind, which are not objects. */
   private async abortMultipartUpload(key: string, uploadId: string): Promise<void> {
     await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: key, UploadId: uploadId })).catch(() => {})
+  }
+
+  /** Deletes a failed upload's key until the backend answers; reports it if it may still be there. */
+  private async deleteLeftover(key: string): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      // A pause cut short by closing still leaves one last attempt.
+      await sleep(cleanupDelayMs(attempt), undefined, { signal: this.closing.signal }).catch(() => {})
+      try {
+        await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: key }))
+        return
+      } catch (error) {
+        if (attempt === CLEANUP_ATTEMPTS || this.closing.signal.aborted) {
+          this.reportLeftBehind(key, storageErrorOf(error))
+          return
+        }
+      }
+    }
+  }
+
+  /** Runs work the client does not wait for, tracked so that closing can wait for it. */
+  private inBackground(work: () => Promise<void>): void {
+    const running = work()
+    this.cleanups.add(running)
+    void running.finally(() => this.cleanups.delete(running))
+  }
+
+  /** Called with the key of a failed upload whose object could not be deleted and may still be stored. */
+  onLeftBehind(listener: (key: string, error: ApiError) => void): void {
+    this.reportLeftBehind = listener
   }
 
   async head(key: string): Promise<StoredObject | undefined> {
@@ -213,6 +273,10 @@ export class R2Driver implements StorageDriver {
   }
 
   async close(): Promise<void> {
+    this.closing.abort()
+    let waited: NodeJS.Timeout | undefined
+    await Promise.race([Promise.all(this.cleanups), new Promise((resolve) => (waited = setTimeout(resolve, CLOSE_CLEANUP_WAIT_MS)))])
+    clearTimeout(waited)
     this.client.destroy()
   }
 
@@ -224,6 +288,9 @@ export class R2Driver implements StorageDriver {
     }
   }
 }
+
+const isPreconditionFailed = (error: unknown): boolean =>
+  error instanceof ApiError && (error.cause as Error | undefined)?.name === 'PreconditionFailed'
 
 const ACCESS_DENIED = new Set(['AccessDenied', 'InvalidAccessKeyId', 'SignatureDoesNotMatch', 'InvalidToken', 'ExpiredToken'])
 const UNREACHABLE = new Set(['ECONNREFUSED', 'ECONNRESET', 'ENOTFOUND', 'EAI_AGAIN', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EPIPE'])
