@@ -49,7 +49,8 @@ export class FaultProxy {
   /** Starts a proxy on a free loopback port forwarding to `target` (an `http://host:port` endpoint). */
   static async start(target: string): Promise<FaultProxy> {
     const { hostname, port } = new URL(target)
-    const proxy = new FaultProxy(net.createServer(), { host: hostname, port: Number(port) })
+    // No Nagle delays (both sockets), as on Node's own HTTP sockets: a healthy proxy adds no latency.
+    const proxy = new FaultProxy(net.createServer({ noDelay: true }), { host: hostname, port: Number(port) })
     proxy.server.listen(0, '127.0.0.1')
     await once(proxy.server, 'listening')
     return proxy
@@ -88,7 +89,7 @@ export class FaultProxy {
       client.resetAndDestroy()
       return
     }
-    const backend = net.connect(this.target)
+    const backend = net.connect({ ...this.target, noDelay: true })
     this.track(backend)
     backend.on('error', () => {})
 
@@ -104,7 +105,6 @@ export class FaultProxy {
     const trigger = fault.kind === 'reset' || fault.kind === 'stall' ? fault.afterBytes : Infinity
     let fromClient = 0
     let triggered = false
-    const upstreamStalled = () => triggered && stallsUpstream
     const downstreamStalled = () => triggered && stallsDownstream
 
     // A stalled direction is still read, so closes are noticed, but what arrives is dropped: the sender
@@ -127,20 +127,16 @@ export class FaultProxy {
       if (!downstreamStalled()) forward(client, chunk)
     })
 
-    // Ends and closes travel like data, late under latency and not through a stall; a socket that ended
-    // gracefully lets the other finish writing. The service giving up always reaches the backend, so that
-    // the backend lets go of the request.
-    let clientEnded = false
+    // The service hanging up reaches the backend at once and drops what the proxy still holds for it, as a
+    // torn-down connection does: nothing lands after the service gave up. The backend's answers and hang-ups
+    // travel like data, late under latency and not at all through a stall; after a graceful end the client
+    // socket finishes writing.
+    client.once('close', () => backend.destroy())
     let backendEnded = false
-    client.on('end', () => {
-      clientEnded = true
-      if (!upstreamStalled()) later(() => backend.end())
-    })
     backend.on('end', () => {
       backendEnded = true
       if (!downstreamStalled()) later(() => client.end())
     })
-    client.once('close', () => clientEnded || later(() => backend.destroy()))
     backend.once('close', () => backendEnded || downstreamStalled() || later(() => client.destroy()))
   }
 }
