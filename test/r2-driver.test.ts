@@ -3,7 +3,7 @@ import type { FastifyInstance } from 'fastify'
 import t from 'tap'
 import { R2Driver } from '../src/storage/r2.js'
 import { buildTestApp } from './helpers/app.js'
-import { streamUpload } from './helpers/client.js'
+import { piecesOf, streamUpload } from './helpers/client.js'
 import { closedPort, listen, silentServer } from './helpers/http.js'
 import { pngOfSize, sha256 } from './helpers/images.js'
 import { multipartBody, type FormPart } from './helpers/multipart.js'
@@ -17,13 +17,6 @@ const MiB = 1024 * 1024
 
 const s3 = await startS3()
 t.teardown(() => s3.stop())
-
-const WIRE_CHUNK = 64 * KiB
-
-/** The body in network-sized pieces, as a client's socket delivers it. */
-async function* piecesOf(payload: Buffer): AsyncGenerator<Buffer> {
-  for (let offset = 0; offset < payload.length; offset += WIRE_CHUNK) yield payload.subarray(offset, offset + WIRE_CHUNK)
-}
 
 const addresses = new WeakMap<FastifyInstance, Promise<{ host: string; port: number }>>()
 

@@ -1,5 +1,6 @@
 import fp from 'fastify-plugin'
 import type { StorageDriver } from '../storage/driver.js'
+import { R2Driver } from '../storage/r2.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -11,7 +12,10 @@ declare module 'fastify' {
 
 const PROBE_TTL_MS = 5000
 
-/** Decorates the app with the storage driver and a cached readiness probe; closes the driver with the app. */
+/**
+ * Decorates the app with the storage driver and a cached readiness probe; logs what a failed upload may have
+ * left in the bucket; closes the driver with the app.
+ */
 export default fp(
   async (app, options: { driver: StorageDriver }) => {
     const { driver } = options
@@ -25,6 +29,9 @@ export default fp(
       }
       return probe.result
     })
+    if (driver instanceof R2Driver) {
+      driver.onLeftBehind((key, err) => app.log.error({ key, err }, 'a failed upload may have left its object behind: delete it'))
+    }
     app.addHook('onClose', () => driver.close())
   },
   { name: 'storage' },

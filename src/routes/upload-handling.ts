@@ -128,18 +128,31 @@ export function uploadHandling(app: FastifyInstance, options: UploadHandlingOpti
     }
     const stored = await store(request, source, signal)
     const fingerprint = fingerprintOf(source, stored)
-    let holder: IdempotencyRecord
-    try {
-      holder = await records.claim(recordKey, fingerprint, stored, signal)
-    } catch (error) {
-      // Without its record a retry would store the image twice: withdraw it, and let the client retry.
-      await withdraw(request, stored.key)
-      throw error
-    }
+    const holder = await claimRecord(request, recordKey, fingerprint, stored, signal)
     if (holder.response.key === stored.key) return created(reply, stored)
     // A request with this key (the original of this retry) stored its image first: this copy goes.
     await withdraw(request, stored.key)
     return replay(reply, holder, fingerprint)
+  }
+
+  /** The record that holds the key once this upload has claimed it; the image is withdrawn if surely unclaimed. */
+  async function claimRecord(request: FastifyRequest, recordKey: string, fingerprint: string, stored: StoredUpload, signal: AbortSignal) {
+    try {
+      return await records.claim(recordKey, fingerprint, stored, signal)
+    } catch (error) {
+      // The record may have landed though its answer was lost: the bucket decides. If it cannot tell, the
+      // image stays (an orphan at worst), so that a record never names a withdrawn image.
+      let found: IdempotencyRecord | undefined
+      try {
+        found = await records.find(recordKey)
+      } catch {
+        throw error
+      }
+      if (found) return found
+      // Without its record a retry would store the image twice: withdraw it, and let the client retry.
+      await withdraw(request, stored.key)
+      throw error
+    }
   }
 
   async function store(request: FastifyRequest, source: UploadSource, signal: AbortSignal): Promise<StoredUpload> {

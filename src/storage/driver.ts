@@ -9,6 +9,11 @@ export interface ObjectWrite {
   metadata: Record<string, string>
   /** Lowercase hex SHA-256 of the body, known when the body is a Buffer; the backend verifies it. */
   sha256?: string | undefined
+  /**
+   * The key is not this write's own but one other writers race for (an idempotency record): after a
+   * failed write it is left alone, where a key made up for one upload would be cleaned up.
+   */
+  shared?: boolean
 }
 
 export interface StoredObject {

@@ -1,5 +1,7 @@
 import type { Readable } from 'node:stream'
+import { setTimeout as sleep } from 'node:timers/promises'
 import {
+  AbortMultipartUploadCommand,
   DeleteObjectCommand,
   GetObjectCommand,
   HeadBucketCommand,
@@ -46,11 +48,24 @@ export interface R2Timeouts {
 
 const DEFAULT_TIMEOUTS: R2Timeouts = { connectMs: 1000, idleMs: 5000, requestMs: 30_000 }
 
+/**
+ * A failed upload's key is deleted in the background: first after a pause, so that a write the backend may
+ * still be finishing is not overtaken, then again while the backend does not answer, about a minute in all.
+ */
+const CLEANUP_ATTEMPTS = 15
+const cleanupDelayMs = (attempt: number) => Math.min(500 * 2 ** attempt, 5000)
+/** How long closing waits for clean-ups in flight before the client is destroyed under them. */
+const CLOSE_CLEANUP_WAIT_MS = 3000
+
 /** Cloudflare R2 (or any S3-compatible server) through the AWS SDK. */
 export class R2Driver implements StorageDriver {
   readonly name = 'r2'
   readonly client: S3Client
   private readonly bucket: string
+  /** Clean-ups still running, and what cuts their pauses short when the driver closes. */
+  private readonly cleanups = new Set<Promise<void>>()
+  private readonly closing = new AbortController()
+  private reportLeftBehind: (key: string, error: ApiError) => void = () => {}
 
   constructor(settings: R2Settings, timeouts: R2Timeouts = DEFAULT_TIMEOUTS) {
     this.bucket = settings.bucket
@@ -88,11 +103,26 @@ export class R2Driver implements StorageDriver {
     try {
       await this.write(params, body, write, signal)
     } catch (error) {
-      // A 412 on a key this upload made up can only be its own earlier attempt, retried after the answer
-      // was lost: that write succeeded, so the upload did too.
-      const keyExists = error instanceof ApiError && (error.cause as Error | undefined)?.name === 'PreconditionFailed'
-      if (!keyExists) throw error
-      if (!(await this.holdsOwnWrite(key, body, write))) throw new KeyExistsError(key, { cause: error })
+      if (isPreconditionFailed(error)) {
+        // A 412 can be this write's own earlier attempt, retried after the answer was lost: then the write
+        // succeeded. Otherwise the key holds another writer's object, which is never touched.
+        let ownWrite: boolean
+        try {
+          ownWrite = await this.holdsOwnWrite(key, body, write)
+        } catch (checkError) {
+          // Not known; a key this upload made up holds nothing of anyone else's, so what it holds is deleted.
+          if (!write.shared) this.inBackground(() => this.deleteLeftover(key))
+          throw checkError
+        }
+        if (ownWrite) return
+        throw new KeyExistsError(key, { cause: error })
+      }
+      // The write may have landed though it failed (its answer was lost; some servers even keep a body cut
+      // short): a key of the upload's own is deleted, off the client's path. Only a refusal of the
+      // credentials or the bucket proves nothing was written.
+      const refused = error instanceof ApiError && (error.code === 'storage_access_denied' || error.code === 'bucket_not_found')
+      if (!refused && !write.shared) this.inBackground(() => this.deleteLeftover(key))
+      throw error
     }
   }
 
@@ -113,25 +143,66 @@ export class R2Driver implements StorageDriver {
       await this.guarded(this.client.send(command, { abortSignal: signal }), signal)
       return
     }
-    // lib-storage sends equal parts (R2's rule) and aborts the multipart upload when the body errors.
+    // lib-storage sends equal parts (R2's rule). It would also abort the multipart upload on failure, but
+    // then throws the abort's own failure instead of the cause (s3rver answers every abort 405, and R2 may
+    // not answer at all when it is what failed): the abort is sent here, and the cause is what is thrown.
     let bodyError: unknown
     body.once('error', (error) => (bodyError = error))
     const destroyBody = () => body.destroy(signal.reason as Error)
     signal.addEventListener('abort', destroyBody, { once: true })
+    const upload = new Upload({
+      client: this.client,
+      params: { ...params, Body: body },
+      partSize: SINGLE_REQUEST_MAX_BYTES,
+      queueSize: PART_QUEUE_SIZE,
+      leavePartsOnError: true,
+    })
     try {
-      await new Upload({
-        client: this.client,
-        params: { ...params, Body: body },
-        partSize: SINGLE_REQUEST_MAX_BYTES,
-        queueSize: PART_QUEUE_SIZE,
-        leavePartsOnError: false,
-      }).done()
+      await upload.done()
     } catch (error) {
-      // The body's own error (size limit, client gone) is the real cause, not what the abort answered.
-      throw bodyError ?? storageErrorOf(error)
+      const { uploadId } = upload
+      if (uploadId !== undefined) this.inBackground(() => this.abortMultipartUpload(params.Key!, uploadId))
+      // The body's own error (size limit, client gone: contract errors) is the real cause. Any other is
+      // lib-storage letting go of the body after a part failed (an AbortError when three or more parts
+      // were to come), and the cause is the part's failure.
+      throw bodyError instanceof ApiError ? bodyError : storageErrorOf(error)
     } finally {
       signal.removeEventListener('abort', destroyBody)
     }
+  }
+
+  /** Drops an unfinished multipart upload's parts; a failure only leaves parts behind, which are not objects. */
+  private async abortMultipartUpload(key: string, uploadId: string): Promise<void> {
+    await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: key, UploadId: uploadId })).catch(() => {})
+  }
+
+  /** Deletes a failed upload's key until the backend answers; reports it if it may still be there. */
+  private async deleteLeftover(key: string): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      // A pause cut short by closing still leaves one last attempt.
+      await sleep(cleanupDelayMs(attempt), undefined, { signal: this.closing.signal }).catch(() => {})
+      try {
+        await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: key }))
+        return
+      } catch (error) {
+        if (attempt === CLEANUP_ATTEMPTS || this.closing.signal.aborted) {
+          this.reportLeftBehind(key, storageErrorOf(error))
+          return
+        }
+      }
+    }
+  }
+
+  /** Runs work the client does not wait for, tracked so that closing can wait for it. */
+  private inBackground(work: () => Promise<void>): void {
+    const running = work()
+    this.cleanups.add(running)
+    void running.finally(() => this.cleanups.delete(running))
+  }
+
+  /** Called with the key of a failed upload whose object could not be deleted and may still be stored. */
+  onLeftBehind(listener: (key: string, error: ApiError) => void): void {
+    this.reportLeftBehind = listener
   }
 
   async head(key: string): Promise<StoredObject | undefined> {
@@ -213,6 +284,10 @@ export class R2Driver implements StorageDriver {
   }
 
   async close(): Promise<void> {
+    this.closing.abort()
+    let waited: NodeJS.Timeout | undefined
+    await Promise.race([Promise.all(this.cleanups), new Promise((resolve) => (waited = setTimeout(resolve, CLOSE_CLEANUP_WAIT_MS)))])
+    clearTimeout(waited)
     this.client.destroy()
   }
 
@@ -224,6 +299,9 @@ export class R2Driver implements StorageDriver {
     }
   }
 }
+
+const isPreconditionFailed = (error: unknown): boolean =>
+  error instanceof ApiError && (error.cause as Error | undefined)?.name === 'PreconditionFailed'
 
 const ACCESS_DENIED = new Set(['AccessDenied', 'InvalidAccessKeyId', 'SignatureDoesNotMatch', 'InvalidToken', 'ExpiredToken'])
 const UNREACHABLE = new Set(['ECONNREFUSED', 'ECONNRESET', 'ENOTFOUND', 'EAI_AGAIN', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EPIPE'])

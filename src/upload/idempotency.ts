@@ -75,7 +75,7 @@ export class IdempotencyRecords {
     const record: IdempotencyRecord = { created_at: new Date(this.now()).toISOString(), fingerprint, response }
     const body = Buffer.from(JSON.stringify(record))
     const sha256 = createHash('sha256').update(body).digest('hex')
-    const write = { contentType: 'application/json', cacheControl: 'no-store', metadata: { uploaded_at: record.created_at, sha256 }, sha256 }
+    const write = { contentType: 'application/json', cacheControl: 'no-store', metadata: { uploaded_at: record.created_at, sha256 }, sha256, shared: true }
     for (let attempt = 1; ; attempt++) {
       try {
         await this.driver.put(recordKey, body, write, signal)

@@ -1,5 +1,10 @@
 import http from 'node:http'
 
+/** A body in network-sized pieces, as a client's socket delivers it. */
+export async function* piecesOf(payload: Buffer, pieceSize = 64 * 1024): AsyncGenerator<Buffer> {
+  for (let offset = 0; offset < payload.length; offset += pieceSize) yield payload.subarray(offset, offset + pieceSize)
+}
+
 export interface StreamedUploadResult {
   status: number
   headers: http.IncomingHttpHeaders

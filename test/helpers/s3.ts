@@ -3,7 +3,7 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import type { Readable } from 'node:stream'
-import { GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3'
+import { GetObjectCommand, HeadObjectCommand, S3Client, paginateListObjectsV2 } from '@aws-sdk/client-s3'
 import type { FastifyInstance } from 'fastify'
 import S3rver from 's3rver'
 import { R2Driver } from '../../src/storage/r2.js'
@@ -28,7 +28,7 @@ export async function startS3(): Promise<{
   endpoint: string
   client: S3Client
   sha256Of(key: string): Promise<string>
-  keys(): Promise<string[]>
+  keys(prefix?: string): Promise<string[]>
   /** The keys of images: everything but the service's own Idempotency-Key records. */
   imageKeys(): Promise<string[]>
   stop(): Promise<void>
@@ -45,9 +45,13 @@ export async function startS3(): Promise<{
     requestChecksumCalculation: 'WHEN_REQUIRED',
     responseChecksumValidation: 'WHEN_REQUIRED',
   })
-  const keys = async (): Promise<string[]> => {
-    const listed = await client.send(new ListObjectsV2Command({ Bucket: TEST_BUCKET }))
-    return (listed.Contents ?? []).map((object) => object.Key!)
+  /** Every key (past ListObjectsV2's 1000 a page), or those under `prefix`. */
+  const keys = async (prefix?: string): Promise<string[]> => {
+    const found: string[] = []
+    for await (const page of paginateListObjectsV2({ client }, { Bucket: TEST_BUCKET, Prefix: prefix })) {
+      for (const object of page.Contents ?? []) found.push(object.Key!)
+    }
+    return found
   }
   return {
     endpoint,
