@@ -5,6 +5,7 @@ import { Readable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
 import t from 'tap'
+import { ApiError } from '../src/errors.js'
 import { FsDriver } from '../src/storage/fs.js'
 import { IDEMPOTENCY_WINDOW_MS, IdempotencyRecords, RECORDS_PREFIX } from '../src/upload/idempotency.js'
 import type { StoredUpload } from '../src/upload/pipeline.js'
@@ -179,4 +180,39 @@ t.test('R2: the record lives in the bucket, so a retry is replayed by another in
   const keys = await s3.keys()
   t.same(await s3.imageKeys(), [original.json().key], 'one image in the bucket')
   t.equal(keys.filter((key) => key.startsWith(RECORDS_PREFIX)).length, 1, 'and one record beside it')
+})
+
+/** Local disk whose record writes fail: after landing (the answer lost) or before. What no local backend does on demand. */
+class RecordWritesFail extends FsDriver {
+  mode: 'landed' | 'lost' | 'off' = 'off'
+
+  override async put(...args: Parameters<FsDriver['put']>): Promise<void> {
+    const [key] = args
+    if (!key.startsWith(RECORDS_PREFIX) || this.mode === 'off') return super.put(...args)
+    if (this.mode === 'landed') await super.put(...args)
+    throw new ApiError('storage_unavailable', 'The answer to the record write was lost.')
+  }
+}
+
+t.test('a record write that fails: the bucket decides, and a record never names a withdrawn image', async (t) => {
+  const dataDir = await mkdtemp(path.join(tmpdir(), 'flaky-records-'))
+  t.teardown(() => rm(dataDir, { recursive: true, force: true }))
+  const driver = await new RecordWritesFail(dataDir).init()
+  const { app } = await buildTestApp(t, {}, { driver })
+
+  driver.mode = 'landed'
+  const landed = await rawUpload(app, png(7, 7), { 'idempotency-key': 'landed' })
+  t.equal(landed.statusCode, 201, 'the record landed though its answer was lost: the upload stands')
+  driver.mode = 'off'
+  t.same((await rawUpload(app, png(7, 7), { 'idempotency-key': 'landed' })).json(), landed.json(), 'and its retry is replayed')
+
+  driver.mode = 'lost'
+  const lost = await rawUpload(app, png(8, 8), { 'idempotency-key': 'lost' })
+  t.equal(lost.statusCode, 503, 'no record: the upload fails, retryable')
+  t.same(imageKeys(await storedFiles(dataDir)), [landed.json().key], 'and its image is withdrawn')
+  driver.mode = 'off'
+  const retried = await rawUpload(app, png(8, 8), { 'idempotency-key': 'lost' })
+  t.equal(retried.statusCode, 201, 'the retry stores it')
+  t.notOk(retried.headers['idempotent-replayed'])
+  t.equal(imageKeys(await storedFiles(dataDir)).length, 2, 'once')
 })
