@@ -8,6 +8,11 @@ export interface ObjectWrite {
   metadata: Record<string, string>
   /** Lowercase hex SHA-256 of the body, known when the body is a Buffer; the backend verifies it. */
   sha256?: string | undefined
+  /**
+   * The exact length of a streamed body, when the client declared it (Node's HTTP parser ends the body
+   * there or fails it): a driver may then send the body in one request, as it arrives.
+   */
+  length?: number | undefined
 }
 
 export interface StoredObject {
