@@ -19,9 +19,11 @@
  *   BENCH_CPU_PROF=<dir>    run the service under `node --cpu-prof` and print its top functions by self time
  *   BENCH_SERVICE_ENV=<json> more environment for the service, e.g. '{"MALLOC_MMAP_THRESHOLD_":"1048576"}'
  */
-import { spawn, type ChildProcessByStdio } from 'node:child_process'
+import { spawn, type ChildProcess } from 'node:child_process'
+import { once } from 'node:events'
 import { readdir, readFile, writeFile } from 'node:fs/promises'
 import http from 'node:http'
+import net from 'node:net'
 import path from 'node:path'
 import { Readable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -49,8 +51,8 @@ interface Scenario {
   name: string
   /**
    * put: PutObject of the whole body from this process. driver: the service's storage driver alone,
-   * given the body as a stream (for > 5 MiB, its multipart upload). raw, form: POST /v1/images to the
-   * service, the image as the body or as multipart/form-data.
+   * given the body as a stream of unknown length, as a form's file part is (> 5 MiB: a multipart
+   * upload). raw, form: POST /v1/images to the service, the image as the body or as multipart/form-data.
    */
   kind: 'put' | 'driver' | 'raw' | 'form'
   bytes: number
@@ -63,7 +65,7 @@ const SCENARIOS: Scenario[] = [
   { name: 'direct PutObject 500 KB ×16', kind: 'put', bytes: 500 * KB, concurrency: 16 },
   { name: 'direct PutObject 50 MiB ×4', kind: 'put', bytes: 50 * MiB, concurrency: 4 },
   { name: 'direct PutObject 50 MiB ×16', kind: 'put', bytes: 50 * MiB, concurrency: 16 },
-  { name: 'driver stream 50 MiB ×4', kind: 'driver', bytes: 50 * MiB, concurrency: 4, baseline: 'direct PutObject 50 MiB ×4' },
+  { name: 'driver multipart 50 MiB ×4', kind: 'driver', bytes: 50 * MiB, concurrency: 4, baseline: 'direct PutObject 50 MiB ×4' },
   { name: 'service raw 500 KB ×16', kind: 'raw', bytes: 500 * KB, concurrency: 16, baseline: 'direct PutObject 500 KB ×16' },
   { name: 'service form 500 KB ×16', kind: 'form', bytes: 500 * KB, concurrency: 16, baseline: 'direct PutObject 500 KB ×16' },
   { name: 'service raw 50 MiB ×4', kind: 'raw', bytes: 50 * MiB, concurrency: 4, baseline: 'direct PutObject 50 MiB ×4' },
@@ -84,6 +86,8 @@ interface Result {
   peakRssBytes?: number
   /** The service's own account of its memory (GET /metrics) at the highest RSS sampled. */
   memoryAtPeak?: MemorySample
+  /** Driver scenarios: how long each S3 operation took, by name (ms, every attempt). */
+  operationMs?: Map<string, number[]>
 }
 
 /** From the service's default Node.js metrics, in bytes. */
@@ -185,6 +189,19 @@ async function runDirect(s3: S3, scenario: Scenario, image: Buffer): Promise<Res
   if (storage.driver !== 'r2') throw new Error('r2Env must select the r2 driver')
   // The service's own client: same SDK, checksum settings, retries and timeouts.
   const driver = new R2Driver(storage)
+  const operationMs = new Map<string, number[]>()
+  driver.client.middlewareStack.add(
+    (next, context) => async (args) => {
+      const startedAt = performance.now()
+      try {
+        return await next(args)
+      } finally {
+        const name = (context.commandName ?? '?').replace(/Command$/, '')
+        operationMs.set(name, [...(operationMs.get(name) ?? []), performance.now() - startedAt])
+      }
+    },
+    { step: 'finalizeRequest', name: 'benchTimeOperations' },
+  )
   const prefix = scenario.name.replace(/\W+/g, '-')
   const write = { contentType: 'image/png', cacheControl: CACHE_CONTROL, metadata: { filename: 'bench.png' } }
   let lastKey = ''
@@ -198,22 +215,53 @@ async function runDirect(s3: S3, scenario: Scenario, image: Buffer): Promise<Res
     lastKey = key
   }
   try {
+    operationMs.clear()
     const result = await measure(scenario, upload)
     if (lastKey) await checkStored(s3, lastKey, sha256(image))
-    return result
+    return { ...result, operationMs }
   } finally {
     await driver.close()
   }
 }
 
 interface Service {
-  child: ChildProcessByStdio<null, Readable, null>
+  child: ChildProcess
   port: number
   stop(): Promise<void>
 }
 
-/** The built service (dist/server.js, as `npm start` runs it) in a process of its own. */
+/** A port free on 127.0.0.1 now: the service is given it, so that nothing depends on its log lines. */
+async function freePort(): Promise<number> {
+  const server = net.createServer().listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  const { port } = server.address() as net.AddressInfo
+  await new Promise((resolve) => server.close(resolve))
+  return port
+}
+
+/** Resolves once GET /healthz answers 200; rejects if `exited` settles first or 20 s pass. */
+async function ready(port: number, exited: Promise<number | null>): Promise<void> {
+  let exitCode: number | null | undefined
+  void exited.then((code) => (exitCode = code))
+  const deadline = performance.now() + 20_000
+  for (;;) {
+    const status = await new Promise<number>((resolve) => {
+      http.get({ host: '127.0.0.1', port, path: '/healthz', agent: false }, (response) => resolve(response.resume().statusCode!)).on('error', () => resolve(0))
+    })
+    if (status === 200) return
+    if (exitCode !== undefined) throw new Error(`the service exited (${exitCode}) before it was ready; run npm run build first`)
+    if (performance.now() > deadline) throw new Error('the service was not ready within 20 s')
+    await sleep(50)
+  }
+}
+
+/**
+ * The built service (dist/server.js, as `npm start` runs it) in a process of its own. It logs as in
+ * production (info: a line per upload), to /dev/null: pino writes synchronously, so a pipe read by this
+ * busy process would hold the service back, where a log collector would not.
+ */
 async function startService(s3: S3): Promise<Service> {
+  const port = await freePort()
   const nodeArgs = CPU_PROF_DIR ? ['--cpu-prof', `--cpu-prof-dir=${CPU_PROF_DIR}`] : []
   const child = spawn(process.execPath, [...nodeArgs, 'dist/server.js'], {
     cwd: ROOT,
@@ -222,7 +270,7 @@ async function startService(s3: S3): Promise<Service> {
       NODE_ENV: 'production',
       API_KEYS: `bench:${API_TOKEN}`,
       HOST: '127.0.0.1',
-      PORT: '0',
+      PORT: String(port),
       LOG_LEVEL: 'info',
       // The bench sends far more than a client's budget on purpose; a usage scan would list the bucket mid-run.
       RATE_LIMIT_PER_MINUTE: '1000000',
@@ -231,27 +279,14 @@ async function startService(s3: S3): Promise<Service> {
       AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true',
       ...SERVICE_ENV,
     }),
-    stdio: ['ignore', 'pipe', 'inherit'],
+    stdio: ['ignore', 'ignore', 'inherit'],
   })
   const exited = new Promise<number | null>((resolve) => child.once('exit', resolve))
   // Never left running if this process ends early.
   const killChild = () => child.kill('SIGKILL')
   process.once('exit', killChild)
   void exited.then(() => process.off('exit', killChild))
-  const port = await new Promise<number>((resolve, reject) => {
-    let pending = ''
-    child.stdout.setEncoding('utf8')
-    const onData = (chunk: string) => {
-      pending += chunk
-      const listening = /Server listening at http:\/\/127\.0\.0\.1:(\d+)/.exec(pending)
-      if (!listening) return
-      // From here the logs are only drained: one line per upload, as in production.
-      child.stdout.off('data', onData).resume()
-      resolve(Number(listening[1]))
-    }
-    child.stdout.on('data', onData)
-    void exited.then((code) => reject(new Error(`the service exited (${code}) before listening; run npm run build first`)))
-  })
+  await ready(port, exited)
   return {
     child,
     port,
@@ -423,6 +458,12 @@ for (const scenario of selected) {
 }
 printTable(results)
 const mib = (bytes: number) => `${(bytes / MiB).toFixed(0)} MiB`
+for (const { scenario, operationMs } of results) {
+  if (operationMs?.size) {
+    const timings = [...operationMs].map(([name, ms]) => `${name} ${ms.length} × median ${percentile([...ms].sort((a, b) => a - b), 50).toFixed(0)} ms`)
+    console.log(`${scenario.name}, S3 operations (warm-up included): ${timings.join(', ')}`)
+  }
+}
 for (const { scenario, failures, firstFailure } of results) {
   if (failures > 0) console.log(`${scenario.name}: ${failures} failed, the first with: ${firstFailure}`)
 }
