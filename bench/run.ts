@@ -388,20 +388,26 @@ async function printCpuProfile(dir: string, scenario: string): Promise<void> {
   }
   const profile = JSON.parse(await readFile(path.join(dir, newest), 'utf8')) as { nodes: ProfileNode[]; samples: number[]; timeDeltas: number[] }
   const nodes = new Map(profile.nodes.map((node) => [node.id, node]))
-  const selfUs = new Map<string, number>()
+  const byFunction = new Map<string, number>()
+  const byPackage = new Map<string, number>()
+  const add = (totals: Map<string, number>, name: string, us: number) => totals.set(name, (totals.get(name) ?? 0) + us)
   let totalUs = 0
   profile.samples.forEach((id, index) => {
     const { functionName, url, lineNumber } = nodes.get(id)!.callFrame
-    const where = url ? `${url.replace(/^file:\/\//, '').replace(ROOT, '')}:${lineNumber + 1}` : ''
-    const name = `${functionName || '(anonymous)'} ${where}`.trim()
+    const file = url.replace(/^file:\/\//, '').replace(ROOT, '')
     const delta = profile.timeDeltas[index] ?? 0
-    selfUs.set(name, (selfUs.get(name) ?? 0) + delta)
+    add(byFunction, `${functionName || '(anonymous)'} ${file ? `${file}:${lineNumber + 1}` : ''}`.trim(), delta)
+    // Where a function lives: a package, a Node.js module, the service's own code, or V8/native.
+    const where =
+      /node_modules\/((?:@[^/]+\/)?[^/]+)/.exec(file)?.[1] ??
+      (file.startsWith('node:') ? file.split('/').slice(0, 2).join('/') : file.startsWith('dist/') ? 'the service (dist/)' : functionName)
+    add(byPackage, where, delta)
     totalUs += delta
   })
-  console.log(`\nCPU profile of the service, ${scenario} (${newest}): ${(totalUs / 1e6).toFixed(1)} s sampled, top 15 by self time`)
-  for (const [name, us] of [...selfUs].sort((a, b) => b[1] - a[1]).slice(0, 15)) {
-    console.log(`  ${((100 * us) / totalUs).toFixed(1).padStart(5)} %  ${name}`)
-  }
+  const top = (totals: Map<string, number>) =>
+    [...totals].sort((a, b) => b[1] - a[1]).slice(0, 12).map(([name, us]) => `  ${((100 * us) / totalUs).toFixed(1).padStart(5)} %  ${name}`)
+  console.log(`\nCPU profile of the service, ${scenario} (${newest}): ${(totalUs / 1e6).toFixed(1)} s sampled, start-up and warm-up included`)
+  console.log(['By self time:', ...top(byFunction), 'By where the code lives:', ...top(byPackage)].join('\n'))
 }
 
 const percentile = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)] ?? NaN
@@ -409,6 +415,8 @@ const percentile = (sorted: number[], p: number) => sorted[Math.min(sorted.lengt
 function printTable(results: Result[]): void {
   const rate = (result: Result) => (result.uploads * result.scenario.bytes) / MiB / result.seconds
   const rows = results.map((result) => {
+    // Its share of one core, and what one upload cost: the cost holds up better on a busy machine.
+    const cpu = (share: number) => `${(100 * share).toFixed(0)} % ${((1000 * share * result.seconds) / result.uploads).toFixed(1)} ms`
     const sorted = [...result.latenciesMs].sort((a, b) => a - b)
     const baseline = results.find((other) => other.scenario.name === result.scenario.baseline)
     return [
@@ -421,11 +429,11 @@ function printTable(results: Result[]): void {
       percentile(sorted, 99).toFixed(0),
       result.peakRssBytes === undefined ? '—' : (result.peakRssBytes / MiB).toFixed(0),
       baseline ? (rate(result) / rate(baseline)).toFixed(2) : '—',
-      `${(100 * result.benchCpu).toFixed(0)} %`,
-      result.serviceCpu === undefined ? '—' : `${(100 * result.serviceCpu).toFixed(0)} %`,
+      cpu(result.benchCpu),
+      result.serviceCpu === undefined ? '—' : cpu(result.serviceCpu),
     ]
   })
-  const header = ['scenario', 'uploads', 'failed', 'uploads/s', 'MiB/s', 'p50 ms', 'p99 ms', 'service peak RSS MiB', '÷ direct', 'CPU s3rver+load', 'CPU service']
+  const header = ['scenario', 'uploads', 'failed', 'uploads/s', 'MiB/s', 'p50 ms', 'p99 ms', 'service peak RSS MiB', '÷ direct', 'CPU s3rver+load, per upload', 'CPU service, per upload']
   const widths = header.map((title, column) => Math.max(title.length, ...rows.map((row) => row[column]!.length)))
   const line = (cells: string[]) => `| ${cells.map((cell, column) => (column === 0 ? cell.padEnd(widths[column]!) : cell.padStart(widths[column]!))).join(' | ')} |`
   console.log(['', line(header), `|${widths.map((width, column) => (column === 0 ? '-' : '') + '-'.repeat(width + 1) + (column === 0 ? '' : ':')).join('|')}|`, ...rows.map(line)].join('\n'))
