@@ -257,8 +257,7 @@ async function ready(port: number, exited: Promise<number | null>): Promise<void
 
 /**
  * The built service (dist/server.js, as `npm start` runs it) in a process of its own. It logs as in
- * production (info: a line per upload), to /dev/null: pino writes synchronously, so a pipe read by this
- * busy process would hold the service back, where a log collector would not.
+ * production (info: a line per upload), to /dev/null: the bench needs nothing from its logs.
  */
 async function startService(s3: S3): Promise<Service> {
   const port = await freePort()
