@@ -16,7 +16,7 @@
  *   BENCH_SECONDS=12        measured seconds per scenario (uploads started within it; the last ones finish after)
  *   BENCH_WARMUP_SECONDS=3  warm-up per scenario, not measured
  *   BENCH_ONLY=<regexp>     only the scenarios whose name matches (direct baselines run when a match needs them)
- *   BENCH_CPU_PROF=<dir>    run the service under `node --cpu-prof` and print its top functions by self time
+ *   BENCH_CPU_PROF=<dir>    run the service under `node --cpu-prof`; print where its CPU time went, by function and package
  *   BENCH_SERVICE_ENV=<json> more environment for the service, e.g. '{"MALLOC_MMAP_THRESHOLD_":"1048576"}'
  */
 import { spawn, type ChildProcess } from 'node:child_process'
@@ -197,7 +197,7 @@ async function runDirect(s3: S3, scenario: Scenario, image: Buffer): Promise<Res
         return await next(args)
       } finally {
         const name = (context.commandName ?? '?').replace(/Command$/, '')
-        operationMs.set(name, [...(operationMs.get(name) ?? []), performance.now() - startedAt])
+        operationMs.set(name, operationMs.get(name) ?? []).get(name)!.push(performance.now() - startedAt)
       }
     },
     { step: 'finalizeRequest', name: 'benchTimeOperations' },
@@ -215,7 +215,6 @@ async function runDirect(s3: S3, scenario: Scenario, image: Buffer): Promise<Res
     lastKey = key
   }
   try {
-    operationMs.clear()
     const result = await measure(scenario, upload)
     if (lastKey) await checkStored(s3, lastKey, sha256(image))
     return { ...result, operationMs }
