@@ -1,4 +1,6 @@
-import { S3ServiceException } from '@aws-sdk/client-s3'
+import { once } from 'node:events'
+import net from 'node:net'
+import { ListObjectsV2Command, S3ServiceException } from '@aws-sdk/client-s3'
 import type { FastifyInstance } from 'fastify'
 import t from 'tap'
 import { R2Driver } from '../src/storage/r2.js'
@@ -250,6 +252,63 @@ t.test('an upload that fails on the multipart path leaves no object and answers 
   t.ok(commands.includes('CreateMultipartUpload'), `the multipart path was taken: ${commands.join(', ')}`)
   t.notOk(commands.includes('CompleteMultipartUpload'), 'the upload was never completed')
   t.same(await s3.keys(), before, 'no object left behind')
+})
+
+t.test('a raw body of declared length over 5 MiB goes up as it arrives, in one PutObject; a chunked one as a multipart upload', async (t) => {
+  const { app } = await buildTestApp(t, r2Env())
+  const sent = recordCommands(r2DriverOf(app))
+  const target = await listen(app)
+  const data = pngOfSize(12 * MiB, 41)
+
+  const declared = await streamUpload(target, '/v1/images?filename=declared.png', { 'content-type': 'image/png', 'content-length': data.length }, piecesOf(data))
+  t.equal(declared.status, 201, declared.body.slice(0, 300))
+  const stored = JSON.parse(declared.body) as { key: string; sha256: string; size: number }
+  t.equal(stored.sha256, sha256(data), '201 sha256 is the hash of the bytes sent')
+  t.equal(await s3.sha256Of(stored.key), sha256(data), 'stored byte-exact')
+  t.same(sent.map((command) => command.name), ['PutObject'], 'one PutObject, no multipart upload')
+  t.equal(sent[0]?.input.ContentLength, data.length, 'of the declared length')
+  t.equal(sent[0]?.input.IfNoneMatch, '*', 'never overwriting')
+
+  // Without Content-Length the length is unknown until the end: equal parts, as R2 wants.
+  sent.length = 0
+  const chunked = await streamUpload(target, '/v1/images?filename=chunked.png', { 'content-type': 'image/png' }, piecesOf(data))
+  t.equal(chunked.status, 201, chunked.body.slice(0, 300))
+  t.equal(await s3.sha256Of((JSON.parse(chunked.body) as { key: string }).key), sha256(data), 'stored byte-exact')
+  const commands = sent.map((command) => command.name)
+  t.same([commands[0], commands.at(-1)], ['CreateMultipartUpload', 'CompleteMultipartUpload'], `a multipart upload: ${commands.join(', ')}`)
+})
+
+t.test('a client that hangs up during a streamed PutObject: the PutObject is cut short, never completed', async (t) => {
+  const { app } = await buildTestApp(t, r2Env())
+  const sent = recordCommands(r2DriverOf(app))
+  const target = await listen(app)
+  const data = pngOfSize(12 * MiB, 42)
+  const socket = net.connect(target)
+  await once(socket, 'connect')
+  socket.on('error', () => {}).resume()
+  socket.write(`POST /v1/images?filename=cut.png HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: ${data.length}\r\n\r\n`)
+  socket.write(data.subarray(0, 7 * MiB))
+  for (let waited = 0; !sent.some((command) => command.name === 'PutObject'); waited += 20) {
+    if (waited > 10_000) throw new Error('the PutObject was never sent')
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+  socket.destroy()
+  const hungUpAt = performance.now()
+  for (let waited = 0; (await app.metrics.uploadsInFlight.get()).values[0]?.value !== 0; waited += 20) {
+    if (waited > 10_000) throw new Error('the upload never ended')
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+  const endedAfter = performance.now() - hungUpAt
+  // Not left to the backend's idle timeout (5 s): the request is aborted with the body.
+  t.ok(endedAfter < 4000, `the upload ended ${Math.round(endedAfter)} ms after the client hung up`)
+  // s3rver keeps the bytes of a PUT cut short, where R2 and S3 keep nothing (a PUT shorter than its
+  // Content-Length is never stored). So what is checked here is the service's part: the PUT ended short.
+  const listed = await s3.client.send(new ListObjectsV2Command({ Bucket: TEST_BUCKET }))
+  const cut = (listed.Contents ?? []).filter((object) => object.Key!.endsWith('_cut.png'))
+  t.ok(
+    cut.every((object) => object.Size! < data.length),
+    `the PutObject ended before its declared ${data.length} bytes (s3rver holds ${cut.map((object) => object.Size).join(', ') || 'nothing'})`,
+  )
 })
 
 t.test('PutObject sends If-None-Match: * and a 412 answers 502 storage_error (SDK-level mock)', async (t) => {

@@ -52,6 +52,8 @@ function rawUploadSource(request: FastifyRequest<{ Querystring: RawUploadQuery }
     context: assertValidContext(request.query.context),
     metadata: clientMetadata(metadataFromRequestHeaders(request.headers)),
     body: readClientBody((request.body as Readable | undefined) ?? Readable.from([])),
+    // Absent with Transfer-Encoding: chunked (Node refuses a request that has both).
+    declaredLength: Number.isSafeInteger(declaredLength) ? declaredLength : undefined,
   }
 }
 

@@ -14,6 +14,11 @@ export interface ObjectWrite {
    * failed write it is left alone, where a key made up for one upload would be cleaned up.
    */
   shared?: boolean
+  /**
+   * The exact length of a streamed body, when the client declared it (Node's HTTP parser ends the body
+   * there or fails it): a driver may then send the body in one request, as it arrives.
+   */
+  length?: number | undefined
 }
 
 export interface StoredObject {

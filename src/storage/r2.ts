@@ -34,6 +34,9 @@ const R2_PRICING_CLASS: Record<string, PricingClass> = {
   AbortMultipartUpload: 'free',
 }
 
+/** R2 takes at most 5 GiB less 5 MiB in one request. */
+const SINGLE_PUT_MAX_BYTES = 5 * 1024 ** 3 - 5 * 1024 ** 2
+
 /** Parts in flight per multipart upload: with 5 MiB parts, an upload holds about 15 MiB. */
 const PART_QUEUE_SIZE = 2
 
@@ -137,6 +140,9 @@ export class R2Driver implements StorageDriver {
   }
 
   private async write(params: PutObjectCommandInput, body: Buffer | Readable, write: ObjectWrite, signal: AbortSignal): Promise<void> {
+    if (!Buffer.isBuffer(body) && write.length !== undefined && write.length <= SINGLE_PUT_MAX_BYTES) {
+      return this.putStream(params, body, write.length, signal)
+    }
     if (Buffer.isBuffer(body)) {
       const checksum = write.sha256 && Buffer.from(write.sha256, 'hex').toString('base64')
       const command = new PutObjectCommand({ ...params, Body: body, ContentLength: body.length, ChecksumSHA256: checksum })
@@ -203,6 +209,33 @@ export class R2Driver implements StorageDriver {
   /** Called with the key of a failed upload whose object could not be deleted and may still be stored. */
   onLeftBehind(listener: (key: string, error: ApiError) => void): void {
     this.reportLeftBehind = listener
+  }
+
+  /**
+   * A body of known length goes up as it arrives, in one PutObject: nothing of it is held in memory and
+   * there is no multipart upload to complete. It goes at the client's pace, so without a request timeout
+   * (the client's own timeouts end it, through `signal`); the SDK never retries a streamed body, which
+   * could not be sent again.
+   */
+  private async putStream(params: PutObjectCommandInput, body: Readable, length: number, signal: AbortSignal): Promise<void> {
+    // The SDK pipes the body into the request, which a failing body would leave hanging: abort it.
+    const request = new AbortController()
+    let bodyError: unknown
+    body.once('error', (error) => {
+      bodyError = error
+      request.abort(error)
+    })
+    const destroyBody = () => body.destroy(signal.reason as Error)
+    signal.addEventListener('abort', destroyBody, { once: true })
+    try {
+      const command = new PutObjectCommand({ ...params, Body: body, ContentLength: length })
+      await this.client.send(command, { abortSignal: request.signal, requestTimeout: 0 })
+    } catch (error) {
+      // The body's own error (size limit, client gone, shutdown) is the real cause, not the aborted request.
+      throw bodyError ?? storageErrorOf(error)
+    } finally {
+      signal.removeEventListener('abort', destroyBody)
+    }
   }
 
   async head(key: string): Promise<StoredObject | undefined> {

@@ -23,6 +23,8 @@ export interface UploadSource {
   /** Validated client metadata (uploaded_at included). */
   metadata: Record<string, string>
   body: AsyncIterable<Buffer>
+  /** The body's exact length, when the client declared it (Content-Length of a raw body). */
+  declaredLength?: number | undefined
   /** Awaited after the body ends and before the object is committed, to reject what follows the file. */
   beforeCommit?: () => Promise<void>
 }
@@ -51,7 +53,8 @@ export interface StoredUpload {
  * Reads the upload once: sniffs the type from the first bytes and the dimensions from the header before
  * anything reaches storage, then counts, hashes and streams the rest to the driver. A body that fits one
  * request is buffered (at most SINGLE_REQUEST_MAX_BYTES) so its SHA-256 can be stored and verified with
- * it; a larger one streams, holding only the driver's parts in memory.
+ * it; a larger one streams, with its declared length when there is one (the driver can then send it as it
+ * arrives, holding none of it), otherwise holding only the driver's parts in memory.
  */
 export async function storeUpload(source: UploadSource, policy: UploadPolicy, signal: AbortSignal): Promise<StoredUpload> {
   const reader = new CountingReader(source.body, policy.maxBytes, signal)
@@ -69,14 +72,15 @@ export async function storeUpload(source: UploadSource, policy: UploadPolicy, si
   const metadata = { ...source.metadata, filename, width: String(width), height: String(height) }
   const write = { contentType, cacheControl: CACHE_CONTROL, metadata }
 
-  await reader.fillTo(SINGLE_REQUEST_MAX_BYTES + 1)
+  // A declared length says at once whether the body fits one request: no need to read that far to know.
+  if (source.declaredLength === undefined || source.declaredLength <= SINGLE_REQUEST_MAX_BYTES) await reader.fillTo(SINGLE_REQUEST_MAX_BYTES + 1)
   if (reader.ended) {
     await source.beforeCommit?.()
     const sha256 = reader.sha256()
     await policy.driver.put(key, reader.head(), { ...write, metadata: { ...metadata, sha256 }, sha256 }, signal)
   } else {
     const body = Readable.from(reader.drain(source.beforeCommit), { objectMode: false })
-    await policy.driver.put(key, body, write, signal)
+    await policy.driver.put(key, body, { ...write, length: source.declaredLength }, signal)
   }
   return {
     url: publicUrlOf(policy.publicUrl, key),
