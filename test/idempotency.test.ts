@@ -182,14 +182,15 @@ t.test('R2: the record lives in the bucket, so a retry is replayed by another in
   t.equal(keys.filter((key) => key.startsWith(RECORDS_PREFIX)).length, 1, 'and one record beside it')
 })
 
-/** Local disk whose record writes fail: after landing (the answer lost) or before. What no local backend does on demand. */
+/** Local disk whose record writes fail: after landing (the answer lost), before, or refused. What no local backend does on demand. */
 class RecordWritesFail extends FsDriver {
-  mode: 'landed' | 'lost' | 'off' = 'off'
+  mode: 'landed' | 'lost' | 'refused' | 'off' = 'off'
 
   override async put(...args: Parameters<FsDriver['put']>): Promise<void> {
     const [key] = args
     if (!key.startsWith(RECORDS_PREFIX) || this.mode === 'off') return super.put(...args)
     if (this.mode === 'landed') await super.put(...args)
+    if (this.mode === 'refused') throw new ApiError('storage_access_denied', 'The backend refused the record write.')
     throw new ApiError('storage_unavailable', 'The answer to the record write was lost.')
   }
 }
@@ -208,11 +209,16 @@ t.test('a record write that fails: the bucket decides, and a record never names 
 
   driver.mode = 'lost'
   const lost = await rawUpload(app, png(8, 8), { 'idempotency-key': 'lost' })
-  t.equal(lost.statusCode, 503, 'no record: the upload fails, retryable')
-  t.same(imageKeys(await storedFiles(dataDir)), [landed.json().key], 'and its image is withdrawn')
+  t.equal(lost.statusCode, 503, 'no record found: the upload fails, retryable')
+  t.equal(imageKeys(await storedFiles(dataDir)).length, 2, 'its image stays (the record could still land later): an orphan at worst')
+
+  driver.mode = 'refused'
+  const refused = await rawUpload(app, png(9, 9), { 'idempotency-key': 'refused' })
+  t.equal(refused.statusCode, 502, 'the backend refused the record: the upload fails')
+  t.equal(imageKeys(await storedFiles(dataDir)).length, 2, 'and its image is withdrawn, since nothing can land')
   driver.mode = 'off'
-  const retried = await rawUpload(app, png(8, 8), { 'idempotency-key': 'lost' })
+  const retried = await rawUpload(app, png(9, 9), { 'idempotency-key': 'refused' })
   t.equal(retried.statusCode, 201, 'the retry stores it')
   t.notOk(retried.headers['idempotent-replayed'])
-  t.equal(imageKeys(await storedFiles(dataDir)).length, 2, 'once')
+  t.equal(imageKeys(await storedFiles(dataDir)).length, 3, 'once')
 })

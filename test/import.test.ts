@@ -8,6 +8,7 @@ import tls from 'node:tls'
 import type { FastifyInstance } from 'fastify'
 import t, { type Test } from 'tap'
 import { addressRefusal } from '../src/import/address-policy.js'
+import { RECORDS_PREFIX } from '../src/upload/idempotency.js'
 import { buildTestApp, storedFiles } from './helpers/app.js'
 import { png, pngOfSize, pngStream, sha256 } from './helpers/images.js'
 import { LOCAL_SOURCE_ENV, LOOPBACK, rawResponse, spyNetwork, startSource } from './helpers/import.js'
@@ -416,4 +417,33 @@ t.test('the filename: as sent, else the URL\'s last segment, else image.<ext>', 
     t.equal(res.json().filename, expected, `${path}: filename ${expected}`)
     t.match(res.json().key, key, `${path}: key`)
   }
+})
+
+t.test('an import retried with the same Idempotency-Key is answered from its record, without fetching the source again', async (t) => {
+  const image = png(6, 6)
+  let fetches = 0
+  let sourceGone = false
+  const source = await startSource(t, (_req, res) => {
+    fetches++
+    // A Discord link expires: the retry must not depend on it.
+    if (sourceGone) res.writeHead(404).end()
+    else res.writeHead(200, { 'content-type': 'image/png' }).end(image)
+  })
+  const { app, dataDir } = await buildTestApp(t, LOCAL_SOURCE_ENV)
+  const send = (body: Record<string, unknown>) =>
+    app.inject({ method: 'POST', url: '/v1/images/import', headers: { 'idempotency-key': 'migrate-rec-1' }, payload: { context: 'portraits', ...body } })
+
+  const first = await send({ source_url: source.url('/a.png') })
+  t.equal(first.statusCode, 201)
+  sourceGone = true
+  const retry = await send({ source_url: source.url('/a.png') })
+  t.equal(retry.statusCode, 201, 'the retry is 201 although the source is gone now')
+  t.same(retry.json(), first.json(), 'with the first body')
+  t.equal(retry.headers['idempotent-replayed'], 'true')
+  t.equal(fetches, 1, 'the source was fetched once')
+  const other = await send({ source_url: source.url('/b.png') })
+  t.equal(other.statusCode, 409, 'another source under the same key is 409')
+  t.equal(other.json().code, 'idempotency_conflict')
+  t.equal(fetches, 1, 'and is not fetched either')
+  t.equal((await storedFiles(dataDir)).filter((key) => !key.startsWith(RECORDS_PREFIX)).length, 1, 'one image stored')
 })

@@ -3,6 +3,7 @@ import type { Config } from '../config.js'
 import { ApiError, type ErrorCode } from '../errors.js'
 import { openSource, type ImportNetwork, type SourceRules } from '../import/source.js'
 import { assertValidContext, checkedFilename, clientMetadata } from '../upload/metadata.js'
+import { fingerprintOf } from '../upload/idempotency.js'
 import { REFUSED_REQUESTS, uploadHandling, type UploadSlots } from './upload-handling.js'
 
 /** Long enough for any CDN URL with its signature; it is also stored, as `migrated_from`. */
@@ -87,13 +88,20 @@ export default async function importRoutes(
     const { sourceUrl, context, filename, metadata } = importRequestOf(request.body)
     let source: Awaited<ReturnType<typeof openSource>> | undefined
     try {
-      return await imports.handle(request, reply, async (signal) => {
-        source = await openSource(sourceUrl, rules, network, signal)
-        if (source.declaredLength !== undefined && source.declaredLength > imports.policy.maxBytes) {
-          throw new ApiError('image_too_large', `The source declares ${source.declaredLength} bytes; the limit is ${imports.policy.maxBytes}.`)
-        }
-        return { filename, context, metadata, body: source.body }
-      })
+      // The request names its image (the source URL is in the metadata): a retry is answered without fetching it.
+      const requestFingerprint = fingerprintOf({ context, metadata }, filename, 'import')
+      return await imports.handle(
+        request,
+        reply,
+        async (signal) => {
+          source = await openSource(sourceUrl, rules, network, signal)
+          if (source.declaredLength !== undefined && source.declaredLength > imports.policy.maxBytes) {
+            throw new ApiError('image_too_large', `The source declares ${source.declaredLength} bytes; the limit is ${imports.policy.maxBytes}.`)
+          }
+          return { filename, context, metadata, body: source.body }
+        },
+        requestFingerprint,
+      )
     } finally {
       source?.close()
     }

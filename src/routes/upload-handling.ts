@@ -52,6 +52,10 @@ function clientGoneSignal(reply: FastifyReply): AbortSignal {
   return controller.signal
 }
 
+/** Failures that prove a write never reached the bucket. */
+const NOTHING_WRITTEN: ReadonlySet<ErrorCode> = new Set(['storage_access_denied', 'bucket_not_found'])
+const NEVER_ABORTED = new AbortController().signal
+
 /** A request without a valid key, or over its key's budget, is no upload attempt. */
 export const REFUSED_REQUESTS: ReadonlySet<ErrorCode> = new Set(['unauthorized', 'rate_limited'])
 
@@ -92,13 +96,23 @@ export function uploadHandling(app: FastifyInstance, options: UploadHandlingOpti
       onUnfinishedResponse(reply, () => reply.raw.headersSent && countAttempt(reply, answeredCode(request, reply))),
   }
 
-  /** Stores the image `sourceOf` opens and answers 201; a retry with the same Idempotency-Key gets the first 201. */
-  async function handle(request: FastifyRequest, reply: FastifyReply, sourceOf: (signal: AbortSignal) => Promise<UploadSource>) {
+  /**
+   * Stores the image `sourceOf` opens and answers 201; a retry with the same Idempotency-Key gets the first
+   * 201. `requestFingerprint` identifies a request without its bytes (an import: its source URL and
+   * fields), so that a retry is answered without fetching the image again.
+   */
+  async function handle(
+    request: FastifyRequest,
+    reply: FastifyReply,
+    sourceOf: (signal: AbortSignal) => Promise<UploadSource>,
+    requestFingerprint?: string,
+  ) {
     return options.slots.run(async () => {
       const clientGone = clientGoneSignal(reply)
       let stored = false
       try {
-        const answer = await storeOnce(request, reply, sourceOf, AbortSignal.any([clientGone, options.shutdown]))
+        const signal = AbortSignal.any([clientGone, options.shutdown])
+        const answer = await storeOnce(request, reply, sourceOf, requestFingerprint, signal)
         stored = true
         return answer
       } finally {
@@ -113,44 +127,45 @@ export function uploadHandling(app: FastifyInstance, options: UploadHandlingOpti
     request: FastifyRequest,
     reply: FastifyReply,
     sourceOf: (signal: AbortSignal) => Promise<UploadSource>,
+    requestFingerprint: string | undefined,
     signal: AbortSignal,
   ) {
     const idempotencyKey = idempotencyKeyOf(request.headers)
-    const source = await sourceOf(signal)
-    if (idempotencyKey === undefined) return created(reply, await store(request, source, signal))
+    if (idempotencyKey === undefined) return created(reply, await store(request, await sourceOf(signal), signal))
 
     // A retry: the same key from the same API key (by name, so it survives a token rotation).
     const recordKey = records.recordKey(request.apiKeyName ?? 'anonymous', idempotencyKey)
     const earlier = await records.find(recordKey)
+    if (earlier && requestFingerprint !== undefined) return replay(reply, earlier, requestFingerprint)
+    const source = await sourceOf(signal)
     if (earlier) {
       // The retried bytes go through every check and are not stored: they must match the first upload's.
-      return replay(reply, earlier, fingerprintOf(source, await checkUpload(source, policy, signal)))
+      const retried = await checkUpload(source, policy, signal)
+      return replay(reply, earlier, fingerprintOf(source, retried.filename, retried.sha256))
     }
     const stored = await store(request, source, signal)
-    const fingerprint = fingerprintOf(source, stored)
-    const holder = await claimRecord(request, recordKey, fingerprint, stored, signal)
+    const fingerprint = requestFingerprint ?? fingerprintOf(source, stored.filename, stored.sha256)
+    const holder = await claimRecord(request, recordKey, fingerprint, stored)
     if (holder.response.key === stored.key) return created(reply, stored)
     // A request with this key (the original of this retry) stored its image first: this copy goes.
     await withdraw(request, stored.key)
     return replay(reply, holder, fingerprint)
   }
 
-  /** The record that holds the key once this upload has claimed it; the image is withdrawn if surely unclaimed. */
-  async function claimRecord(request: FastifyRequest, recordKey: string, fingerprint: string, stored: StoredUpload, signal: AbortSignal) {
+  /**
+   * The record that holds the key once this upload has claimed it. The image is stored, so the claim is
+   * not aborted when the client leaves or the service shuts down: the bookkeeping is finished.
+   */
+  async function claimRecord(request: FastifyRequest, recordKey: string, fingerprint: string, stored: StoredUpload) {
     try {
-      return await records.claim(recordKey, fingerprint, stored, signal)
+      return await records.claim(recordKey, fingerprint, stored, NEVER_ABORTED)
     } catch (error) {
-      // The record may have landed though its answer was lost: the bucket decides. If it cannot tell, the
-      // image stays (an orphan at worst), so that a record never names a withdrawn image.
-      let found: IdempotencyRecord | undefined
-      try {
-        found = await records.find(recordKey)
-      } catch {
-        throw error
-      }
+      // The record may have landed though its answer was lost: then the upload stands.
+      const found = await records.find(recordKey).catch(() => undefined)
       if (found) return found
-      // Without its record a retry would store the image twice: withdraw it, and let the client retry.
-      await withdraw(request, stored.key)
+      // It may still land after this look: a record must never name a withdrawn image, so the image is
+      // withdrawn only when the backend refused the write outright (an orphan at worst, otherwise).
+      if (error instanceof ApiError && NOTHING_WRITTEN.has(error.code)) await withdraw(request, stored.key)
       throw error
     }
   }

@@ -33,13 +33,14 @@ export function idempotencyKeyOf(headers: IncomingHttpHeaders): string | undefin
 }
 
 /**
- * The same request means the same bytes, context, filename and metadata. `uploaded_at` is left out: a
+ * The same request means the same content, context, filename and metadata. `uploaded_at` is left out: a
  * client that stamps it when it sends may stamp a retry anew, and the retry is still the same upload.
+ * `content` is the image's SHA-256 for an upload; an import names its source in its metadata instead.
  */
-export function fingerprintOf(source: UploadSource, upload: StoredUpload): string {
-  const { uploaded_at: _restamped, ...metadata } = source.metadata
+export function fingerprintOf(request: Pick<UploadSource, 'context' | 'metadata'>, filename: string | undefined, content: string): string {
+  const { uploaded_at: _restamped, ...metadata } = request.metadata
   const entries = Object.entries(metadata).sort(([a], [b]) => (a < b ? -1 : 1))
-  return createHash('sha256').update(JSON.stringify([upload.sha256, source.context, upload.filename, entries])).digest('hex')
+  return createHash('sha256').update(JSON.stringify([content, request.context, filename ?? '', entries])).digest('hex')
 }
 
 /** Idempotency records, one small JSON object per (API key name, Idempotency-Key), written once. */
