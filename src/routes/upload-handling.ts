@@ -3,12 +3,12 @@ import type { Gauge } from 'prom-client'
 import type { Config } from '../config.js'
 import { ApiError, type ErrorCode } from '../errors.js'
 import { CLIENT_CLOSED, onUnfinishedResponse } from '../plugins/metrics.js'
-import type { StorageDriver } from '../storage/driver.js'
+import { provesNothingWritten, type StorageDriver } from '../storage/driver.js'
 import { IdempotencyRecords, fingerprintOf, idempotencyKeyOf, type IdempotencyRecord } from '../upload/idempotency.js'
 import { checkUpload, storeUpload, type StoredUpload, type UploadPolicy, type UploadSource } from '../upload/pipeline.js'
 
 /** What every stored image is held to, uploaded or imported. */
-export function uploadPolicyOf(config: Config, driver: StorageDriver): UploadPolicy {
+function uploadPolicyOf(config: Config, driver: StorageDriver): UploadPolicy {
   return {
     driver,
     maxBytes: config.maxUploadBytes,
@@ -52,8 +52,6 @@ function clientGoneSignal(reply: FastifyReply): AbortSignal {
   return controller.signal
 }
 
-/** Failures that prove a write never reached the bucket. */
-const NOTHING_WRITTEN: ReadonlySet<ErrorCode> = new Set(['storage_access_denied', 'bucket_not_found'])
 const NEVER_ABORTED = new AbortController().signal
 
 /** A request without a valid key, or over its key's budget, is no upload attempt. */
@@ -165,7 +163,7 @@ export function uploadHandling(app: FastifyInstance, options: UploadHandlingOpti
       if (found) return found
       // It may still land after this look: a record must never name a withdrawn image, so the image is
       // withdrawn only when the backend refused the write outright (an orphan at worst, otherwise).
-      if (error instanceof ApiError && NOTHING_WRITTEN.has(error.code)) await withdraw(request, stored.key)
+      if (provesNothingWritten(error)) await withdraw(request, stored.key)
       throw error
     }
   }

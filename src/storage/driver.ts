@@ -1,5 +1,5 @@
 import type { Readable } from 'node:stream'
-import { ApiError } from '../errors.js'
+import { ApiError, type ErrorCode } from '../errors.js'
 
 /** What the service writes with every object. */
 export interface ObjectWrite {
@@ -67,3 +67,10 @@ export class KeyExistsError extends ApiError {
     super('storage_error', `An object with the key "${key}" already exists.`, options)
   }
 }
+
+/**
+ * Failures that prove a write never reached the bucket (the backend refused the credentials or has no
+ * such bucket). After any other failure the write may have landed, its answer lost.
+ */
+const NOTHING_WRITTEN: ReadonlySet<ErrorCode> = new Set(['storage_access_denied', 'bucket_not_found'])
+export const provesNothingWritten = (error: unknown): boolean => error instanceof ApiError && NOTHING_WRITTEN.has(error.code)

@@ -16,7 +16,7 @@ import { Upload } from '@aws-sdk/lib-storage'
 import type { R2Settings } from '../config.js'
 import { ApiError } from '../errors.js'
 import { decodeStoredMetadata, encodeStoredMetadata } from '../upload/metadata.js'
-import { KeyExistsError, SINGLE_REQUEST_MAX_BYTES, type ObjectWrite, type StorageDriver, type StoredObject } from './driver.js'
+import { KeyExistsError, SINGLE_REQUEST_MAX_BYTES, provesNothingWritten, type ObjectWrite, type StorageDriver, type StoredObject } from './driver.js'
 
 export type PricingClass = 'A' | 'B' | 'free'
 
@@ -121,10 +121,8 @@ export class R2Driver implements StorageDriver {
         throw new KeyExistsError(key, { cause: error })
       }
       // The write may have landed though it failed (its answer was lost; some servers even keep a body cut
-      // short): a key of the upload's own is deleted, off the client's path. Only a refusal of the
-      // credentials or the bucket proves nothing was written.
-      const refused = error instanceof ApiError && (error.code === 'storage_access_denied' || error.code === 'bucket_not_found')
-      if (!refused && !write.shared) this.inBackground(() => this.deleteLeftover(key))
+      // short): a key of the upload's own is deleted, off the client's path.
+      if (!provesNothingWritten(error) && !write.shared) this.inBackground(() => this.deleteLeftover(key))
       throw error
     }
   }
