@@ -17,8 +17,7 @@ import importRoutes from './routes/import.js'
 import openapiRoutes from './routes/openapi.js'
 import { UploadSlots } from './routes/upload-handling.js'
 import usageRoutes from './routes/usage.js'
-import type { StorageDriver } from './storage/driver.js'
-import { FsDriver } from './storage/fs.js'
+import { servesFiles, type StorageDriver } from './storage/driver.js'
 import { createDriver } from './storage/index.js'
 
 declare module 'fastify' {
@@ -123,7 +122,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}) {
   await app.register(imageRoutes, { config, shutdown: shutdown.signal, uploadSlots })
   await app.register(importRoutes, { config, shutdown: shutdown.signal, uploadSlots, network: { ...SYSTEM_NETWORK, ...options.importNetwork } })
   await app.register(usageRoutes)
-  if (driver instanceof FsDriver) await app.register(fileRoutes, { driver })
+  if (servesFiles(driver)) await app.register(fileRoutes, { driver })
   if (config.metricsPort === undefined) serveMetrics(app, app.metricsRegistry, true)
   return app
 }
