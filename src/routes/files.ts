@@ -1,5 +1,6 @@
 import type { FastifyInstance } from 'fastify'
 import { objectNotFound } from '../errors.js'
+import { FILES_PREFIX } from '../http/route-options.js'
 import type { FileServingDriver } from '../storage/driver.js'
 import { keyFromPath } from '../upload/keys.js'
 
@@ -14,8 +15,8 @@ function matchesEtag(ifNoneMatch: string | undefined, etag: string): boolean {
 
 /** GET /files/{key}: the public bytes of a driver that serves its own (local disk), as a CDN would serve them. */
 export default async function fileRoutes(app: FastifyInstance, options: { driver: FileServingDriver }) {
-  app.get('/files/*', async (request, reply) => {
-    const key = keyFromPath(request.url, '/files/')
+  app.get(`${FILES_PREFIX}*`, async (request, reply) => {
+    const key = keyFromPath(request.url, FILES_PREFIX)
     const found = await options.driver.open(key)
     if (!found) throw objectNotFound(key)
     const { object, handle } = found

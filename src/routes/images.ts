@@ -3,6 +3,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import multipart, { type Multipart } from '@fastify/multipart'
 import type { Config } from '../config.js'
 import { ApiError, objectNotFound } from '../errors.js'
+import { IMAGES_PREFIX, STORING_ROUTE } from '../http/route-options.js'
 import { keyFromPath, publicUrlOf } from '../upload/keys.js'
 import {
   assertValidContext,
@@ -103,7 +104,6 @@ async function multipartUploadSource(request: FastifyRequest, maxBytes: number):
   throw new ApiError('invalid_request', 'The form has no file part named "file".')
 }
 
-const IMAGES_PREFIX = '/v1/images/'
 const keyOf = (request: FastifyRequest): string => keyFromPath(request.url, IMAGES_PREFIX)
 
 async function findObject(app: FastifyInstance, key: string) {
@@ -127,7 +127,7 @@ export default async function imageRoutes(app: FastifyInstance, options: { confi
   } as const
   const uploadRoute = {
     schema: { querystring: uploadQuery },
-    config: { offersFallback: true, acceptsBody: true },
+    config: STORING_ROUTE,
     ...uploads.hooks,
   }
 

@@ -1,6 +1,7 @@
 import type { FastifyInstance } from 'fastify'
 import type { Config } from '../config.js'
 import { ApiError, type ErrorCode } from '../errors.js'
+import { STORING_ROUTE } from '../http/route-options.js'
 import { openSource, type ImportNetwork, type SourceRules } from '../import/source.js'
 import { assertValidContext, checkedFilename, clientMetadata } from '../upload/metadata.js'
 import { fingerprintOf } from '../upload/idempotency.js'
@@ -80,7 +81,7 @@ export default async function importRoutes(
 
   const route = {
     bodyLimit: MAX_REQUEST_BYTES,
-    config: { offersFallback: true, acceptsBody: true },
+    config: STORING_ROUTE,
     ...imports.hooks,
   }
 
