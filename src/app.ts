@@ -17,10 +17,10 @@ import healthRoutes from './routes/health.js'
 import imageRoutes from './routes/images.js'
 import importRoutes from './routes/import.js'
 import openapiRoutes from './routes/openapi.js'
-import { UploadSlots } from './routes/upload-handling.js'
 import usageRoutes from './routes/usage.js'
 import { servesFiles, type StorageDriver } from './storage/driver.js'
 import { createDriver } from './storage/index.js'
+import { UploadSlots } from './upload/uploader.js'
 
 declare module 'fastify' {
   interface FastifyInstance {

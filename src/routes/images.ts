@@ -13,7 +13,8 @@ import {
   metadataToResponseHeaders,
 } from '../upload/metadata.js'
 import type { UploadSource } from '../upload/pipeline.js'
-import { uploadHandling, type UploadSlots } from './upload-handling.js'
+import type { UploadSlots } from '../upload/uploader.js'
+import { storingRoute } from './storing-route.js'
 
 /** Raw-body uploads: any image/* type or octet-stream; the declared type is never trusted. */
 const RAW_BODY_TYPES = /^(image\/[\w.+-]+|application\/octet-stream)\s*(;.*)?$/i
@@ -120,7 +121,7 @@ export default async function imageRoutes(app: FastifyInstance, options: { confi
   app.addContentTypeParser(RAW_BODY_TYPES, (_request, payload, done) => done(null, payload))
   await app.register(multipart, { throwFileSizeLimit: false })
 
-  const uploads = uploadHandling(app, { config, shutdown, slots: uploadSlots })
+  const uploads = storingRoute(app, { config, shutdown, slots: uploadSlots })
   const uploadQuery = {
     type: 'object',
     properties: { filename: { type: 'string' }, context: { type: 'string' } },
