@@ -49,11 +49,17 @@ export function storingRoute(app: FastifyInstance, options: StoringRouteOptions)
     sourceOf: (signal: AbortSignal) => Promise<UploadSource>,
     requestFingerprint?: string,
   ) {
-    const clientGone = clientGoneSignal(reply)
+    // Watched once the upload holds a slot.
+    let clientGone: AbortSignal | undefined
     let stored = false
     try {
       const outcome = await uploader.store(
-        { headers: request.headers, scope: request.apiKeyName ?? 'anonymous', clientGone, log: request.log },
+        {
+          headers: request.headers,
+          scope: request.apiKeyName ?? 'anonymous',
+          watchClientGone: () => (clientGone = clientGoneSignal(reply)),
+          log: request.log,
+        },
         sourceOf,
         requestFingerprint,
       )
@@ -62,7 +68,7 @@ export function storingRoute(app: FastifyInstance, options: StoringRouteOptions)
     } finally {
       // Its answer will never go out, so no onResponse: counted here. Stored all the same (the client
       // left after sending the whole body), it counts as stored.
-      if (clientGone.aborted) uploader.countAttempt(reply.elapsedTime, stored ? undefined : CLIENT_CLOSED.code)
+      if (clientGone?.aborted) uploader.countAttempt(reply.elapsedTime, stored ? undefined : CLIENT_CLOSED.code)
     }
   }
 

@@ -67,8 +67,8 @@ export interface UploadRequest {
   headers: IncomingHttpHeaders
   /** Whose Idempotency-Keys these are: the API key's name (by name, so it survives a token rotation). */
   scope: string
-  /** Aborts when the client goes away before it has its answer. */
-  clientGone: AbortSignal
+  /** Starts watching for the client to go away before it has its answer: the signal aborts when it does. */
+  watchClientGone(): AbortSignal
   log: UploadLog
 }
 
@@ -124,7 +124,7 @@ export class Uploader {
     requestFingerprint?: string,
   ): Promise<UploadOutcome> {
     return this.options.slots.run(async () => {
-      const signal = AbortSignal.any([request.clientGone, this.options.shutdown])
+      const signal = AbortSignal.any([request.watchClientGone(), this.options.shutdown])
       return this.storeOnce(request, sourceOf, requestFingerprint, signal)
     })
   }
