@@ -1,6 +1,6 @@
 import path from 'node:path'
 import { z } from 'zod'
-import { DEFAULT_ALLOWED_TYPES, SUPPORTED_IMAGE_TYPES, type ImageType } from './upload/image-types.js'
+import { DEFAULT_ALLOWED_TYPES, SUPPORTED_IMAGE_TYPES, type ImageType } from './image-types.js'
 
 /** Thrown when the environment does not describe a service that can start; the message names the variable. */
 export class ConfigError extends Error {

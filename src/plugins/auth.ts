@@ -4,19 +4,15 @@ import type { FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import type { ApiKey } from '../config.js'
 import { ApiError } from '../errors.js'
+import { API_PREFIX, routeFlagsOf } from '../http/route-options.js'
 
 declare module 'fastify' {
   interface FastifyRequest {
     /** The name of the API key that authenticated the request (never its token). */
     apiKeyName?: string
   }
-  interface FastifyContextConfig {
-    /** A route outside /v1/* that still needs an API key (/metrics on the public port). */
-    requiresApiKey?: boolean
-  }
 }
 
-const API_PREFIX = '/v1/'
 const digest = (token: string): Buffer => createHash('sha256').update(token).digest()
 
 /**
@@ -27,7 +23,7 @@ const digest = (token: string): Buffer => createHash('sha256').update(token).dig
 const needsKey = (request: FastifyRequest): boolean =>
   request.url.startsWith(API_PREFIX) ||
   (request.routeOptions.url ?? '').startsWith(API_PREFIX) ||
-  request.routeOptions.config.requiresApiKey === true
+  routeFlagsOf(request).requiresApiKey === true
 
 /**
  * `Authorization: Bearer <token>` on every /v1/* request (and /metrics on the public port), and a request budget per key. In order: the key

@@ -1,6 +1,8 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
+import { answeredStatus, onUnfinishedResponse } from '../http/response-lifecycle.js'
+import type { RouteFlags } from '../http/route-options.js'
 
 const KiB = 1024
 
@@ -58,33 +60,9 @@ declare module 'fastify' {
 
 /** Adds GET /metrics to an app: on the public port (behind an API key) or on a metrics-only server. */
 export function serveMetrics(app: FastifyInstance, registry: Registry, requiresApiKey: boolean): void {
-  app.get('/metrics', { config: { requiresApiKey } }, async (_request, reply) =>
+  app.get('/metrics', { config: { requiresApiKey } satisfies RouteFlags }, async (_request, reply) =>
     reply.type(registry.contentType).send(await registry.metrics()),
   )
-}
-
-/**
- * How a request is recorded when its client disconnected before any answer was sent: no answer exists,
- * so the logs and metrics use nginx's status 499 ("client closed request") and a code of their own.
- */
-export const CLIENT_CLOSED = { status: 499, code: 'client_closed' } as const
-
-/** The status the client was answered with, or CLIENT_CLOSED's when it left before any answer. */
-export function answeredStatus(reply: FastifyReply): number {
-  return reply.raw.headersSent ? reply.statusCode : CLIENT_CLOSED.status
-}
-
-/**
- * Calls `listener` when the connection closed before the answer was complete (the client went away).
- * Node then emits no 'finish', so Fastify runs no onResponse hook: what one records, this must record.
- * ('finish' itself is watched: an injected response never reports writableFinished.)
- */
-export function onUnfinishedResponse(reply: FastifyReply, listener: () => void): void {
-  let finished = false
-  reply.raw.once('finish', () => (finished = true))
-  reply.raw.once('close', () => {
-    if (!finished) listener()
-  })
 }
 
 /** One answer in the request histogram; the route label is the pattern, never a key. */

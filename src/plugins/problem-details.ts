@@ -4,15 +4,14 @@ import type { Duplex } from 'node:stream'
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { ApiError, ERROR_CATALOGUE, type ErrorCode } from '../errors.js'
+import { KEY_ROUTE_PREFIXES, routeFlagsOf } from '../http/route-options.js'
+import { observeResponse } from './metrics.js'
+import { logResponse } from './request-log.js'
 
 declare module 'fastify' {
   interface FastifyRequest {
     /** The contract code of the error this request was answered with, if any. */
     problemCode?: ErrorCode
-  }
-  interface FastifyContextConfig {
-    /** Errors on this route carry `fallback_url` (DEFAULT_PORTRAIT_URL) so the bot can fall back in one step. */
-    offersFallback?: boolean
   }
 }
 
@@ -115,6 +114,21 @@ export function answerUnparsableRequest(error: NodeJS.ErrnoException, socket: Du
   )
 }
 
+/**
+ * Fastify's frameworkErrors: a path whose percent-encoding cannot be decoded never reaches a route.
+ * It is answered like one that can be; no hook runs on this path, so the request id, the log line and
+ * the metric are added here.
+ */
+export function answerFrameworkError(error: FastifyError, request: FastifyRequest, reply: FastifyReply): void {
+  const keyRoute = KEY_ROUTE_PREFIXES.some((prefix) => request.url.startsWith(prefix))
+  reply.raw.once('finish', () => {
+    logResponse(request, reply)
+    observeResponse(request.server.metrics, request, reply)
+  })
+  reply.header('x-request-id', request.id)
+  sendProblem(request, reply, new ApiError(keyRoute ? 'invalid_key' : 'invalid_request', `The path is not valid: ${error.message}.`))
+}
+
 /** Every error, and every unknown route, answers RFC 9457 problem+json with a stable code. */
 export default fp(
   async (app, options: { defaultPortraitUrl?: string | undefined }) => {
@@ -122,7 +136,7 @@ export default fp(
       const problem = asApiError(error)
       if (problem.status >= 500) request.log.error({ err: error, code: problem.code }, problem.detail)
       else request.log.info({ code: problem.code, detail: problem.detail }, 'request refused')
-      const fallbackUrl = request.routeOptions.config.offersFallback ? options.defaultPortraitUrl : undefined
+      const fallbackUrl = routeFlagsOf(request).offersFallback ? options.defaultPortraitUrl : undefined
       return sendProblem(request, reply, problem, fallbackUrl)
     })
     app.setNotFoundHandler((request, reply) =>

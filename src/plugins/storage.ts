@@ -1,6 +1,5 @@
 import fp from 'fastify-plugin'
 import type { StorageDriver } from '../storage/driver.js'
-import { R2Driver } from '../storage/r2.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -29,9 +28,7 @@ export default fp(
       }
       return probe.result
     })
-    if (driver instanceof R2Driver) {
-      driver.onLeftBehind((key, err) => app.log.error({ key, err }, 'a failed upload may have left its object behind: delete it'))
-    }
+    driver.onLeftBehind?.((key, err) => app.log.error({ key, err }, 'a failed upload may have left its object behind: delete it'))
     app.addHook('onClose', () => driver.close())
   },
   { name: 'storage' },

@@ -1,5 +1,4 @@
 import fp from 'fastify-plugin'
-import { R2Driver } from '../storage/r2.js'
 
 /** R2's free tier, per month. */
 export const FREE_TIER = { storage_bytes: 10e9, class_a_operations: 1_000_000, class_b_operations: 10_000_000 }
@@ -39,12 +38,10 @@ export default fp(
       if (month !== counted.month) Object.assign(counted, { month, A: 0, B: 0 })
       return counted
     }
-    if (app.storage instanceof R2Driver) {
-      app.storage.observeOperations((operation, pricingClass) => {
-        app.metrics.operations.inc({ operation, class: pricingClass })
-        if (pricingClass !== 'free') thisMonth()[pricingClass]++
-      })
-    }
+    app.storage.observeOperations?.((operation, pricingClass) => {
+      app.metrics.operations.inc({ operation, class: pricingClass })
+      if (pricingClass !== 'free') thisMonth()[pricingClass]++
+    })
 
     let last: { bytes: number; objects: number; at: Date } | undefined
     const scan = async () => {

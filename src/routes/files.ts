@@ -1,6 +1,7 @@
 import type { FastifyInstance } from 'fastify'
 import { objectNotFound } from '../errors.js'
-import type { FsDriver } from '../storage/fs.js'
+import { FILES_PREFIX } from '../http/route-options.js'
+import type { FileServingDriver } from '../storage/driver.js'
 import { keyFromPath } from '../upload/keys.js'
 
 /** If-None-Match: `*` or a list of tags, weak ones compared weakly (RFC 9110 §13.1.2). */
@@ -12,10 +13,10 @@ function matchesEtag(ifNoneMatch: string | undefined, etag: string): boolean {
   })
 }
 
-/** GET /files/{key}: the local-disk driver's public bytes, served as a CDN would serve them. */
-export default async function fileRoutes(app: FastifyInstance, options: { driver: FsDriver }) {
-  app.get('/files/*', async (request, reply) => {
-    const key = keyFromPath(request.url, '/files/')
+/** GET /files/{key}: the public bytes of a driver that serves its own (local disk), as a CDN would serve them. */
+export default async function fileRoutes(app: FastifyInstance, options: { driver: FileServingDriver }) {
+  app.get(`${FILES_PREFIX}*`, async (request, reply) => {
+    const key = keyFromPath(request.url, FILES_PREFIX)
     const found = await options.driver.open(key)
     if (!found) throw objectNotFound(key)
     const { object, handle } = found

@@ -3,6 +3,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import multipart, { type Multipart } from '@fastify/multipart'
 import type { Config } from '../config.js'
 import { ApiError, objectNotFound } from '../errors.js'
+import { IMAGES_PREFIX, STORING_ROUTE } from '../http/route-options.js'
 import { keyFromPath, publicUrlOf } from '../upload/keys.js'
 import {
   assertValidContext,
@@ -12,7 +13,8 @@ import {
   metadataToResponseHeaders,
 } from '../upload/metadata.js'
 import type { UploadSource } from '../upload/pipeline.js'
-import { uploadHandling, type UploadSlots } from './upload-handling.js'
+import type { UploadSlots } from '../upload/uploader.js'
+import { storingRoute } from './storing-route.js'
 
 /** Raw-body uploads: any image/* type or octet-stream; the declared type is never trusted. */
 const RAW_BODY_TYPES = /^(image\/[\w.+-]+|application\/octet-stream)\s*(;.*)?$/i
@@ -103,7 +105,6 @@ async function multipartUploadSource(request: FastifyRequest, maxBytes: number):
   throw new ApiError('invalid_request', 'The form has no file part named "file".')
 }
 
-const IMAGES_PREFIX = '/v1/images/'
 const keyOf = (request: FastifyRequest): string => keyFromPath(request.url, IMAGES_PREFIX)
 
 async function findObject(app: FastifyInstance, key: string) {
@@ -120,14 +121,14 @@ export default async function imageRoutes(app: FastifyInstance, options: { confi
   app.addContentTypeParser(RAW_BODY_TYPES, (_request, payload, done) => done(null, payload))
   await app.register(multipart, { throwFileSizeLimit: false })
 
-  const uploads = uploadHandling(app, { config, shutdown, slots: uploadSlots })
+  const uploads = storingRoute(app, { config, shutdown, slots: uploadSlots })
   const uploadQuery = {
     type: 'object',
     properties: { filename: { type: 'string' }, context: { type: 'string' } },
   } as const
   const uploadRoute = {
     schema: { querystring: uploadQuery },
-    config: { offersFallback: true, acceptsBody: true },
+    config: STORING_ROUTE,
     ...uploads.hooks,
   }
 

@@ -1,10 +1,12 @@
 import type { FastifyInstance } from 'fastify'
 import type { Config } from '../config.js'
 import { ApiError, type ErrorCode } from '../errors.js'
+import { STORING_ROUTE } from '../http/route-options.js'
 import { openSource, type ImportNetwork, type SourceRules } from '../import/source.js'
 import { assertValidContext, checkedFilename, clientMetadata } from '../upload/metadata.js'
 import { fingerprintOf } from '../upload/idempotency.js'
-import { REFUSED_REQUESTS, uploadHandling, type UploadSlots } from './upload-handling.js'
+import { REFUSED_REQUESTS, type UploadSlots } from '../upload/uploader.js'
+import { storingRoute } from './storing-route.js'
 
 /** Long enough for any CDN URL with its signature; it is also stored, as `migrated_from`. */
 const MAX_SOURCE_URL_LENGTH = 2048
@@ -70,7 +72,7 @@ export default async function importRoutes(
   options: { config: Config; shutdown: AbortSignal; uploadSlots: UploadSlots; network: ImportNetwork },
 ) {
   const { config, shutdown, uploadSlots, network } = options
-  const imports = uploadHandling(app, { config, shutdown, slots: uploadSlots, notAttempts: NOT_UPLOAD_ATTEMPTS })
+  const imports = storingRoute(app, { config, shutdown, slots: uploadSlots, notAttempts: NOT_UPLOAD_ATTEMPTS })
   const rules: SourceRules = {
     allowedHosts: new Set(config.imports.allowedHosts),
     allowInsecureLocal: config.imports.allowInsecureLocalSources,
@@ -80,7 +82,7 @@ export default async function importRoutes(
 
   const route = {
     bodyLimit: MAX_REQUEST_BYTES,
-    config: { offersFallback: true, acceptsBody: true },
+    config: STORING_ROUTE,
     ...imports.hooks,
   }
 

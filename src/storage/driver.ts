@@ -1,3 +1,4 @@
+import type { FileHandle } from 'node:fs/promises'
 import type { Readable } from 'node:stream'
 import { ApiError, type ErrorCode } from '../errors.js'
 
@@ -30,9 +31,21 @@ export interface StoredObject {
   metadata: Record<string, string>
 }
 
+/** An object with an open handle on its bytes: a delete landing meanwhile cannot fail the read. */
+export interface OpenedObject {
+  object: StoredObject
+  handle: FileHandle
+}
+
+/** How the backend bills a request (R2: Class A mutates or lists, Class B reads, the rest is free). */
+export type PricingClass = 'A' | 'B' | 'free'
+
 /**
  * One interface, one backend per file. Drivers throw ApiError with the contract's storage codes
  * (bucket_not_found, storage_access_denied, storage_unavailable, storage_error).
+ *
+ * The optional members are what only some backends do; the app asks for them instead of asking which
+ * backend it has.
  */
 export interface StorageDriver {
   readonly name: 'fs' | 'r2'
@@ -53,7 +66,23 @@ export interface StorageDriver {
   /** Throws the contract error that explains why the backend cannot serve requests. */
   checkReady(): Promise<void>
   close(): Promise<void>
+  /**
+   * Opens an object for the service to serve itself, under /files: a backend with no public URL of its
+   * own (local disk). Absent where the bucket's public URL serves the objects.
+   */
+  open?(key: string): Promise<OpenedObject | undefined>
+  /** Calls `listener` for every request sent to a backend that bills per request, each attempt counted. */
+  observeOperations?(listener: (operation: string, pricingClass: PricingClass) => void): void
+  /**
+   * Calls `listener` with the key of a failed write whose object the backend may have kept and the
+   * driver could not delete. Absent where a failed write never leaves an object behind.
+   */
+  onLeftBehind?(listener: (key: string, error: ApiError) => void): void
 }
+
+/** A driver that serves its objects itself (see StorageDriver.open). */
+export type FileServingDriver = StorageDriver & Required<Pick<StorageDriver, 'open'>>
+export const servesFiles = (driver: StorageDriver): driver is FileServingDriver => driver.open !== undefined
 
 /**
  * Bodies up to this size are handed to drivers as one Buffer (one PutObject: one R2 Class A operation);

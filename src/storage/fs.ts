@@ -6,7 +6,7 @@ import { Readable, Transform } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { ConfigError } from '../config.js'
 import { ApiError } from '../errors.js'
-import { KeyExistsError, type ObjectWrite, type StorageDriver, type StoredObject } from './driver.js'
+import { KeyExistsError, type ObjectWrite, type OpenedObject, type StorageDriver, type StoredObject } from './driver.js'
 
 interface Sidecar {
   contentType: string
@@ -96,7 +96,7 @@ export class FsDriver implements StorageDriver {
    * The object's headers and an open handle on its bytes (for /files). Opening first means a delete
    * landing meanwhile cannot turn a found object into a failed read.
    */
-  async open(key: string): Promise<{ object: StoredObject; handle: FileHandle } | undefined> {
+  async open(key: string): Promise<OpenedObject | undefined> {
     let handle: FileHandle | undefined
     try {
       handle = await fs.open(this.pathIn(this.objectsDir, key))

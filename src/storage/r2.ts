@@ -15,10 +15,16 @@ import {
 import { Upload } from '@aws-sdk/lib-storage'
 import type { R2Settings } from '../config.js'
 import { ApiError } from '../errors.js'
-import { decodeStoredMetadata, encodeStoredMetadata } from '../upload/metadata.js'
-import { KeyExistsError, SINGLE_REQUEST_MAX_BYTES, provesNothingWritten, type ObjectWrite, type StorageDriver, type StoredObject } from './driver.js'
-
-export type PricingClass = 'A' | 'B' | 'free'
+import {
+  KeyExistsError,
+  SINGLE_REQUEST_MAX_BYTES,
+  provesNothingWritten,
+  type ObjectWrite,
+  type PricingClass,
+  type StorageDriver,
+  type StoredObject,
+} from './driver.js'
+import { decodeStoredMetadata, encodeStoredMetadata } from './r2-metadata.js'
 
 /** R2's pricing: Class A mutates or lists, Class B reads, deletes and aborts are free (unknown: A, the dearer). */
 const R2_PRICING_CLASS: Record<string, PricingClass> = {

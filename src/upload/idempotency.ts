@@ -2,15 +2,11 @@ import { createHash } from 'node:crypto'
 import type { IncomingHttpHeaders } from 'node:http'
 import { ApiError } from '../errors.js'
 import { KeyExistsError, type StorageDriver } from '../storage/driver.js'
+import { RECORDS_PREFIX } from './keys.js'
 import type { StoredUpload, UploadSource } from './pipeline.js'
 
 /** How long an Idempotency-Key replays the first answer. */
 export const IDEMPOTENCY_WINDOW_MS = 24 * 60 * 60 * 1000
-/**
- * Records live in the bucket, beside the images, so a retry finds them after a restart and on any
- * instance. No image key starts here (contexts start with [a-z0-9]), and the routes never serve it.
- */
-export const RECORDS_PREFIX = '.idempotency/'
 /** Printable ASCII without spaces, as the IETF draft and Stripe's keys use (a UUID fits). */
 const IDEMPOTENCY_KEY = /^[\x21-\x7e]{1,255}$/
 

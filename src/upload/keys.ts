@@ -1,12 +1,18 @@
 import { randomInt } from 'node:crypto'
 import { ApiError, objectNotFound } from '../errors.js'
-import { RECORDS_PREFIX } from './idempotency.js'
 
 const MAX_KEY_BYTES = 1024
 const KEY_SEGMENT = /^[A-Za-z0-9._-]+$/
 const ID_LENGTH = 20
 const ID_ALPHABET = 'abcdefghijklmnopqrstuvwxyz'
 const MAX_STEM_LENGTH = 50
+
+/**
+ * Where the service keeps its idempotency records: in the bucket, beside the images, so a retry finds
+ * them after a restart and on any instance. No image key starts here (contexts start with [a-z0-9]),
+ * and the routes never serve it.
+ */
+export const RECORDS_PREFIX = '.idempotency/'
 
 /** Checks a client-supplied key against the contract's grammar before any storage call is made. */
 export function assertValidKey(key: string): string {

@@ -63,7 +63,7 @@ export function clientMetadata(entries: Iterable<[string, string]>, now = new Da
   return metadata
 }
 
-/** `character_name` ↔ `character-name`: the form metadata names take in headers (ours and S3's). */
+/** `character_name` ↔ `character-name`: the form metadata names take in X-Meta-* headers. */
 const headerNameOf = (name: string): string => name.replaceAll('_', '-')
 const metadataNameOf = (headerName: string): string => headerName.toLowerCase().replaceAll('-', '_')
 
@@ -99,22 +99,4 @@ export function metadataToResponseHeaders(metadata: Record<string, string>): Rec
     headers[`X-Meta-${title}`] = encodeURIComponent(value)
   }
   return headers
-}
-
-/** Stored metadata travels as HTTP headers (S3 `x-amz-meta-*`), so names and values are made header-safe. */
-export function encodeStoredMetadata(metadata: Record<string, string>): Record<string, string> {
-  return Object.fromEntries(Object.entries(metadata).map(([name, value]) => [headerNameOf(name), encodeURIComponent(value)]))
-}
-
-export function decodeStoredMetadata(stored: Record<string, string> | undefined): Record<string, string> {
-  return Object.fromEntries(
-    Object.entries(stored ?? {}).map(([name, value]) => {
-      // An object written by another tool may hold a value that is not percent-encoded: show it as stored.
-      let decoded = value
-      try {
-        decoded = decodeURIComponent(value)
-      } catch {}
-      return [metadataNameOf(name), decoded]
-    }),
-  )
 }

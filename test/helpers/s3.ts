@@ -7,7 +7,7 @@ import { GetObjectCommand, HeadObjectCommand, S3Client, paginateListObjectsV2 } 
 import type { FastifyInstance } from 'fastify'
 import S3rver from 's3rver'
 import { R2Driver } from '../../src/storage/r2.js'
-import { RECORDS_PREFIX } from '../../src/upload/idempotency.js'
+import { RECORDS_PREFIX } from '../../src/upload/keys.js'
 
 export const TEST_BUCKET = 'test-images'
 
