@@ -1,10 +1,10 @@
 # syntax=docker/dockerfile:1
 
-# Both stages on the same base: Node 20.20 (package.json: engines >= 20.19; cookie 2, an ES module
-# required by light-my-request, needs require(esm), on by default from 20.19), Debian bookworm, slim.
+# Both stages on the same base: Node 24.22, the LTS the whole suite also runs on in CI (.ci/run pins the
+# same major.minor; test/deploy.test.ts checks they agree), Debian bookworm, slim.
 
 # ---- build: TypeScript → dist/ --------------------------------------------------------------
-FROM node:20.20-bookworm-slim AS build
+FROM node:24.22-bookworm-slim AS build
 WORKDIR /app
 
 # Dependencies first (dev dependencies included: tsc), so this layer is reused until the lockfile changes.
@@ -16,7 +16,7 @@ COPY src ./src
 RUN npm run build
 
 # ---- runtime: production dependencies, the compiled code and the contract ----------------------
-FROM node:20.20-bookworm-slim AS runtime
+FROM node:24.22-bookworm-slim AS runtime
 ENV NODE_ENV=production \
     PORT=8080
 WORKDIR /app

@@ -5,6 +5,8 @@
 import type { ErrorCode } from './errors.js'
 
 const DEFAULT_TIMEOUT_MS = 30_000
+/** An upload's default key prefix; an import must name one, so the client sends this when the caller does not. */
+const DEFAULT_CONTEXT = 'general'
 
 export interface ImageServiceClientOptions {
   /** Where the service answers, e.g. `https://images.example.com` (without `/v1`). */
@@ -36,7 +38,13 @@ export interface UploadOptions {
   signal?: AbortSignal
 }
 
-/** The 201 answer of an upload (field names as on the wire). */
+/** What import takes besides the URL: as for an upload (no encoding: the service fetches the bytes). */
+export interface ImportOptions extends Omit<UploadOptions, 'encoding'> {
+  /** The stored filename; the service's default is the URL's last path segment, else `image.<ext>`. */
+  filename?: string
+}
+
+/** The 201 answer of an upload or an import (field names as on the wire). */
 export interface StoredImage {
   url: string
   key: string
@@ -161,6 +169,17 @@ export class ImageServiceClient {
       if (url === undefined) throw error
       return { url, error }
     }
+  }
+
+  /**
+   * Has the service fetch the image at `sourceUrl` (a host it allows) and store it as an upload, with the
+   * URL as the `migrated_from` metadata entry; throws as upload does (a failing source: 502 `import_failed`).
+   */
+  async import(sourceUrl: string, options: ImportOptions = {}): Promise<StoredImage> {
+    const { context = DEFAULT_CONTEXT, filename, metadata, idempotencyKey, signal } = options
+    const body = JSON.stringify({ source_url: sourceUrl, context, ...(filename !== undefined && { filename }), ...(metadata !== undefined && { metadata }) })
+    const headers: Record<string, string> = { 'content-type': 'application/json', ...(idempotencyKey !== undefined && { 'idempotency-key': idempotencyKey }) }
+    return (await this.#call('POST', '/v1/images/import', { headers, body }, signal)) as StoredImage
   }
 
   /** The stored object's size, type, dates and metadata; ImageServiceError `not_found` when there is none. */

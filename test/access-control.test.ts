@@ -181,7 +181,9 @@ t.test('slow clients are cut off within the documented timeouts, and what they h
   clearInterval(headerTimer)
   t.ok(Date.now() - headersStarted < 1000 + 2500, `headers sent slowly are cut off after ${Date.now() - headersStarted} ms`)
 
-  const idle = net.connect(server.port, server.host)
+  // Read what comes: when the headers timeout fires before the idle one, the server answers 400 and then
+  // closes, and a socket that never reads that answer never sees the close (Node 24 often fires it first).
+  const idle = net.connect(server.port, server.host).resume()
   const idleStarted = Date.now()
   await new Promise((resolve) => idle.once('close', resolve))
   t.ok(Date.now() - idleStarted < 1500 + 2500, `an idle connection is closed after ${Date.now() - idleStarted} ms`)

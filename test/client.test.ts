@@ -4,6 +4,7 @@ import { ImageServiceClient, ImageServiceError, ImageServiceUnreachableError } f
 import { buildTestApp } from './helpers/app.js'
 import { closedPort, listen, silentServer } from './helpers/http.js'
 import { pngOfSize, pngStream, sha256 } from './helpers/images.js'
+import { LOCAL_SOURCE_ENV, spyNetwork, startSource } from './helpers/import.js'
 import { r2Env, startS3 } from './helpers/s3.js'
 
 // The service's own TypeScript client (src/client.ts) against the app on a loopback port, storing on
@@ -100,6 +101,56 @@ t.test('a backend failure is 503 storage_unavailable with Retry-After and the se
   t.equal(outcome.url, SERVICE_FALLBACK, "the service's fallback_url comes first")
   t.equal(outcome.image, undefined)
   t.match(outcome.error, { status: 503, code: 'storage_unavailable', retryAfter: 5 })
+})
+
+t.test('import: the service fetches the image from an allowed source and stores it; a retry is replayed; its errors', async (t) => {
+  const data = pngOfSize(40_000, 25)
+  const fetched: string[] = []
+  const source = await startSource(t, (req, res) => {
+    fetched.push(req.url ?? '')
+    if (req.url === '/cdn/portrait.png') res.writeHead(200, { 'content-type': 'image/png' }).end(data)
+    else res.writeHead(404).end()
+  })
+  // The shared app allows no source; this one fetches from the local source server (the test-only setting).
+  const { app: importer } = await buildTestApp(t, { ...r2Env(s3.endpoint), ...LOCAL_SOURCE_ENV, API_KEYS: `bot:${TOKEN}`, DEFAULT_PORTRAIT_URL: SERVICE_FALLBACK }, {
+    importNetwork: spyNetwork({ loopback: true }).network,
+  })
+  const importClient = new ImageServiceClient({ baseUrl: `http://127.0.0.1:${(await listen(importer)).port}`, apiKey: TOKEN, timeoutMs: 10_000 })
+  const sourceUrl = source.url('/cdn/portrait.png')
+
+  const image = await importClient.import(sourceUrl, { context: 'portraits', metadata: { character_name: CHARACTER }, idempotencyKey: 'import-portrait-1' })
+  t.match(image, { size: data.length, filename: 'portrait.png', content_type: 'image/png', width: 16, height: 16, sha256: sha256(data) }, 'the filename is the URL\'s')
+  t.match(image.key, /^portraits\/\d{4}\/\d{2}\/[a-z]{20}_portrait\.png$/)
+  t.equal(await s3.sha256Of(image.key), sha256(data), 'the stored bytes are the source\'s')
+  t.match((await importClient.metadata(image.key)).metadata, { character_name: CHARACTER, migrated_from: sourceUrl }, 'metadata, and migrated_from set by the service')
+
+  const replayed = await importClient.import(sourceUrl, { context: 'portraits', metadata: { character_name: CHARACTER }, idempotencyKey: 'import-portrait-1' })
+  t.same(replayed, image, 'the same Idempotency-Key: the first answer again')
+  t.same(fetched, ['/cdn/portrait.png'], 'and the source was fetched once')
+
+  const named = await importClient.import(sourceUrl, { filename: 'Thorgar.png' })
+  t.match(named.key, /^general\/\d{4}\/\d{2}\/[a-z]{20}_Thorgar\.png$/, 'the filename given; no context: general, as for an upload')
+  t.equal(await s3.sha256Of(named.key), sha256(data))
+
+  const gone = await rejection(t, importClient.import(source.url('/cdn/gone.png'), { context: 'portraits' }))
+  t.ok(gone instanceof ImageServiceError)
+  t.match(gone, { status: 502, code: 'import_failed', detail: /404/, fallbackUrl: SERVICE_FALLBACK, requestId: /\S/ })
+  const refused = await rejection(t, importClient.import('https://elsewhere.example.test/a.png'))
+  t.match(refused, { status: 400, code: 'import_refused', fallbackUrl: SERVICE_FALLBACK })
+  t.match(await rejection(t, importClient.import(sourceUrl, { context: 'Not A Context' })), { status: 400, code: 'invalid_context' })
+
+  // What goes on the wire, and the timeout: a service that never answers.
+  const hung = await silentServer(t)
+  const slowClient = new ImageServiceClient({ baseUrl: `http://127.0.0.1:${hung.port}`, apiKey: TOKEN, timeoutMs: 300 })
+  const unanswered = await rejection(t, slowClient.import(sourceUrl, { context: 'portraits', filename: 'a.png', metadata: { uploader_id: '7' }, idempotencyKey: 'import-2' }))
+  t.ok(unanswered instanceof ImageServiceUnreachableError)
+  t.match(unanswered, { timedOut: true })
+  const request = hung.received().toString('utf8')
+  t.match(request, /^POST \/v1\/images\/import HTTP\/1\.1\r\n/)
+  t.match(request, /\r\ncontent-type: application\/json\r\n/i)
+  t.match(request, /\r\nauthorization: Bearer client-test-token-0123456789abcdef0123\r\n/i)
+  t.match(request, /\r\nidempotency-key: import-2\r\n/i)
+  t.same(JSON.parse(request.slice(request.indexOf('\r\n\r\n') + 4)), { source_url: sourceUrl, context: 'portraits', filename: 'a.png', metadata: { uploader_id: '7' } })
 })
 
 t.test('uploadWithFallback', async (t) => {

@@ -34,6 +34,7 @@ const s3 = await startS3()
 t.teardown(() => s3.stop())
 
 const packageJson = JSON.parse(await readFile(path.join(ROOT, 'package.json'), 'utf8')) as {
+  engines: { node: string }
   dependencies: Record<string, string>
   devDependencies: Record<string, string>
 }
@@ -54,6 +55,8 @@ interface Copy {
 }
 interface Stage {
   name: string | undefined
+  /** The base image, as FROM names it. */
+  image: string
   workdir: string
   env: Record<string, string>
   copies: Copy[]
@@ -80,7 +83,7 @@ function parseDockerfile(text: string): Stage[] {
     const instruction = keyword.toUpperCase()
     if (instruction === 'FROM') {
       const name = /\sAS\s+(\S+)$/i.exec(rest)?.[1]
-      stages.push({ name, workdir: '/', env: {}, copies: [], runs: [], expose: [], healthcheck: undefined, cmd: undefined, steps: [] })
+      stages.push({ name, image: rest.split(/\s+/)[0]!, workdir: '/', env: {}, copies: [], runs: [], expose: [], healthcheck: undefined, cmd: undefined, steps: [] })
       continue
     }
     const stage = stages.at(-1)
@@ -302,6 +305,17 @@ t.test('the Dockerfile runtime stage, reproduced: production dependencies only, 
   child.kill('SIGTERM')
   t.equal(await exited, 0, 'SIGTERM: exit 0')
   t.notMatch(errors, /ERR_MODULE_NOT_FOUND|Cannot find (module|package)/, `nothing missing at run time${errors ? `: ${errors.slice(0, 500)}` : ''}`)
+})
+
+t.test('every stage runs the Node the suite is also tested on (the LTS .ci/run pins), a major engines names', async (t) => {
+  const pinned = /^NODE_LTS_VERSION=(\d+)\.(\d+)\.\d+$/m.exec(await readFile(path.join(ROOT, '.ci/run'), 'utf8'))
+  if (!pinned) return t.fail('.ci/run sets NODE_LTS_VERSION=<major.minor.patch>')
+  const [, major, minor] = pinned
+  for (const stage of stages) {
+    t.match(stage.image, new RegExp(`^node:${major}\\.${minor}(\\.\\d+)?-`), `${stage.name}: FROM ${stage.image} is Node ${major}.${minor}`)
+  }
+  const majors = packageJson.engines.node.split('||').map((range) => /^\s*\^(\d+)/.exec(range)?.[1])
+  t.ok(majors.includes(major), `engines.node (${packageJson.engines.node}) names Node ${major}`)
 })
 
 // ---- (7) fly.toml against the code's defaults ---------------------------------------------------------

@@ -5,6 +5,7 @@ import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
 import t, { type Test } from 'tap'
+import type { FailedLine, MapLine, MigratedLine } from '../src/cli/migration-map.js'
 import { parseCsv } from '../src/cli/records.js'
 import { Progress } from '../src/cli/progress.js'
 import { buildTestApp } from './helpers/app.js'
@@ -21,14 +22,8 @@ const TOKEN = 'migration-token-'.padEnd(40, 'x')
 const AUTHORIZATION = { authorization: `Bearer ${TOKEN}` }
 const RECORDS = 50
 
-interface MapLine {
-  id: string
-  old_url: string
-  new_url?: string
-  error?: string
-  status?: number
-  retry_idempotency_key?: string
-}
+/** A line of the map as the CLI writes it, each field readable without first telling which kind it is. */
+type ReadLine = MapLine & Partial<MigratedLine & FailedLine>
 
 /** Runs the CLI to its end; `whenRunning` may act on the process meanwhile (kill it). */
 async function migrate(args: string[], whenRunning?: (child: ReturnType<typeof spawn>) => Promise<void>) {
@@ -46,12 +41,12 @@ async function migrate(args: string[], whenRunning?: (child: ReturnType<typeof s
   return { code, signal, stdout, stderr }
 }
 
-async function readMap(file: string): Promise<MapLine[]> {
+async function readMap(file: string): Promise<ReadLine[]> {
   const text = await readFile(file, 'utf8').catch(() => '')
   return text
     .split('\n')
     .filter(Boolean)
-    .map((line) => JSON.parse(line) as MapLine)
+    .map((line) => JSON.parse(line) as ReadLine)
 }
 
 const keyOfUrl = (url: string) => new URL(url).pathname.slice(1)
@@ -89,7 +84,7 @@ async function setUp(t: Test) {
 }
 
 /** Every stored object is one the map names, byte-exact, with migrated_from; returns the keys. */
-async function checkStored(t: Test, app: FastifyInstance, s3: Awaited<ReturnType<typeof startS3>>, map: MapLine[], records: { id: string; sha256: string }[]) {
+async function checkStored(t: Test, app: FastifyInstance, s3: Awaited<ReturnType<typeof startS3>>, map: ReadLine[], records: { id: string; sha256: string }[]) {
   const bySha = new Map(records.map((record) => [record.id, record.sha256]))
   for (const line of map.filter((line) => line.new_url)) {
     const key = keyOfUrl(line.new_url!)

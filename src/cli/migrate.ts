@@ -1,11 +1,12 @@
 /**
  * Migrates images to the service: `npm run migrate -- --input records.csv --map map.jsonl --url …`.
- * Each record is imported with POST /v1/images/import; the outcome is appended to the map, which the
- * bot applies to its database. See the README, "Migrating images", for the whole behaviour.
+ * Each record is imported with the client's import (POST /v1/images/import); the outcome is appended to
+ * the map, which the bot applies to its database. See the README, "Migrating images", for the whole behaviour.
  */
 import { createHash } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { parseArgs } from 'node:util'
+import { ImageServiceClient, ImageServiceError, ImageServiceUnreachableError, type StoredImage } from '../client.js'
 import { MigrationMap, isMigrated, type MapLine } from './migration-map.js'
 import { Progress } from './progress.js'
 import { InputError, formatOfPath, readRecords, type InputFormat, type MigrationRecord } from './records.js'
@@ -84,7 +85,7 @@ function optionsOf(argv: string[], env: NodeJS.ProcessEnv): Options | undefined 
   if (!values.input) throw new UsageError('--input is required')
   if (!values.map) throw new UsageError('--map is required')
   const url = (values.url ?? env.IMAGE_SERVICE_URL ?? '').replace(/\/+$/, '')
-  if (!/^https?:\/\/[^/]/.test(url)) throw new UsageError('--url (or IMAGE_SERVICE_URL) must be the service\'s http(s) base URL')
+  if (!/^https?:\/\/[^/]/.test(url) || !URL.canParse(url)) throw new UsageError('--url (or IMAGE_SERVICE_URL) must be the service\'s http(s) base URL')
   const rate = /^(\d+(?:\.\d+)?)\/(s|min)$/.exec(values.rate)
   if (!rate || Number(rate[1]) <= 0) throw new UsageError('--rate must look like 5/s or 120/min')
   const format = values.format ?? formatOfPath(values.input)
@@ -135,18 +136,7 @@ function firstKeyNumber(record: MigrationRecord, previous: MapLine | undefined):
   return match && `${match[1]}-0` === idempotencyKey(record.id, 0) ? Number(match[2]) : 0
 }
 
-interface Problem {
-  code?: string
-  detail?: string
-}
-
-async function migrateOne(record: MigrationRecord, options: Options, pacer: StartPacer, keyNumber: number): Promise<MapLine> {
-  const body = JSON.stringify({
-    source_url: record.url,
-    context: record.context ?? options.context,
-    ...(record.filename !== undefined && { filename: record.filename }),
-    ...(record.metadata !== undefined && { metadata: record.metadata }),
-  })
+async function migrateOne(record: MigrationRecord, options: Options, client: ImageServiceClient, pacer: StartPacer, keyNumber: number): Promise<MapLine> {
   const failed = (error: string, status?: number): MapLine => ({
     id: record.id,
     old_url: record.url,
@@ -156,47 +146,32 @@ async function migrateOne(record: MigrationRecord, options: Options, pacer: Star
   })
   for (let tries = 0; ; tries++) {
     await pacer.wait()
-    let status: number
-    let text: string
-    let retryAfter: string | null
+    let image: StoredImage | undefined
     try {
-      const response = await fetch(`${options.url}/v1/images/import`, {
-        method: 'POST',
-        headers: {
-          'content-type': 'application/json',
-          'idempotency-key': idempotencyKey(record.id, keyNumber),
-          ...(options.apiKey && { authorization: `Bearer ${options.apiKey}` }),
-        },
-        body,
-        signal: AbortSignal.timeout(options.timeoutMs),
+      image = await client.import(record.url, {
+        context: record.context ?? options.context,
+        ...(record.filename !== undefined && { filename: record.filename }),
+        ...(record.metadata !== undefined && { metadata: record.metadata }),
+        idempotencyKey: idempotencyKey(record.id, keyNumber),
       })
-      status = response.status
-      retryAfter = response.headers.get('retry-after')
-      text = await response.text()
     } catch (error) {
-      const cause = (error as { cause?: { code?: string } }).cause?.code
-      const message = `no answer from the service: ${(error as Error).message}${cause ? ` (${cause})` : ''}`
-      if (tries >= options.retries) return failed(message)
-      await sleep(1000 * 2 ** tries)
-      continue
-    }
-    if (status === 201) {
-      try {
-        return { id: record.id, old_url: record.url, new_url: (JSON.parse(text) as { url: string }).url }
-      } catch {
-        // Stored, but the answer is unreadable: no status, so a retry keeps the key (and the service can tell).
-        return failed('the service answered 201 without a readable body')
+      if (error instanceof ImageServiceUnreachableError) {
+        if (tries >= options.retries) return failed(`no answer from the service: ${error.message}`)
+        await sleep(1000 * 2 ** tries)
+        continue
+      }
+      if (!(error instanceof ImageServiceError)) throw error
+      // A success answer the client could not read falls through to the check below.
+      if (error.status >= 400) {
+        keyNumber++
+        if (!RETRY_STATUSES.has(error.status) || tries >= options.retries) return failed(error.message.trim(), error.status)
+        await sleep(1000 * (error.retryAfter ? Math.min(error.retryAfter, MAX_RETRY_WAIT_S) : 2 ** tries))
+        continue
       }
     }
-    keyNumber++
-    let problem: Problem = {}
-    try {
-      problem = JSON.parse(text) as Problem
-    } catch {}
-    const error = problem.code ? `${status} ${problem.code}: ${problem.detail ?? ''}`.trim() : `${status} ${text.slice(0, 200)}`.trim()
-    if (!RETRY_STATUSES.has(status) || tries >= options.retries) return failed(error, status)
-    const wait = Number(retryAfter)
-    await sleep(1000 * (Number.isFinite(wait) && wait > 0 ? Math.min(wait, MAX_RETRY_WAIT_S) : 2 ** tries))
+    // Stored, but the answer is unreadable: no status, so a retry keeps the key (and the service can tell).
+    if (typeof image?.url !== 'string') return failed('the service answered 201 without a readable body')
+    return { id: record.id, old_url: record.url, new_url: image.url }
   }
 }
 
@@ -222,12 +197,13 @@ async function run(options: Options): Promise<number> {
   const started = Date.now()
   const progress = new Progress(pending.length, process.stderr)
   const pacer = new StartPacer(options.intervalMs)
+  const client = new ImageServiceClient({ baseUrl: options.url, apiKey: options.apiKey, timeoutMs: options.timeoutMs })
   const failures: { id: string; error: string }[] = []
   let next = 0
   const worker = async () => {
     while (!stopping && next < pending.length) {
       const record = pending[next++]!
-      const line = await migrateOne(record, options, pacer, firstKeyNumber(record, map.get(record.id)))
+      const line = await migrateOne(record, options, client, pacer, firstKeyNumber(record, map.get(record.id)))
       await map.append(line)
       if (isMigrated(line)) progress.record('migrated')
       else {
