@@ -8,6 +8,7 @@ import { promisify } from 'node:util'
 import { parse as parseToml } from 'smol-toml'
 import t from 'tap'
 import { buildMetricsApp } from '../src/app.js'
+import type { StoredImage } from '../src/client.js'
 import { loadConfig } from '../src/config.js'
 import { buildTestApp } from './helpers/app.js'
 import { png, pngOfSize, sha256 } from './helpers/images.js'
@@ -264,7 +265,7 @@ t.test('the Dockerfile runtime stage, reproduced: production dependencies only, 
     headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'image/png' },
     body: new Uint8Array(image),
   })
-  const rawBody = (await raw.json()) as { key: string; sha256: string; width: number }
+  const rawBody = (await raw.json()) as StoredImage
   t.equal(raw.status, 201, `a raw upload is stored: ${JSON.stringify(rawBody).slice(0, 200)}`)
   t.equal(rawBody.width, 32)
   t.equal(await s3.sha256Of(rawBody.key), sha256(image), 'byte-exact in the bucket (one PutObject)')
@@ -273,7 +274,7 @@ t.test('the Dockerfile runtime stage, reproduced: production dependencies only, 
   const large = pngOfSize(6 * MiB, 5)
   const form = multipartBody([{ name: 'context', value: 'portraits' }, { name: 'file', filename: 'large.png', contentType: 'image/png', data: large }])
   const streamed = await fetch(`${base}/v1/images`, { method: 'POST', headers: { ...form.headers, authorization: `Bearer ${TOKEN}` }, body: new Uint8Array(form.payload) })
-  const streamedBody = (await streamed.json()) as { key: string; size: number }
+  const streamedBody = (await streamed.json()) as StoredImage
   t.equal(streamed.status, 201, `a 6 MiB form upload is stored: ${JSON.stringify(streamedBody).slice(0, 200)}`)
   t.equal(await s3.sha256Of(streamedBody.key), sha256(large), 'byte-exact in the bucket (multipart upload)')
 

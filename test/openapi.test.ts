@@ -7,6 +7,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import SwaggerParser from '@apidevtools/swagger-parser'
 import t from 'tap'
 import { buildMetricsApp } from '../src/app.js'
+import type { ImageMetadata, StoredImage } from '../src/client.js'
 import { loadConfig } from '../src/config.js'
 import { ERROR_CATALOGUE } from '../src/errors.js'
 import { FREE_TIER } from '../src/plugins/usage.js'
@@ -273,12 +274,12 @@ t.test('answers conform to the document', async (t) => {
     ])
     const created = await app.inject({ method: 'POST', url: '/v1/images', ...form })
     t.equal(created.statusCode, 201)
-    const stored = conforms(t, 'POST', '/v1/images', created) as { url: string; key: string; filename: string }
+    const stored = conforms(t, 'POST', '/v1/images', created) as StoredImage
     t.equal(created.headers.location, stored.url, 'Location is the url')
     t.equal(stored.filename, 'Thorgar.png', 'the filename without its directory')
     t.match(stored.key, /^portraits\/\d{4}\/\d{2}\/[a-z]{16,}_Thorgar\.png$/, 'the key format')
     const formMetadata = await app.inject({ url: `/v1/images/${stored.key}` })
-    const formRead = conforms(t, 'GET', '/v1/images/{key}', formMetadata) as { metadata: Record<string, string> } | undefined
+    const formRead = conforms(t, 'GET', '/v1/images/{key}', formMetadata) as ImageMetadata | undefined
     t.equal(formRead?.metadata.uploader_id, '1234', 'form fields are metadata, names case-folded')
 
     const raw = await app.inject({
@@ -288,13 +289,13 @@ t.test('answers conform to the document', async (t) => {
       payload: png(8, 8),
     })
     t.equal(raw.statusCode, 201)
-    const rawStored = conforms(t, 'POST', '/v1/images', raw) as { key: string; filename: string; sha256: string }
+    const rawStored = conforms(t, 'POST', '/v1/images', raw) as StoredImage
     t.equal(rawStored.filename, 'image.png', 'the default filename')
     t.match(rawStored.key, /^bot\/\d{4}\/\d{2}\/[a-z]{16,}_image\.png$/)
 
     const metadata = await app.inject({ url: `/v1/images/${rawStored.key}` })
     t.equal(metadata.statusCode, 200)
-    const read = conforms(t, 'GET', '/v1/images/{key}', metadata) as { metadata: Record<string, string> }
+    const read = conforms(t, 'GET', '/v1/images/{key}', metadata) as ImageMetadata
     t.equal(read.metadata.character_name, 'Thorgar Ø 永久', 'non-ASCII metadata round-trips')
     t.equal(read.metadata.sha256, rawStored.sha256, 'a single-request upload stores sha256')
 
@@ -361,11 +362,11 @@ t.test('answers conform to the document', async (t) => {
 
     const created = await overSocket(app, importOf(importBody()))
     t.equal(created.statusCode, 201)
-    const stored = conforms(t, 'POST', '/v1/images/import', created) as { url: string; key: string; filename: string } | undefined
+    const stored = conforms(t, 'POST', '/v1/images/import', created) as StoredImage | undefined
     t.equal(created.headers.location, stored?.url, 'Location is the url')
     t.equal(stored?.filename, 'portrait.png', 'the filename from the URL')
     const read = await overSocket(app, { url: `/v1/images/${stored?.key}` })
-    const metadata = (conforms(t, 'GET', '/v1/images/{key}', read) as { metadata: Record<string, string> } | undefined)?.metadata
+    const metadata = (conforms(t, 'GET', '/v1/images/{key}', read) as ImageMetadata | undefined)?.metadata
     t.equal(metadata?.migrated_from, importSource.url('/portrait.png'), 'migrated_from is the source URL')
 
     const body = (source_url: string, extra: Record<string, unknown> = {}) => JSON.stringify({ source_url, context: 'portraits', ...extra })
@@ -463,7 +464,7 @@ t.test('answers conform to the document', async (t) => {
     const { app } = await buildTestApp(t, { API_KEYS, DEFAULT_PORTRAIT_URL: fallback, ...IMPORT_ENV }, importOptions())
     const first = await overSocket(app, requestFor('POST', '/v1/images', '', bearer(TOKEN)))
     t.equal(first.statusCode, 201, 'the configured key uploads')
-    const { key } = JSON.parse(first.body) as { key: string }
+    const { key } = JSON.parse(first.body) as StoredImage
 
     const operations = operationsOf(spec)
     t.ok(operations.filter(({ operation }) => isSecured(operation)).length >= 4, 'the /v1/* operations are secured')
@@ -505,7 +506,7 @@ t.test('answers conform to the document', async (t) => {
     const { app } = await buildTestApp(t, { API_KEYS, RATE_LIMIT_PER_MINUTE: '1' })
     const first = await overSocket(app, requestFor('POST', '/v1/images', '', bearer(TOKEN)))
     t.equal(first.statusCode, 201, 'the first request is served')
-    const stored = conforms(t, 'POST', '/v1/images', first) as { key: string } | undefined
+    const stored = conforms(t, 'POST', '/v1/images', first) as StoredImage | undefined
     t.equal(first.headers['x-ratelimit-limit'], '1', 'X-RateLimit-Limit')
     t.equal(first.headers['x-ratelimit-remaining'], '0', 'X-RateLimit-Remaining')
 
@@ -575,7 +576,7 @@ t.test('answers conform to the document', async (t) => {
 
     const created = await overSocket(app, svgUpload(drawing))
     t.equal(created.statusCode, 201, 'a clean SVG is stored')
-    const stored = conforms(t, 'POST', '/v1/images', created) as { key: string; content_type: string; width: number; height: number } | undefined
+    const stored = conforms(t, 'POST', '/v1/images', created) as StoredImage | undefined
     t.equal(stored?.content_type, 'image/svg+xml')
     t.match(stored?.key, /_drawing\.svg$/, 'extension svg')
     t.same([stored?.width, stored?.height], [40, 30], 'the size the root declares')
@@ -589,7 +590,7 @@ t.test('answers conform to the document', async (t) => {
     conforms(t, 'GET', '/files/{key}', file)
     t.equal(file.body, drawing, 'the same bytes')
     t.equal(file.headers['content-security-policy'], "default-src 'none';frame-ancestors 'none'; sandbox", 'served sandboxed')
-    const raster = JSON.parse((await overSocket(app, { method: 'POST', url: '/v1/images', headers: { 'content-type': 'image/png' }, payload: png() })).body) as { key: string }
+    const raster = JSON.parse((await overSocket(app, { method: 'POST', url: '/v1/images', headers: { 'content-type': 'image/png' }, payload: png() })).body) as StoredImage
     const rasterFile = await overSocket(app, { url: `/files/${raster.key}` })
     conforms(t, 'GET', '/files/{key}', rasterFile)
     t.equal(rasterFile.headers['content-security-policy'], "default-src 'none';frame-ancestors 'none'", 'a raster image is not sandboxed')

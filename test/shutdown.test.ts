@@ -3,13 +3,14 @@ import net from 'node:net'
 import { readFile } from 'node:fs/promises'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t, { type Test } from 'tap'
+import type { StoredImage } from '../src/client.js'
 import { pngOfSize, sha256 } from './helpers/images.js'
+import { PROBLEM_JSON } from './helpers/problem.js'
 import { r2Env, startS3 } from './helpers/s3.js'
 import { startService } from './helpers/service-process.js'
 
 const KiB = 1024
 const MiB = 1024 * 1024
-const PROBLEM_JSON = /^application\/problem\+json/
 /** How long an early answer waits for the client to stop sending before closing (not exported: read from the source). */
 const LINGER_MS = Number(
   /const LINGER_MS = ([\d_]+)/.exec(await readFile(new URL('../src/plugins/problem-details.ts', import.meta.url), 'utf8'))![1]!.replaceAll('_', ''),
@@ -177,7 +178,7 @@ t.test('SIGTERM during a slow upload: it finishes with 201 and a byte-exact obje
   t.ok(outcome.at - signalledAt > 500, `answered ${outcome.at - signalledAt} ms after SIGTERM, having received the rest of the body`)
   const newKeys = (await s3.keys()).filter((key) => !keysBefore.includes(key))
   if (status === 201) {
-    const stored = JSON.parse(body) as { key: string; size: number; sha256: string }
+    const stored = JSON.parse(body) as StoredImage
     t.equal(stored.size, image.length, 'the whole body was stored')
     t.equal(stored.sha256, sha256(image), 'the service hashed exactly the bytes sent')
     t.equal(await s3.sha256Of(stored.key), sha256(image), 'the stored object is byte-exact')
