@@ -38,6 +38,13 @@ const settle = (ms: number) => new Promise((wait) => setTimeout(wait, ms))
 
 /** `invalid`: 400 invalid_key. `missing`: a well-formed key with no object (404; DELETE 204, idempotent). `unparsable`: bytes no HTTP parser takes as a request-target, refused before routing as 400 invalid_request. */
 type KeyExpectation = 'invalid' | 'missing' | 'unparsable'
+/** The key variants that need nothing of the test to write down, in groups that say why each is refused; `bytes` in hex. */
+const keyCorpus = JSON.parse(await readFile(new URL('./fixtures/hostile-keys.json', import.meta.url), 'utf8')) as {
+  why: string
+  expect: KeyExpectation
+  keys: string[]
+  bytes?: string[]
+}[]
 
 t.test('(A) traversal and malformed keys: 400 invalid_key on HEAD, GET, DELETE and /files; the sentinel and the object untouched', async (t) => {
   const root = await mkdtemp(path.join(tmpdir(), 'hostile-keys-'))
@@ -79,51 +86,11 @@ t.test('(A) traversal and malformed keys: 400 invalid_key on HEAD, GET, DELETE a
   const multiSegment1025 = `${'ab/'.repeat(341)}ab` // 341 × 3 + 2 = 1025 bytes
   const multiSegment1024 = `${'ab/'.repeat(341)}a` // 1024 bytes: the longest well-formed key
   const variants: [string | Buffer, KeyExpectation][] = [
-    ['..', 'invalid'],
-    ['.', 'invalid'],
-    ['../sentinel.txt', 'invalid'],
-    ['../../sentinel.txt', 'invalid'],
-    ['../../../../../../../../etc/passwd', 'invalid'],
-    ['a/../../sentinel.txt', 'invalid'],
-    ['a/b/../../../secret.png', 'invalid'],
-    ['../canary.png', 'invalid'],
-    ['objects/../meta/x.json', 'invalid'],
-    ['../meta/keep.json', 'invalid'],
-    ['%2e%2e/sentinel.txt', 'invalid'],
-    ['%2E%2E%2Fsentinel.txt', 'invalid'],
-    ['%2e%2e%2f%2e%2e%2fsentinel.txt', 'invalid'],
-    ['..%2fsentinel.txt', 'invalid'],
-    ['..%2F..%2Fsentinel.txt', 'invalid'],
-    ['..%5csentinel.txt', 'invalid'],
-    ['..\\sentinel.txt', 'invalid'],
-    ['..\\..\\secret.png', 'invalid'],
-    ['a\\..\\..\\sentinel.txt', 'invalid'],
-    ['%252e%252e/sentinel.txt', 'invalid'],
-    ['%252e%252e%252fsentinel.txt', 'invalid'],
-    ['%25252e%25252e/sentinel.txt', 'invalid'],
-    ['%2e./sentinel.txt', 'invalid'],
-    ['.%2e/sentinel.txt', 'invalid'],
-    ['..;/sentinel.txt', 'invalid'],
-    ['a;/../../sentinel.txt', 'invalid'],
-    ['%00', 'invalid'],
-    ['a%00.png', 'invalid'],
-    ['sentinel.txt%00.png', 'invalid'],
-    ['./a', 'invalid'],
-    ['a/./b', 'invalid'],
-    ['a//b', 'invalid'],
-    ['/abs/path', 'invalid'],
-    ['//etc/passwd', 'invalid'],
-    ['a/', 'invalid'],
-    ['', 'invalid'],
-    ['~', 'invalid'],
-    ['~/sentinel.txt', 'invalid'],
-    ['a%20b.png', 'invalid'],
-    ['%20', 'invalid'],
-    ['%C3%BC.png', 'invalid'],
-    ['a:b', 'invalid'],
-    ['a#b', 'invalid'],
-    ['..#/x', 'invalid'],
-    ['..?x=1', 'invalid'],
+    ...keyCorpus.flatMap(({ expect, keys, bytes = [] }) => [
+      ...keys.map((key): [string, KeyExpectation] => [key, expect]),
+      ...bytes.map((hex): [Buffer, KeyExpectation] => [Buffer.from(hex, 'hex'), expect]),
+    ]),
+    // Built here: they depend on the key limit or on the object stored above.
     ['k'.repeat(1025), 'invalid'],
     [multiSegment1025, 'invalid'],
     [`${realKey}/..`, 'invalid'],
@@ -134,31 +101,8 @@ t.test('(A) traversal and malformed keys: 400 invalid_key on HEAD, GET, DELETE a
     [`${realKey}%00`, 'invalid'],
     [`${realKey}%2f..`, 'invalid'],
     [`/${realKey}`, 'invalid'],
-    // Bytes that are not a request-target at all: the HTTP parser refuses the request before any route.
-    [Buffer.from('ü.png', 'utf8'), 'unparsable'],
-    [Buffer.from([0x2e, 0x2e, 0x2f, 0xff, 0xfe]), 'unparsable'],
-    ['a b', 'unparsable'],
-    ['a\tb', 'unparsable'],
-    // Well-formed keys (the grammar allows them) that name no object: 404, and DELETE 204.
-    ['...', 'missing'],
-    ['.../sentinel.txt', 'missing'],
-    ['..a', 'missing'],
-    ['a..', 'missing'],
-    ['.hidden', 'missing'],
-    ['-', 'missing'],
-    ['sentinel.txt', 'missing'],
-    ['canary.png', 'missing'],
-    ['a?b', 'missing'], // the query is not part of the key: the key is "a"
-    ['a?x=../../sentinel.txt', 'missing'],
     ['k'.repeat(1024), 'missing'],
     [multiSegment1024, 'missing'],
-    // Percent-encoding that cannot be decoded at all (refused before routing, answered as invalid_key).
-    ['%c0%ae%c0%ae/sentinel.txt', 'invalid'],
-    ['..%c0%afsentinel.txt', 'invalid'],
-    ['a%zz', 'invalid'],
-    ['a%', 'invalid'],
-    ['%u002e%u002e/sentinel.txt', 'invalid'],
-    ['%%32%65%%32%65/sentinel.txt', 'invalid'],
   ]
   t.ok(variants.filter(([, expected]) => expected === 'invalid').length >= 30, 'at least 30 invalid variants')
 
