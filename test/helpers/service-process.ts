@@ -57,9 +57,6 @@ export interface ServiceExit {
   at: number
 }
 
-export type ServiceProcess = ReturnType<typeof spawnService>
-export type RunningService = Awaited<ReturnType<typeof startService>>
-
 /** Service processes still running: killed if this process ends first (a tap timeout skips teardowns). */
 const running = new Set<ChildProcessByStdio<null, Readable, Readable>>()
 let killOnExit = false
@@ -93,6 +90,8 @@ export function spawnService(options: ServiceOptions = {}) {
 
   let stdout = ''
   let stderr = ''
+  // A command that cannot be run (a wrapper not installed) is reported where a failed start is.
+  child.once('error', (error) => (stderr += `${error.message}\n`))
   child.stderr.setEncoding('utf8').on('data', (chunk: string) => {
     stderr += chunk
     if (echoStderr) process.stderr.write(chunk)
