@@ -3,6 +3,10 @@ import t from 'tap'
 import { ConfigError, loadConfig } from '../src/config.js'
 import { spawnService } from './helpers/service-process.js'
 
+// One test below starts the service four times (tsx compiles src/ each time, up to 20 s apiece on a loaded
+// machine) and waits without blocking, so tap's default 30 s for the file would be running meanwhile.
+t.setTimeout(120_000)
+
 t.test('defaults give the local-disk driver on port 3000', async (t) => {
   const config = loadConfig({})
   t.equal(config.port, 3000)
