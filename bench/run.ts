@@ -19,11 +19,9 @@
  *   BENCH_CPU_PROF=<dir>    run the service under `node --cpu-prof`; print where its CPU time went, by function and package
  *   BENCH_SERVICE_ENV=<json> more environment for the service, e.g. '{"MALLOC_MMAP_THRESHOLD_":"1048576"}'
  */
-import { spawn, type ChildProcess } from 'node:child_process'
-import { once } from 'node:events'
+import type { ChildProcess } from 'node:child_process'
 import { readdir, readFile, writeFile } from 'node:fs/promises'
 import http from 'node:http'
-import net from 'node:net'
 import path from 'node:path'
 import { Readable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -35,7 +33,7 @@ import { CACHE_CONTROL } from '../src/upload/pipeline.js'
 import { pngOfSize, sha256 } from '../test/helpers/images.js'
 import { multipartBody } from '../test/helpers/multipart.js'
 import { TEST_BUCKET, r2Env, startS3 } from '../test/helpers/s3.js'
-import { serviceEnv } from '../test/helpers/service.js'
+import { startService as startServiceProcess } from '../test/helpers/service-process.js'
 
 const KB = 1000
 const MiB = 1024 * 1024
@@ -229,46 +227,19 @@ interface Service {
   stop(): Promise<void>
 }
 
-/** A port free on 127.0.0.1 now: the service is given it, so that nothing depends on its log lines. */
-async function freePort(): Promise<number> {
-  const server = net.createServer().listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  const { port } = server.address() as net.AddressInfo
-  await new Promise((resolve) => server.close(resolve))
-  return port
-}
-
-/** Resolves once GET /healthz answers 200; rejects if `exited` settles first or 20 s pass. */
-async function ready(port: number, exited: Promise<number | null>): Promise<void> {
-  let exitCode: number | null | undefined
-  void exited.then((code) => (exitCode = code))
-  const deadline = performance.now() + 20_000
-  for (;;) {
-    const status = await new Promise<number>((resolve) => {
-      http.get({ host: '127.0.0.1', port, path: '/healthz', agent: false }, (response) => resolve(response.resume().statusCode!)).on('error', () => resolve(0))
-    })
-    if (status === 200) return
-    if (exitCode !== undefined) throw new Error(`the service exited (${exitCode}) before it was ready; run npm run build first`)
-    if (performance.now() > deadline) throw new Error('the service was not ready within 20 s')
-    await sleep(50)
-  }
-}
-
 /**
  * The built service (dist/server.js, as `npm start` runs it) in a process of its own. It logs as in
- * production (info: a line per upload), to /dev/null: the bench needs nothing from its logs.
+ * production (info: a line per upload); the bench reads nothing after the ready line.
  */
 async function startService(s3: S3): Promise<Service> {
-  const port = await freePort()
-  const nodeArgs = CPU_PROF_DIR ? ['--cpu-prof', `--cpu-prof-dir=${CPU_PROF_DIR}`] : []
-  const child = spawn(process.execPath, [...nodeArgs, 'dist/server.js'], {
-    cwd: ROOT,
-    env: serviceEnv({
+  const service = await startServiceProcess({
+    entry: 'built',
+    nodeArgs: CPU_PROF_DIR ? ['--cpu-prof', `--cpu-prof-dir=${CPU_PROF_DIR}`] : [],
+    keepLogs: false,
+    env: {
       ...r2Env(s3.endpoint),
       NODE_ENV: 'production',
       API_KEYS: `bench:${API_TOKEN}`,
-      HOST: '127.0.0.1',
-      PORT: String(port),
       LOG_LEVEL: 'info',
       // The bench sends far more than a client's budget on purpose; a usage scan would list the bucket mid-run.
       RATE_LIMIT_PER_MINUTE: '1000000',
@@ -276,21 +247,13 @@ async function startService(s3: S3): Promise<Service> {
       // This process has printed the SDK's notice about Node 20 once already.
       AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true',
       ...SERVICE_ENV,
-    }),
-    stdio: ['ignore', 'ignore', 'inherit'],
+    },
   })
-  const exited = new Promise<number | null>((resolve) => child.once('exit', resolve))
-  // Never left running if this process ends early.
-  const killChild = () => child.kill('SIGKILL')
-  process.once('exit', killChild)
-  void exited.then(() => process.off('exit', killChild))
-  await ready(port, exited)
   return {
-    child,
-    port,
+    child: service.child,
+    port: service.port,
     async stop() {
-      child.kill('SIGTERM')
-      const code = await exited
+      const { code } = await service.stop()
       if (code !== 0) throw new Error(`the service exited with ${code}`)
     },
   }

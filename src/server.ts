@@ -21,9 +21,9 @@ async function start() {
     app.log.info('closed')
   })
 
-  await app.listen({ port: config.port, host: config.host })
+  const address = await app.listen({ port: config.port, host: config.host })
   if (metricsApp) await metricsApp.listen({ port: config.metricsPort, host: config.host })
-  app.log.info({ storage: config.storage.driver, publicUrl: config.publicUrl, metricsPort: config.metricsPort }, 'image-upload-service ready')
+  app.log.info({ address, storage: config.storage.driver, publicUrl: config.publicUrl, metricsPort: config.metricsPort }, 'image-upload-service ready')
 }
 
 try {

@@ -1,8 +1,11 @@
-import { spawnSync } from 'node:child_process'
 import path from 'node:path'
 import t from 'tap'
 import { ConfigError, loadConfig } from '../src/config.js'
-import { SERVICE_ARGS, serviceEnv } from './helpers/service.js'
+import { spawnService } from './helpers/service-process.js'
+
+// One test below starts the service four times (tsx compiles src/ each time, up to 20 s apiece on a loaded
+// machine) and waits without blocking, so tap's default 30 s for the file would be running meanwhile.
+t.setTimeout(120_000)
 
 t.test('defaults give the local-disk driver on port 3000', async (t) => {
   const config = loadConfig({})
@@ -76,13 +79,10 @@ t.test('production may store on local disk only when asked explicitly', async (t
 t.test('the server exits non-zero, naming the variable, on a bad value', async (t) => {
   const notADirectory = path.join(t.testdir({ file: 'x' }), 'file', 'data')
   for (const env of [{ MAX_UPLOAD_BYTES: 'abc' }, { STORAGE_DRIVER: 's4' }, { NODE_ENV: 'production' }, { DATA_DIR: notADirectory }]) {
-    const result = spawnSync(process.execPath, SERVICE_ARGS, {
-      env: serviceEnv(env),
-      encoding: 'utf8',
-      timeout: 20_000,
-    })
-    t.equal(result.status, 1, `${JSON.stringify(env)} exits 1`)
-    t.match(result.stderr, Object.keys(env)[0] === 'NODE_ENV' ? /R2_ACCESS_KEY_ID/ : new RegExp(Object.keys(env)[0]!))
+    const service = spawnService({ env, echoStderr: false, killAfterMs: 20_000 })
+    const exit = await service.exited
+    t.equal(exit.code, 1, `${JSON.stringify(env)} exits 1`)
+    t.match(service.stderr, Object.keys(env)[0] === 'NODE_ENV' ? /R2_ACCESS_KEY_ID/ : new RegExp(Object.keys(env)[0]!))
   }
 })
 

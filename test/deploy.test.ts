@@ -1,4 +1,4 @@
-import { execFile, spawn } from 'node:child_process'
+import { execFile } from 'node:child_process'
 import { cp, mkdir, mkdtemp, readFile, readdir, rm, stat, symlink } from 'node:fs/promises'
 import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
@@ -8,19 +8,21 @@ import { promisify } from 'node:util'
 import { parse as parseToml } from 'smol-toml'
 import t from 'tap'
 import { buildMetricsApp } from '../src/app.js'
+import type { StoredImage } from '../src/client.js'
 import { loadConfig } from '../src/config.js'
 import { buildTestApp } from './helpers/app.js'
 import { png, pngOfSize, sha256 } from './helpers/images.js'
 import { multipartBody } from './helpers/multipart.js'
 import { r2Env, startS3 } from './helpers/s3.js'
-import { serviceEnv } from './helpers/service.js'
+import { serviceEnv, startService } from './helpers/service-process.js'
 
 const run = promisify(execFile)
 /**
  * A command line without tap's instrumentation: tap adds an --import of its own (a dev dependency, by
  * absolute path) to NODE_OPTIONS of every process a test starts; `env -u` drops it, then execs the command.
  */
-const bare = (command: string, args: string[]): [string, string[]] => ['env', ['-u', 'NODE_OPTIONS', command, ...args]]
+const BARE = ['env', '-u', 'NODE_OPTIONS']
+const bare = (command: string, args: string[]): [string, string[]] => [BARE[0]!, [...BARE.slice(1), command, ...args]]
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const MiB = 1024 * 1024
 const TOKEN = 'deploy-test-token-0123456789abcdef0123456'
@@ -229,32 +231,21 @@ t.test('the Dockerfile runtime stage, reproduced: production dependencies only, 
   // The image's command, as the image runs it (NODE_ENV=production from the stage), against the local S3 server.
   const [command, ...args] = runtime.cmd!
   t.equal(command, 'node', `CMD runs node directly: ${runtime.cmd!.join(' ')}`)
-  const child = spawn(...bare(process.execPath, args), {
+  const service = await startService({
+    entry: args,
     cwd: app,
-    env: serviceEnv({ ...runtime.env, ...r2Env(s3.endpoint), API_KEYS, HOST: '127.0.0.1', PORT: '0' }),
-    stdio: ['ignore', 'pipe', 'pipe'],
+    wrapper: BARE,
+    env: { ...runtime.env, ...r2Env(s3.endpoint), API_KEYS },
+    echoStderr: false,
   })
-  const exited = new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)))
-  t.teardown(() => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
-  })
-  let output = ''
-  let errors = ''
-  child.stderr.setEncoding('utf8').on('data', (chunk: string) => (errors += chunk))
-  const port = await new Promise<number>((resolve, reject) => {
-    child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
-      output += chunk
-      const match = /Server listening at http:\/\/127\.0\.0\.1:(\d+)/.exec(output)
-      if (match) resolve(Number(match[1]))
-    })
-    void exited.then((code) => reject(new Error(`the built server exited with ${code}: ${errors}${output}`)))
-  })
+  t.teardown(() => service.kill())
+  const { port } = service
   const base = `http://127.0.0.1:${port}`
-  const environ = (await readFile(`/proc/${child.pid}/environ`, 'utf8')).split('\0')
+  const environ = (await readFile(`/proc/${service.pid}/environ`, 'utf8')).split('\0')
   t.ok(environ.includes('NODE_ENV=production'), 'the server runs under NODE_ENV=production')
   t.notOk(environ.some((entry) => entry.startsWith('NODE_OPTIONS=')), 'and nothing preloaded through NODE_OPTIONS')
   t.ok(
-    output.split('\n').filter(Boolean).every((line) => line.startsWith('{')),
+    service.stdout.split('\n').filter(Boolean).every((line) => line.startsWith('{')),
     'it logs JSON lines (production logger)',
   )
 
@@ -277,7 +268,7 @@ t.test('the Dockerfile runtime stage, reproduced: production dependencies only, 
     headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'image/png' },
     body: new Uint8Array(image),
   })
-  const rawBody = (await raw.json()) as { key: string; sha256: string; width: number }
+  const rawBody = (await raw.json()) as StoredImage
   t.equal(raw.status, 201, `a raw upload is stored: ${JSON.stringify(rawBody).slice(0, 200)}`)
   t.equal(rawBody.width, 32)
   t.equal(await s3.sha256Of(rawBody.key), sha256(image), 'byte-exact in the bucket (one PutObject)')
@@ -286,7 +277,7 @@ t.test('the Dockerfile runtime stage, reproduced: production dependencies only, 
   const large = pngOfSize(6 * MiB, 5)
   const form = multipartBody([{ name: 'context', value: 'portraits' }, { name: 'file', filename: 'large.png', contentType: 'image/png', data: large }])
   const streamed = await fetch(`${base}/v1/images`, { method: 'POST', headers: { ...form.headers, authorization: `Bearer ${TOKEN}` }, body: new Uint8Array(form.payload) })
-  const streamedBody = (await streamed.json()) as { key: string; size: number }
+  const streamedBody = (await streamed.json()) as StoredImage
   t.equal(streamed.status, 201, `a 6 MiB form upload is stored: ${JSON.stringify(streamedBody).slice(0, 200)}`)
   t.equal(await s3.sha256Of(streamedBody.key), sha256(large), 'byte-exact in the bucket (multipart upload)')
 
@@ -302,8 +293,8 @@ t.test('the Dockerfile runtime stage, reproduced: production dependencies only, 
   )
   t.equal(check, 0, 'the Dockerfile HEALTHCHECK passes')
 
-  child.kill('SIGTERM')
-  t.equal(await exited, 0, 'SIGTERM: exit 0')
+  t.equal((await service.stop('SIGTERM')).code, 0, 'SIGTERM: exit 0')
+  const errors = service.stderr
   t.notMatch(errors, /ERR_MODULE_NOT_FOUND|Cannot find (module|package)/, `nothing missing at run time${errors ? `: ${errors.slice(0, 500)}` : ''}`)
 })
 

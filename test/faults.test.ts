@@ -8,6 +8,7 @@ import { buildTestApp } from './helpers/app.js'
 import { piecesOf, streamUpload, type StreamedUploadResult } from './helpers/client.js'
 import { listen } from './helpers/http.js'
 import { pngOfSize, sha256 } from './helpers/images.js'
+import { PROBLEM_JSON } from './helpers/problem.js'
 import { r2Env, startS3 } from './helpers/s3.js'
 import { FaultProxy, seededRandom, type Fault, type FaultPolicy } from './helpers/tcp-proxy.js'
 
@@ -22,7 +23,6 @@ t.setTimeout(150_000)
 t.jobs = 3
 const KiB = 1024
 const MiB = 1024 * KiB
-const PROBLEM_JSON = /^application\/problem\+json/
 
 const s3 = await startS3()
 t.teardown(() => s3.stop())

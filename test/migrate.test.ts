@@ -13,7 +13,7 @@ import { listen } from './helpers/http.js'
 import { pngOfSize, sha256 } from './helpers/images.js'
 import { LOCAL_SOURCE_ENV, spyNetwork, startSource } from './helpers/import.js'
 import { r2Env, startS3 } from './helpers/s3.js'
-import { serviceEnv } from './helpers/service.js'
+import { serviceEnv } from './helpers/service-process.js'
 
 t.setTimeout(40_000)
 

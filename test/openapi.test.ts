@@ -1,18 +1,13 @@
-import { subscribe, unsubscribe } from 'node:diagnostics_channel'
 import { once } from 'node:events'
 import { readFile } from 'node:fs/promises'
-import http from 'node:http'
 import net, { type AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import SwaggerParser from '@apidevtools/swagger-parser'
-import { Ajv2020, type ValidateFunction } from 'ajv/dist/2020.js'
-import addFormats from 'ajv-formats'
-import type { FastifyInstance } from 'fastify'
-import t, { type Test } from 'tap'
-import { parse } from 'yaml'
+import t from 'tap'
 import { buildMetricsApp } from '../src/app.js'
+import type { ImageMetadata, StoredImage } from '../src/client.js'
 import { loadConfig } from '../src/config.js'
 import { ERROR_CATALOGUE } from '../src/errors.js'
 import { FREE_TIER } from '../src/plugins/usage.js'
@@ -20,203 +15,33 @@ import { OPENAPI_PATH } from '../src/routes/openapi.js'
 import { FsDriver } from '../src/storage/fs.js'
 import { assertValidKey } from '../src/upload/keys.js'
 import { buildTestApp } from './helpers/app.js'
+import {
+  CONTRACT_HEAD_ROUTES,
+  SECURITY_HEADERS,
+  assertRoutesMatch,
+  buildRecordingRoutes,
+  conforms,
+  operationsOf,
+  rawDocument,
+  spec,
+  validatorFor,
+  type Operation,
+  type Schema,
+} from './helpers/contract.js'
+import { overSocket } from './helpers/http.js'
 import { png, pngHeaderOnly } from './helpers/images.js'
 import { LOCAL_SOURCE_ENV, spyNetwork, startSource } from './helpers/import.js'
 import { multipartBody } from './helpers/multipart.js'
 import type { UsageReport } from '../src/plugins/usage.js'
 
-type Schema = Record<string, unknown>
-interface HeaderObject {
-  required?: boolean
-  schema?: Schema
-}
-interface ResponseObject {
-  description: string
-  headers?: Record<string, HeaderObject>
-  content?: Record<string, { schema?: Schema }>
-}
-interface Operation {
-  security?: Record<string, string[]>[]
-  responses: Record<string, ResponseObject>
-}
-interface OpenApiDocument {
-  openapi: string
-  info: { version: string; description: string }
-  paths: Record<string, Record<string, unknown>>
-  components: { schemas: Record<string, Schema>; securitySchemes?: Record<string, Record<string, unknown>> }
-}
-
-/** What the conformance check needs of an answer, from inject or from a real socket. */
-interface Answer {
-  statusCode: number
-  headers: Record<string, string | string[] | number | undefined>
-  body: string
-}
-
-const HTTP_METHODS = ['get', 'head', 'post', 'put', 'delete', 'patch', 'options', 'trace'] as const
-/** HEAD routes the contract names; Fastify's automatic HEAD for other GET routes need not be documented. */
-const CONTRACT_HEAD_ROUTES = ['HEAD /v1/images/{key}', 'HEAD /files/{key}']
 /** A token of the shape API_KEYS requires, for the key named `bot`. */
 const TOKEN = 'tok-'.padEnd(40, '7')
 const WRONG_TOKEN = 'tok-'.padEnd(40, '8')
 const API_KEYS = `bot:${TOKEN}`
 const bearer = (token: string) => ({ authorization: `Bearer ${token}` })
 const WWW_AUTHENTICATE = 'Bearer realm="image-upload-service"'
-/**
- * The security headers the info section promises on every response the framework answers, as the header
- * line written there and as what an answer must carry.
- */
-const SECURITY_HEADERS: [documented: string, name: string, value: RegExp][] = [
-  ["Content-Security-Policy: default-src 'none';frame-ancestors 'none'", 'content-security-policy', /^default-src 'none';frame-ancestors 'none'(; sandbox)?$/],
-  ['X-Content-Type-Options: nosniff', 'x-content-type-options', /^nosniff$/],
-  ['Cross-Origin-Resource-Policy: cross-origin', 'cross-origin-resource-policy', /^cross-origin$/],
-]
 /** bearerAuth: every /v1/* operation, and GET /metrics as served on the public port (METRICS_PORT unset). */
 const isProtected = (specPath: string) => specPath.startsWith('/v1/') || specPath === '/metrics'
-
-const documentText = await readFile(OPENAPI_PATH, 'utf8')
-const rawDocument = parse(documentText) as OpenApiDocument
-// Every $ref resolved, so each response's schema can be compiled on its own.
-const spec = (await SwaggerParser.dereference(structuredClone(rawDocument) as never)) as unknown as OpenApiDocument
-
-const ajv = new Ajv2020({ allErrors: true, strict: true })
-addFormats.default(ajv)
-const validators = new Map<Schema, ValidateFunction>()
-function validatorFor(schema: Schema): ValidateFunction {
-  let validate = validators.get(schema)
-  if (!validate) {
-    validate = ajv.compile(schema)
-    validators.set(schema, validate)
-  }
-  return validate
-}
-
-function operationsOf(document: OpenApiDocument): { method: string; path: string; operation: Operation }[] {
-  return Object.entries(document.paths).flatMap(([path, item]) =>
-    HTTP_METHODS.filter((method) => item[method] !== undefined).map((method) => ({
-      method: method.toUpperCase(),
-      path,
-      operation: item[method] as Operation,
-    })),
-  )
-}
-
-/** `/v1/images/{key}` ↔ Fastify's `/v1/images/*`. */
-const asFastifyUrl = (specPath: string) => specPath.replace(/\{key\}$/, '*')
-const asSpecPath = (fastifyUrl: string) => fastifyUrl.replace(/\*$/, '{key}')
-
-function headerValue(answer: Answer, name: string): string | undefined {
-  const value = answer.headers[name.toLowerCase()]
-  return value === undefined ? undefined : Array.isArray(value) ? value.join(', ') : String(value)
-}
-
-/**
- * Asserts that an answer is one the spec describes for this route: its status is documented, every required
- * header is present, every documented header present has a valid value, and the body has a documented media type
- * and (for JSON) matches the schema. Returns the parsed JSON body, if any.
- */
-function conforms(t: Test, method: string, specPath: string, answer: Answer): unknown {
-  const label = `${method} ${specPath} ${answer.statusCode}`
-  const operation = spec.paths[specPath]?.[method.toLowerCase()] as Operation | undefined
-  if (!t.ok(operation, `${method} ${specPath} is in the spec`) || !operation) return undefined
-  const response = operation.responses[String(answer.statusCode)]
-  if (!t.ok(response, `${label} is a documented status`) || !response) return undefined
-  for (const [, name, value] of SECURITY_HEADERS) t.match(headerValue(answer, name), value, `${label}: ${name}`)
-
-  for (const [name, header] of Object.entries(response.headers ?? {})) {
-    const value = headerValue(answer, name)
-    if (value === undefined) {
-      t.notOk(header.required, `${label}: required header ${name} is sent`)
-      continue
-    }
-    if (!header.schema) continue
-    const instance = header.schema.type === 'integer' && /^-?\d+$/.test(value) ? Number(value) : value
-    const validate = validatorFor(header.schema)
-    t.ok(validate(instance), `${label}: header ${name}: ${value} matches its schema`, { errors: validate.errors })
-  }
-
-  if (method === 'HEAD' || !response.content) {
-    t.equal(answer.body, '', `${label}: no body`)
-    return undefined
-  }
-  const mediaType = (headerValue(answer, 'content-type') ?? '').split(';')[0]!.trim().toLowerCase()
-  const documented = Object.keys(response.content).find(
-    (key) => key === mediaType || (key.endsWith('/*') && mediaType.startsWith(key.slice(0, -1))),
-  )
-  if (!t.ok(documented, `${label}: Content-Type ${mediaType} is documented`, { documented: Object.keys(response.content) }) || !documented) {
-    return undefined
-  }
-  if (!/[/+]json$/.test(documented)) return undefined
-  const body: unknown = JSON.parse(answer.body)
-  const schema = response.content[documented]!.schema
-  if (!t.ok(schema, `${label}: the JSON body has a schema`) || !schema) return body
-  const validate = validatorFor(schema)
-  t.ok(validate(body), `${label}: body matches the schema`, { body, errors: validate.errors })
-  return body
-}
-
-/** Builds the app as the tests do, recording every route Fastify registers (automatic HEAD routes included). */
-async function buildRecordingRoutes(t: Test, env: NodeJS.ProcessEnv = {}) {
-  const routes = new Set<string>()
-  const onInit = (message: unknown) => {
-    const { fastify } = message as { fastify: FastifyInstance }
-    fastify.addHook('onRoute', (route) => {
-      for (const method of [route.method].flat()) routes.add(`${method} ${route.url}`)
-    })
-  }
-  subscribe('fastify.initialization', onInit)
-  try {
-    const built = await buildTestApp(t, env)
-    return { ...built, routes }
-  } finally {
-    unsubscribe('fastify.initialization', onInit)
-  }
-}
-
-/** Compares the routes an app registers with the spec's operations, both ways. */
-function assertRoutesMatch(t: Test, app: FastifyInstance, registered: Set<string>, documented: string[]) {
-  t.ok(registered.size > 0, 'routes were recorded')
-  const registeredSpecRoutes = new Set([...registered].map((route) => asSpecPath(route)))
-  for (const route of documented) {
-    t.ok(registeredSpecRoutes.has(route), `the app registers ${route}, which the spec documents`)
-    const [method, specPath] = route.split(' ') as [string, string]
-    t.ok(app.hasRoute({ method: method as 'GET', url: asFastifyUrl(specPath) }), `hasRoute ${route}`)
-  }
-  for (const route of registeredSpecRoutes) {
-    const [method, specPath] = route.split(' ') as [string, string]
-    const automaticHead = method === 'HEAD' && registeredSpecRoutes.has(`GET ${specPath}`) && !CONTRACT_HEAD_ROUTES.includes(route)
-    if (automaticHead) continue
-    t.ok(documented.includes(route), `the spec documents ${route}, which the app registers`)
-  }
-}
-
-/**
- * A request over a real socket. Used where inject differs from a client: inject resolves `%2e%2e` as a dot
- * segment before routing, and its request never becomes `complete`, so under inject every error answer says
- * `Connection: close` (and, once the body has been read, arrives only after the service's linger delay).
- */
-async function overSocket(
-  app: FastifyInstance,
-  request: { method?: string; url: string; headers?: Record<string, string>; payload?: Buffer | string },
-): Promise<Answer> {
-  if (!app.server.listening) await app.listen({ port: 0, host: '127.0.0.1' })
-  const { port } = app.server.address() as AddressInfo
-  const payload = request.payload === undefined ? undefined : Buffer.from(request.payload)
-  const headers = { ...request.headers, ...(payload && { 'content-length': String(payload.length) }) }
-  const agent = new http.Agent({ keepAlive: true })
-  return new Promise<Answer>((resolve, reject) => {
-    const outgoing = http.request({ host: '127.0.0.1', port, method: request.method ?? 'GET', path: request.url, headers, agent }, (response) => {
-      const chunks: Buffer[] = []
-      response.on('data', (chunk: Buffer) => chunks.push(chunk))
-      response.on('end', () =>
-        resolve({ statusCode: response.statusCode ?? 0, headers: response.headers, body: Buffer.concat(chunks).toString('utf8') }),
-      )
-      response.on('error', reject)
-    })
-    outgoing.on('error', reject)
-    outgoing.end(payload)
-  }).finally(() => agent.destroy())
-}
 
 const upload = (filename = 'portrait.png', data = png()) => multipartBody([{ name: 'file', filename, data }])
 
@@ -449,12 +274,12 @@ t.test('answers conform to the document', async (t) => {
     ])
     const created = await app.inject({ method: 'POST', url: '/v1/images', ...form })
     t.equal(created.statusCode, 201)
-    const stored = conforms(t, 'POST', '/v1/images', created) as { url: string; key: string; filename: string }
+    const stored = conforms(t, 'POST', '/v1/images', created) as StoredImage
     t.equal(created.headers.location, stored.url, 'Location is the url')
     t.equal(stored.filename, 'Thorgar.png', 'the filename without its directory')
     t.match(stored.key, /^portraits\/\d{4}\/\d{2}\/[a-z]{16,}_Thorgar\.png$/, 'the key format')
     const formMetadata = await app.inject({ url: `/v1/images/${stored.key}` })
-    const formRead = conforms(t, 'GET', '/v1/images/{key}', formMetadata) as { metadata: Record<string, string> } | undefined
+    const formRead = conforms(t, 'GET', '/v1/images/{key}', formMetadata) as ImageMetadata | undefined
     t.equal(formRead?.metadata.uploader_id, '1234', 'form fields are metadata, names case-folded')
 
     const raw = await app.inject({
@@ -464,13 +289,13 @@ t.test('answers conform to the document', async (t) => {
       payload: png(8, 8),
     })
     t.equal(raw.statusCode, 201)
-    const rawStored = conforms(t, 'POST', '/v1/images', raw) as { key: string; filename: string; sha256: string }
+    const rawStored = conforms(t, 'POST', '/v1/images', raw) as StoredImage
     t.equal(rawStored.filename, 'image.png', 'the default filename')
     t.match(rawStored.key, /^bot\/\d{4}\/\d{2}\/[a-z]{16,}_image\.png$/)
 
     const metadata = await app.inject({ url: `/v1/images/${rawStored.key}` })
     t.equal(metadata.statusCode, 200)
-    const read = conforms(t, 'GET', '/v1/images/{key}', metadata) as { metadata: Record<string, string> }
+    const read = conforms(t, 'GET', '/v1/images/{key}', metadata) as ImageMetadata
     t.equal(read.metadata.character_name, 'Thorgar Ø 永久', 'non-ASCII metadata round-trips')
     t.equal(read.metadata.sha256, rawStored.sha256, 'a single-request upload stores sha256')
 
@@ -537,11 +362,11 @@ t.test('answers conform to the document', async (t) => {
 
     const created = await overSocket(app, importOf(importBody()))
     t.equal(created.statusCode, 201)
-    const stored = conforms(t, 'POST', '/v1/images/import', created) as { url: string; key: string; filename: string } | undefined
+    const stored = conforms(t, 'POST', '/v1/images/import', created) as StoredImage | undefined
     t.equal(created.headers.location, stored?.url, 'Location is the url')
     t.equal(stored?.filename, 'portrait.png', 'the filename from the URL')
     const read = await overSocket(app, { url: `/v1/images/${stored?.key}` })
-    const metadata = (conforms(t, 'GET', '/v1/images/{key}', read) as { metadata: Record<string, string> } | undefined)?.metadata
+    const metadata = (conforms(t, 'GET', '/v1/images/{key}', read) as ImageMetadata | undefined)?.metadata
     t.equal(metadata?.migrated_from, importSource.url('/portrait.png'), 'migrated_from is the source URL')
 
     const body = (source_url: string, extra: Record<string, unknown> = {}) => JSON.stringify({ source_url, context: 'portraits', ...extra })
@@ -639,7 +464,7 @@ t.test('answers conform to the document', async (t) => {
     const { app } = await buildTestApp(t, { API_KEYS, DEFAULT_PORTRAIT_URL: fallback, ...IMPORT_ENV }, importOptions())
     const first = await overSocket(app, requestFor('POST', '/v1/images', '', bearer(TOKEN)))
     t.equal(first.statusCode, 201, 'the configured key uploads')
-    const { key } = JSON.parse(first.body) as { key: string }
+    const { key } = JSON.parse(first.body) as StoredImage
 
     const operations = operationsOf(spec)
     t.ok(operations.filter(({ operation }) => isSecured(operation)).length >= 4, 'the /v1/* operations are secured')
@@ -681,7 +506,7 @@ t.test('answers conform to the document', async (t) => {
     const { app } = await buildTestApp(t, { API_KEYS, RATE_LIMIT_PER_MINUTE: '1' })
     const first = await overSocket(app, requestFor('POST', '/v1/images', '', bearer(TOKEN)))
     t.equal(first.statusCode, 201, 'the first request is served')
-    const stored = conforms(t, 'POST', '/v1/images', first) as { key: string } | undefined
+    const stored = conforms(t, 'POST', '/v1/images', first) as StoredImage | undefined
     t.equal(first.headers['x-ratelimit-limit'], '1', 'X-RateLimit-Limit')
     t.equal(first.headers['x-ratelimit-remaining'], '0', 'X-RateLimit-Remaining')
 
@@ -751,7 +576,7 @@ t.test('answers conform to the document', async (t) => {
 
     const created = await overSocket(app, svgUpload(drawing))
     t.equal(created.statusCode, 201, 'a clean SVG is stored')
-    const stored = conforms(t, 'POST', '/v1/images', created) as { key: string; content_type: string; width: number; height: number } | undefined
+    const stored = conforms(t, 'POST', '/v1/images', created) as StoredImage | undefined
     t.equal(stored?.content_type, 'image/svg+xml')
     t.match(stored?.key, /_drawing\.svg$/, 'extension svg')
     t.same([stored?.width, stored?.height], [40, 30], 'the size the root declares')
@@ -765,7 +590,7 @@ t.test('answers conform to the document', async (t) => {
     conforms(t, 'GET', '/files/{key}', file)
     t.equal(file.body, drawing, 'the same bytes')
     t.equal(file.headers['content-security-policy'], "default-src 'none';frame-ancestors 'none'; sandbox", 'served sandboxed')
-    const raster = JSON.parse((await overSocket(app, { method: 'POST', url: '/v1/images', headers: { 'content-type': 'image/png' }, payload: png() })).body) as { key: string }
+    const raster = JSON.parse((await overSocket(app, { method: 'POST', url: '/v1/images', headers: { 'content-type': 'image/png' }, payload: png() })).body) as StoredImage
     const rasterFile = await overSocket(app, { url: `/files/${raster.key}` })
     conforms(t, 'GET', '/files/{key}', rasterFile)
     t.equal(rasterFile.headers['content-security-policy'], "default-src 'none';frame-ancestors 'none'", 'a raster image is not sandboxed')

@@ -9,10 +9,10 @@ import { piecesOf, streamUpload } from './helpers/client.js'
 import { closedPort, listen, silentServer } from './helpers/http.js'
 import { pngOfSize, sha256 } from './helpers/images.js'
 import { multipartBody, type FormPart } from './helpers/multipart.js'
+import { PROBLEM_JSON } from './helpers/problem.js'
 import { HeadObjectCommand, TEST_BUCKET, r2DriverOf, recordCommands, r2Env as s3Env, startS3 } from './helpers/s3.js'
 
 const CACHE_CONTROL = 'public, max-age=31536000, immutable'
-const PROBLEM_JSON = /^application\/problem\+json/
 const FALLBACK_URL = 'https://cdn.example.test/default.png'
 const KiB = 1024
 const MiB = 1024 * 1024

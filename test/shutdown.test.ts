@@ -1,19 +1,16 @@
-import { spawn, type ChildProcessByStdio } from 'node:child_process'
 import http from 'node:http'
 import net from 'node:net'
-import type { Readable } from 'node:stream'
 import { readFile } from 'node:fs/promises'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { fileURLToPath } from 'node:url'
 import t, { type Test } from 'tap'
+import type { StoredImage } from '../src/client.js'
 import { pngOfSize, sha256 } from './helpers/images.js'
+import { PROBLEM_JSON } from './helpers/problem.js'
 import { r2Env, startS3 } from './helpers/s3.js'
-import { SERVICE_ARGS, serviceEnv } from './helpers/service.js'
+import { startService } from './helpers/service-process.js'
 
 const KiB = 1024
 const MiB = 1024 * 1024
-const ROOT = fileURLToPath(new URL('..', import.meta.url))
-const PROBLEM_JSON = /^application\/problem\+json/
 /** How long an early answer waits for the client to stop sending before closing (not exported: read from the source). */
 const LINGER_MS = Number(
   /const LINGER_MS = ([\d_]+)/.exec(await readFile(new URL('../src/plugins/problem-details.ts', import.meta.url), 'utf8'))![1]!.replaceAll('_', ''),
@@ -25,73 +22,11 @@ t.setTimeout(120_000)
 const s3 = await startS3()
 t.teardown(() => s3.stop())
 
-/** Services still running if this process ends early (a tap timeout skips teardowns): never left orphaned. */
-const running = new Set<ChildProcessByStdio<null, Readable, null>>()
-process.once('exit', () => {
-  for (const child of running) child.kill('SIGKILL')
-})
-
-interface LogLine {
-  msg?: string
-  [field: string]: unknown
-}
-
 /** The service in a process of its own (src/server.ts, as in production), so it can be sent SIGTERM. */
-async function startService(t: Test, env: NodeJS.ProcessEnv) {
-  const child: ChildProcessByStdio<null, Readable, null> = spawn(process.execPath, SERVICE_ARGS, {
-    cwd: ROOT,
-    env: serviceEnv({ ...r2Env(s3.endpoint), HOST: '127.0.0.1', PORT: '0', LOG_LEVEL: 'info', USAGE_SCAN_INTERVAL_S: '0', ...env }),
-    stdio: ['ignore', 'pipe', 'inherit'],
-  })
-  running.add(child)
-  // Timed at 'exit', settled at 'close': only then has every line the process wrote been read.
-  let exitedAt = 0
-  child.once('exit', () => {
-    exitedAt = Date.now()
-    running.delete(child)
-  })
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; at: number }>((resolve) =>
-    child.once('close', (code, signal) => resolve({ code, signal, at: exitedAt })),
-  )
-  t.teardown(() => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
-  })
-  const logs: LogLine[] = []
-  const waiters: { test: (line: LogLine) => boolean; resolve: (line: LogLine) => void }[] = []
-  let pending = ''
-  child.stdout.setEncoding('utf8')
-  child.stdout.on('data', (chunk: string) => {
-    pending += chunk
-    const lines = pending.split('\n')
-    pending = lines.pop()!
-    for (const text of lines) {
-      let line: LogLine
-      try {
-        line = JSON.parse(text) as LogLine
-      } catch {
-        line = { msg: text }
-      }
-      logs.push(line)
-      for (const waiter of [...waiters]) {
-        if (waiter.test(line)) {
-          waiters.splice(waiters.indexOf(waiter), 1)
-          waiter.resolve(line)
-        }
-      }
-    }
-  })
-  /** The first log line (already written or to come) matching `test`; rejects if the process exits first. */
-  const waitForLog = (test: (line: LogLine) => boolean, what: string): Promise<LogLine> => {
-    const seen = logs.find(test)
-    if (seen) return Promise.resolve(seen)
-    return Promise.race([
-      new Promise<LogLine>((resolve) => waiters.push({ test, resolve })),
-      exited.then(({ code }) => Promise.reject(new Error(`the service exited (${code}) before logging ${what}`))),
-    ])
-  }
-  const listening = await waitForLog((line) => /Server listening at http:\/\/127\.0\.0\.1:\d+/.test(line.msg ?? ''), 'that it listens')
-  const port = Number(/:(\d+)$/.exec(listening.msg!)![1])
-  return { child, exited, logs, waitForLog, target: { host: '127.0.0.1', port } }
+async function startShutdownService(t: Test, env: NodeJS.ProcessEnv) {
+  const service = await startService({ env: { ...r2Env(s3.endpoint), LOG_LEVEL: 'info', USAGE_SCAN_INTERVAL_S: '0', ...env } })
+  t.teardown(() => service.kill())
+  return service
 }
 
 type Outcome =
@@ -208,7 +143,7 @@ async function until(condition: () => Promise<boolean>, what: string, withinMs =
 t.test('SIGTERM during a slow upload: it finishes with 201 and a byte-exact object, new connections are refused, exit 0', async (t) => {
   // Long enough for the rest of the upload (about 0.8 s after the signal): the abort must never fire here.
   const SHUTDOWN_TIMEOUT_MS = 10_000
-  const service = await startService(t, { SHUTDOWN_TIMEOUT_MS: String(SHUTDOWN_TIMEOUT_MS) })
+  const service = await startShutdownService(t, { SHUTDOWN_TIMEOUT_MS: String(SHUTDOWN_TIMEOUT_MS) })
   const keysBefore = await s3.keys()
 
   const image = pngOfSize(2 * MiB, 11)
@@ -243,7 +178,7 @@ t.test('SIGTERM during a slow upload: it finishes with 201 and a byte-exact obje
   t.ok(outcome.at - signalledAt > 500, `answered ${outcome.at - signalledAt} ms after SIGTERM, having received the rest of the body`)
   const newKeys = (await s3.keys()).filter((key) => !keysBefore.includes(key))
   if (status === 201) {
-    const stored = JSON.parse(body) as { key: string; size: number; sha256: string }
+    const stored = JSON.parse(body) as StoredImage
     t.equal(stored.size, image.length, 'the whole body was stored')
     t.equal(stored.sha256, sha256(image), 'the service hashed exactly the bytes sent')
     t.equal(await s3.sha256Of(stored.key), sha256(image), 'the stored object is byte-exact')
@@ -259,7 +194,7 @@ t.test('SIGTERM during a slow upload: it finishes with 201 and a byte-exact obje
 
 t.test('SIGTERM with uploads that stall past SHUTDOWN_TIMEOUT_MS: they end, nothing is stored, exit 0', async (t) => {
   const SHUTDOWN_TIMEOUT_MS = 2000
-  const service = await startService(t, { SHUTDOWN_TIMEOUT_MS: String(SHUTDOWN_TIMEOUT_MS) })
+  const service = await startShutdownService(t, { SHUTDOWN_TIMEOUT_MS: String(SHUTDOWN_TIMEOUT_MS) })
   const keysBefore = await s3.keys()
   const headers = (size: number) => ({ 'content-type': 'image/png', 'content-length': String(size) })
 
@@ -329,7 +264,7 @@ t.test('SIGTERM with uploads that stall past SHUTDOWN_TIMEOUT_MS: they end, noth
 t.test('a client that neither reads the 503 nor hangs up holds the exit for LINGER_MS at most', async (t) => {
   // What fly.toml's kill_timeout must allow for beyond SHUTDOWN_TIMEOUT_MS (test/deploy.test.ts checks it).
   const SHUTDOWN_TIMEOUT_MS = 2000
-  const service = await startService(t, { SHUTDOWN_TIMEOUT_MS: String(SHUTDOWN_TIMEOUT_MS) })
+  const service = await startShutdownService(t, { SHUTDOWN_TIMEOUT_MS: String(SHUTDOWN_TIMEOUT_MS) })
   const keysBefore = await s3.keys()
   const image = pngOfSize(2 * MiB, 31)
   const socket = net.connect(service.target)

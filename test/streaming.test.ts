@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process'
 import { readFile } from 'node:fs/promises'
 import t from 'tap'
 import { buildTestApp, storedFiles } from './helpers/app.js'
@@ -7,7 +6,7 @@ import { listen } from './helpers/http.js'
 import { pngStream } from './helpers/images.js'
 import { multipartStream } from './helpers/multipart.js'
 import { r2Env, startS3 } from './helpers/s3.js'
-import { SERVICE_ARGS, serviceEnv } from './helpers/service.js'
+import { startService } from './helpers/service-process.js'
 
 const MiB = 1024 * 1024
 
@@ -52,28 +51,13 @@ t.test('a 100 MiB upload streams through with bounded memory and arrives byte-ex
   const s3 = await startS3()
   t.teardown(() => s3.stop())
   // The service runs in its own process, so its memory is measured apart from the test and the S3 server.
-  const child = spawn(process.execPath, SERVICE_ARGS, {
-    env: serviceEnv({ ...r2Env(s3.endpoint), HOST: '127.0.0.1', PORT: '0', LOG_LEVEL: 'info' }),
-    stdio: ['ignore', 'pipe', 'inherit'],
-  })
-  t.teardown(() => {
-    child.kill('SIGKILL')
-  })
-  const port = await new Promise<number>((resolve, reject) => {
-    let output = ''
-    child.stdout.on('data', (chunk: Buffer) => {
-      output += chunk
-      const match = /Server listening at http:\/\/127\.0\.0\.1:(\d+)/.exec(output)
-      if (match) resolve(Number(match[1]))
-    })
-    child.once('exit', (code) => reject(new Error(`the service exited with ${code}`)))
-  })
-  child.stdout.resume()
-  const server = { host: '127.0.0.1', port }
+  const service = await startService({ env: { ...r2Env(s3.endpoint), LOG_LEVEL: 'info' } })
+  t.teardown(() => service.kill())
+  const server = service.target
 
   const warmUp = pngStream(6 * MiB) // exercises the multipart path once, so the baseline includes loaded code
   t.equal((await streamUpload(server, '/v1/images', { 'content-type': 'image/png' }, warmUp.stream)).status, 201)
-  const baseline = await peakRss(child.pid!)
+  const baseline = await peakRss(service.pid)
 
   const upload = pngStream(100 * MiB)
   const result = await streamUpload(server, '/v1/images?filename=big.png', { 'content-type': 'image/png' }, upload.stream)
@@ -84,7 +68,7 @@ t.test('a 100 MiB upload streams through with bounded memory and arrives byte-ex
   t.equal(body.sha256, upload.sha256(), 'the service hashed the bytes sent')
   t.equal(await s3.sha256Of(body.key), body.sha256, 'the backend holds the bytes sent')
 
-  const growth = (await peakRss(child.pid!)) - baseline
+  const growth = (await peakRss(service.pid)) - baseline
   t.comment(`service peak RSS: baseline ${(baseline / MiB).toFixed(1)} MiB, grew by ${(growth / MiB).toFixed(1)} MiB during the 100 MiB upload`)
   t.ok(growth < 64 * MiB, `peak RSS grew by ${(growth / MiB).toFixed(1)} MiB (< 64 MiB)`)
 })

@@ -57,3 +57,39 @@ export async function silentServer(t: Test): Promise<{ port: number; received():
   })
   return { port: (server.address() as net.AddressInfo).port, received: () => Buffer.concat(chunks) }
 }
+
+/** An answer as the contract checker takes it, from inject or from a real socket. */
+export interface Answer {
+  statusCode: number
+  headers: Record<string, string | string[] | number | undefined>
+  body: string
+}
+
+/**
+ * A request over a real socket. Used where inject differs from a client: inject resolves `%2e%2e` as a dot
+ * segment before routing, and its request never becomes `complete`, so under inject every error answer says
+ * `Connection: close` (and, once the body has been read, arrives only after the service's linger delay).
+ */
+export async function overSocket(
+  app: FastifyInstance,
+  request: { method?: string; url: string; headers?: Record<string, string>; payload?: Buffer | string },
+): Promise<Answer> {
+  if (!app.server.listening) await app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = app.server.address() as net.AddressInfo
+  const payload = request.payload === undefined ? undefined : Buffer.from(request.payload)
+  const headers = { ...request.headers, ...(payload && { 'content-length': String(payload.length) }) }
+  const agent = new http.Agent({ keepAlive: true })
+  return new Promise<Answer>((resolve, reject) => {
+    const outgoing = http.request({ host: '127.0.0.1', port, method: request.method ?? 'GET', path: request.url, headers, agent }, (response) => {
+      const chunks: Buffer[] = []
+      response.on('data', (chunk: Buffer) => chunks.push(chunk))
+      response.on('end', () =>
+        resolve({ statusCode: response.statusCode ?? 0, headers: response.headers, body: Buffer.concat(chunks).toString('utf8') }),
+      )
+      response.on('error', reject)
+    })
+    outgoing.on('error', reject)
+    outgoing.end(payload)
+  }).finally(() => agent.destroy())
+}
+
