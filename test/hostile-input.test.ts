@@ -6,10 +6,11 @@
 import { mkdir, mkdtemp, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
+import { Readable } from 'node:stream'
 import t from 'tap'
 import { FsDriver } from '../src/storage/fs.js'
 import { buildTestApp, storedFiles } from './helpers/app.js'
-import { gif, jpeg, noise, png, webp } from './helpers/images.js'
+import { animatedGif, gif, gifSubBlocks, jpeg, noise, png, sha256, webp } from './helpers/images.js'
 import { listen } from './helpers/http.js'
 import { formPieces } from './helpers/multipart.js'
 import { problemViolation } from './helpers/problem.js'
@@ -547,4 +548,38 @@ t.test('(B) a malformed-input corpus: no crash, no 5xx, only contract problems, 
   t.same(served.response?.body, image, 'and served')
   t.equal((await exchange(server, [requestHead('GET', '/healthz', [CLOSE])])).response?.status, 200, '/healthz 200')
   t.equal((await exchange(server, [requestHead('GET', '/readyz', [CLOSE])])).response?.status, 200, '/readyz 200')
+})
+
+t.test('(C) every GIF frame is held to MAX_IMAGE_PIXELS as the bytes stream, not only the first', async (t) => {
+  const { app, dataDir } = await buildTestApp(t, { MAX_IMAGE_PIXELS: '1000000' })
+  const screen = { width: 40, height: 30 }
+  const frame = { width: 40, height: 30 }
+  // A long comment between the frames puts the last one past what is read before storage is written to.
+  const filler = Buffer.concat([Buffer.from([0x21, 0xfe]), gifSubBlocks(noise(6 * 1024 * 1024, 11))])
+  const withFiller = (data: Buffer) => {
+    const second = data.indexOf(Buffer.from([0x21, 0xf9]), 60)
+    return Buffer.concat([data.subarray(0, second), filler, data.subarray(second)])
+  }
+  const upload = (payload: Buffer | Readable) => app.inject({ method: 'POST', url: '/v1/images?filename=anim.gif', headers: { 'content-type': 'image/gif' }, payload })
+  const inChunks = (data: Buffer) => Readable.from(Array.from({ length: Math.ceil(data.length / 65536) }, (_, index) => data.subarray(index * 65536, (index + 1) * 65536)))
+
+  const bombs: [string, Buffer | Readable][] = [
+    ['frame 3 of a small animation', animatedGif(screen, [frame, frame, { width: 60_000, height: 60_000 }, frame])],
+    ['after 6 MiB, with Content-Length', withFiller(animatedGif(screen, [frame, frame, { width: 60_000, height: 60_000 }]))],
+    ['after 6 MiB, chunked', inChunks(withFiller(animatedGif(screen, [frame, frame, { width: 60_000, height: 60_000 }])))],
+  ]
+  for (const [what, payload] of bombs) {
+    const response = await upload(payload)
+    t.equal(response.statusCode, 422, `${what}: ${response.body.slice(0, 200)}`)
+    t.match(response.json(), { code: 'image_too_many_pixels', detail: /^Frame 3 of the GIF \(60000 × 60000 at 0, 0\)/ }, what)
+  }
+  t.same(await storedFiles(dataDir), [], 'nothing stored')
+
+  const clean = withFiller(animatedGif(screen, [frame, frame, { width: 10, height: 10, left: 30, top: 20 }]))
+  const stored = await upload(inChunks(clean))
+  t.equal(stored.statusCode, 201, stored.body.slice(0, 200))
+  t.match(stored.json(), { content_type: 'image/gif', width: 40, height: 30, sha256: sha256(clean) })
+  const files = await storedFiles(dataDir)
+  t.equal(files.length, 1)
+  t.equal(sha256(await readFile(path.join(dataDir, 'objects', files[0]!))), sha256(clean), 'the clean animation is stored whole')
 })

@@ -5,6 +5,9 @@ import { buildTestApp, storedFiles } from './helpers/app.js'
 import { png, sha256 } from './helpers/images.js'
 import { multipartBody } from './helpers/multipart.js'
 
+// The worst cases below take seconds on a quiet machine, many more on a shared one.
+t.setTimeout(300_000)
+
 const SVG_ALLOWED = { ALLOWED_TYPES: 'image/png,image/svg+xml' }
 const NAMESPACES = 'xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink"'
 /** An SVG document around `body`, 40 × 30 unless `size` says otherwise. */
@@ -190,4 +193,80 @@ t.test('the pixel limit applies to SVG', async (t) => {
     t.match(response.json(), { code: 'image_too_many_pixels', detail: /100000 × 100000/ })
   }
   t.same(await storedFiles(dataDir), [])
+})
+
+/** `unit` repeated between `head` and `tail`, to as close to `bytes` as whole units allow (ASCII only). */
+const filled = (head: string, unit: (index: number) => string, tail: string, bytes = SVG_MAX_BYTES) => {
+  const parts = [head]
+  let length = head.length + tail.length
+  for (let index = 0; ; index++) {
+    const next = unit(index)
+    if (length + next.length > bytes) break
+    parts.push(next)
+    length += next.length
+  }
+  return parts.join('') + tail
+}
+const ROOT = `<svg ${NAMESPACES} width="40" height="30"`
+
+/**
+ * Measures how long the event loop is held while `work` runs: a 1 ms timer notes when it gets to run.
+ * On a shared machine the process may also wait for a core, which delays the timer without any code
+ * holding the loop; so each gap counts at most the CPU time the process used in it.
+ */
+async function eventLoopHeld<T>(work: () => Promise<T>): Promise<{ result: T; heldMs: number; delayMs: number }> {
+  let heldMs = 0
+  let delayMs = 0
+  let last = { at: performance.now(), cpu: process.cpuUsage() }
+  const probe = setInterval(() => {
+    const now = { at: performance.now(), cpu: process.cpuUsage() }
+    const gap = now.at - last.at
+    const cpu = process.cpuUsage(last.cpu)
+    heldMs = Math.max(heldMs, Math.min(gap, (cpu.user + cpu.system) / 1000))
+    delayMs = Math.max(delayMs, gap)
+    last = now
+  }, 1)
+  try {
+    const result = await work()
+    const cpu = process.cpuUsage(last.cpu)
+    const gap = performance.now() - last.at
+    return { result, heldMs: Math.max(heldMs, Math.min(gap, (cpu.user + cpu.system) / 1000)), delayMs: Math.max(delayMs, gap) }
+  } finally {
+    clearInterval(probe)
+  }
+}
+
+t.test('no SVG within SVG_MAX_BYTES holds the event loop: worst cases are checked in slices, in linear time', async (t) => {
+  const { app, dataDir } = await buildTestApp(t, SVG_ALLOWED)
+  const refused = (detail: RegExp) => ({ status: 415, detail })
+  // Each document is built when its turn comes: holding them all would only make garbage collection slower.
+  const worstCases: [string, () => string, { status: number; detail?: RegExp }][] = [
+    ['many elements at the depth limit', () => filled(`${ROOT}>${'<g>'.repeat(254)}`, () => '<g/>', `${'</g>'.repeat(254)}</svg>`), refused(/more than 100000 elements/)],
+    ['many elements', () => filled(`${ROOT}>`, () => '<g/>', '</svg>'), refused(/more than 100000 elements/)],
+    ['many attributes', () => filled(ROOT, (i) => ` a${i}=""`, '/>'), refused(/more than 256 attributes/)],
+    ['many prefixed attributes', () => filled(`${ROOT}><g`, (i) => ` xlink:a${i}=""`, '/></svg>'), refused(/more than 256 attributes/)],
+    ['many namespace declarations', () => filled(ROOT, (i) => ` xmlns:n${i}="urn:${i}"`, '/>'), refused(/more than 256 attributes/)],
+    ['huge text', () => filled(`${ROOT}><text>`, () => 'x', '</text></svg>'), { status: 201 }],
+    ['character references in text', () => filled(`${ROOT}><text>`, () => '&#65;', '</text></svg>'), { status: 201 }],
+    ['character references in an attribute', () => filled(`${ROOT}><rect fill="`, () => '&#x61;', '"/></svg>'), { status: 201 }],
+    ['a huge style sheet', () => filled(`${ROOT}><style>`, () => 'a{fill:url(#g)}', '</style></svg>'), { status: 201 }],
+    ['many style elements', () => filled(`${ROOT}>`, () => '<style>a{}</style>', '</svg>'), { status: 201 }],
+    ['comments', () => filled(`${ROOT}>`, () => '<!---->', '</svg>'), { status: 201 }],
+    ['a huge element name', () => filled(`${ROOT}><g`, () => 'g', '/></svg>'), { status: 201 }],
+    ['deep nesting, closed', () => filled(`${ROOT}>`, (i) => (i < 65_000 ? '<g>' : '</g>'), '</svg>'), refused(/nests elements deeper than 256/)],
+    ['deep nesting', () => filled(`${ROOT}>`, () => '<g>', ''), refused(/nests elements deeper than 256/)],
+    ['deep nesting of prefixed elements with prefixed attributes', () => filled(`${ROOT} xmlns:s="${'http://www.w3.org/2000/svg'}">`, () => '<s:g xlink:title="">', ''), refused(/nests elements deeper than 256/)],
+    ['a namespace declared at every level', () => filled(`${ROOT}>`, (i) => `<g xmlns:n${i}="urn:${i}">`, ''), refused(/nests elements deeper than 256/)],  ]
+  for (const [name, build, expected] of worstCases) {
+    const document = build()
+    t.ok(Buffer.byteLength(document) <= SVG_MAX_BYTES, `${name}: within SVG_MAX_BYTES`)
+    const started = performance.now()
+    const { result: response, heldMs, delayMs } = await eventLoopHeld(() => app.inject(raw(document)))
+    const elapsed = performance.now() - started
+    t.equal(response.statusCode, expected.status, `${name}: ${response.body.slice(0, 200)}`)
+    if (expected.detail) t.match(response.json(), { code: 'unsupported_media_type', detail: expected.detail }, name)
+    const figures = `held at most ${heldMs.toFixed(0)} ms of CPU (longest timer delay ${delayMs.toFixed(0)} ms; answered in ${elapsed.toFixed(0)} ms)`
+    t.ok(heldMs < 100, `${name}: the event loop was ${figures}`)
+  }
+  t.equal((await storedFiles(dataDir)).length, worstCases.filter(([, , expected]) => expected.status === 201).length, 'only the accepted ones stored')
 })

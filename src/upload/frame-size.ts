@@ -2,13 +2,13 @@ import { ApiError } from '../errors.js'
 
 /**
  * Strict readers of the size a decoder will use, for the formats where image-size can be fooled: it
- * resynchronises past garbage in a JPEG (so a real frame header can hide behind a fake one) and reads
- * only a GIF's screen size (a first frame may be far larger). Each returns undefined while the bytes
- * seen so far end before the answer, and refuses a header that is not well formed.
+ * resynchronises past garbage in a JPEG (so a real frame header can hide behind a fake one), and reads
+ * only a GIF's screen size (its frames may be far larger: gif.ts reads them). Each returns undefined
+ * while the bytes seen so far end before the answer, and refuses a header that is not well formed.
  */
 export type Size = { width: number; height: number }
 
-function corrupt(format: string, why: string): never {
+export function corrupt(format: string, why: string): never {
   throw new ApiError('unsupported_media_type', `The ${format} header is corrupt: ${why}.`)
 }
 
@@ -34,33 +34,5 @@ export function jpegFrameSize(data: Uint8Array): Size | undefined {
       return { height: (data[at + 3]! << 8) | data[at + 4]!, width: (data[at + 5]! << 8) | data[at + 6]! }
     }
     at += length
-  }
-}
-
-/** The logical screen, grown to the first frame's extent (decoders draw the whole first frame). */
-export function gifFrameSize(data: Uint8Array): Size | undefined {
-  const view = new DataView(data.buffer, data.byteOffset, data.byteLength)
-  if (data.length < 13) return undefined
-  const screen = { width: view.getUint16(6, true), height: view.getUint16(8, true) }
-  const flags = data[10]!
-  let at = 13 + (flags & 0x80 ? 3 * 2 ** ((flags & 0x07) + 1) : 0) // global colour table
-  for (;;) {
-    if (at >= data.length) return undefined
-    const block = data[at]!
-    if (block === 0x2c) {
-      if (at + 9 > data.length) return undefined
-      return {
-        width: Math.max(screen.width, view.getUint16(at + 1, true) + view.getUint16(at + 5, true)),
-        height: Math.max(screen.height, view.getUint16(at + 3, true) + view.getUint16(at + 7, true)),
-      }
-    }
-    if (block !== 0x21) corrupt('GIF', block === 0x3b ? 'it ends before any frame' : `an unknown block at offset ${at}`)
-    at += 2 // introducer and label, then sub-blocks until an empty one
-    for (;;) {
-      if (at >= data.length) return undefined
-      const size = data[at]!
-      at += 1 + size
-      if (size === 0) break
-    }
   }
 }

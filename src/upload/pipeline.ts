@@ -6,7 +6,8 @@ import { ApiError } from '../errors.js'
 import type { StorageDriver } from '../storage/driver.js'
 import { SINGLE_REQUEST_MAX_BYTES } from '../storage/driver.js'
 import { IMAGE_EXTENSIONS, asImageType, type ImageType } from '../image-types.js'
-import { gifFrameSize, jpegFrameSize, type Size } from './frame-size.js'
+import { jpegFrameSize, type Size } from './frame-size.js'
+import { GifFrameInspector, gifFrameSize } from './gif.js'
 import { newObjectKey, publicUrlOf } from './keys.js'
 import { SVG_MAX_BYTES, checkSvg, looksLikeMarkup } from './svg.js'
 
@@ -66,6 +67,8 @@ export async function storeUpload(source: UploadSource, policy: UploadPolicy, si
   if (width * height > policy.maxPixels) {
     throw new ApiError('image_too_many_pixels', `The image is ${width} × ${height} pixels; at most ${policy.maxPixels} are accepted.`)
   }
+  // An animation's later frames come with the body: each is held to the limit as its bytes pass.
+  if (contentType === 'image/gif') reader.observe(new GifFrameInspector(policy.maxPixels))
   const extension = IMAGE_EXTENSIONS[contentType]
   const filename = source.filename || `image.${extension}`
   const key = newObjectKey(source.context, filename, extension)
@@ -169,6 +172,7 @@ class CountingReader {
   bufferedBytes = 0
   private buffered: Buffer[] = []
   private readonly hash = createHash('sha256')
+  private observer: { write(chunk: Buffer): void } | undefined
   private readonly iterator: AsyncIterator<Buffer>
 
   constructor(
@@ -206,7 +210,14 @@ class CountingReader {
       throw new ApiError('image_too_large', `The image is larger than the limit of ${this.maxBytes} bytes.`)
     }
     this.hash.update(chunk)
+    this.observer?.write(chunk)
     return chunk
+  }
+
+  /** Shows `observer` the bytes held so far, then every chunk as it is read, before anything else sees it. */
+  observe(observer: { write(chunk: Buffer): void }): void {
+    observer.write(this.head())
+    this.observer = observer
   }
 
   /** Buffers chunks until at least `bytes` are held or the body ends. */

@@ -1,9 +1,20 @@
+import { setImmediate as nextTurn } from 'node:timers/promises'
 import { SaxesParser, type SaxesAttributeNS, type SaxesTagNS } from 'saxes'
 import { ApiError } from '../errors.js'
 import type { Size } from './frame-size.js'
 
 /** An SVG is checked whole before anything is stored, so it is held in memory: at most this much. */
 export const SVG_MAX_BYTES = 1024 * 1024
+/**
+ * What a document may count, so that no count makes checking it costly: resolving a namespace walks the
+ * open elements (deep nesting made checking quadratic), and an element's attributes are held until its
+ * tag ends. 256 levels is also where browsers' XML parser (libxml2) stops; drawings nest a few dozen.
+ */
+export const SVG_MAX_DEPTH = 256
+export const SVG_MAX_ATTRIBUTES = 256
+export const SVG_MAX_ELEMENTS = 100_000
+/** Characters parsed between turns of the event loop: a few milliseconds of work on a busy machine. */
+const SLICE_CHARACTERS = 8 * 1024
 
 const SVG_NAMESPACE = 'http://www.w3.org/2000/svg'
 const XHTML_NAMESPACE = 'http://www.w3.org/1999/xhtml'
@@ -27,8 +38,10 @@ export function looksLikeMarkup(head: Buffer): boolean {
  * Parses the whole document with a conforming XML parser, which decodes character references before the
  * checks see a value, and refuses what could run script or load another resource when the SVG is opened
  * (served as image/svg+xml it is a document, not a picture). Returns the size the root declares.
+ * The parser is fed in slices, yielding between them, so other requests are served while a large
+ * document is checked.
  */
-export function checkSvg(document: Buffer): Size {
+export async function checkSvg(document: Buffer): Promise<Size> {
   let text: string
   try {
     text = new TextDecoder('utf-8', { fatal: true }).decode(document)
@@ -39,6 +52,18 @@ export function checkSvg(document: Buffer): Size {
   let size: Size | undefined
   let styleDepth = 0
   let css = ''
+  let depth = 0
+  let elements = 0
+  let attributes = 0
+  // Counted as the parser meets them, before it does any per-element work that the counts would multiply.
+  parser.on('opentagstart', () => {
+    if (++depth > SVG_MAX_DEPTH) refuse(`The SVG nests elements deeper than ${SVG_MAX_DEPTH} levels.`)
+    if (++elements > SVG_MAX_ELEMENTS) refuse(`The SVG has more than ${SVG_MAX_ELEMENTS} elements.`)
+    attributes = 0
+  })
+  parser.on('attribute', () => {
+    if (++attributes > SVG_MAX_ATTRIBUTES) refuse(`The SVG has an element with more than ${SVG_MAX_ATTRIBUTES} attributes.`)
+  })
   // A browser honours the declared encoding; parsing as UTF-8 what it reads otherwise could hide markup.
   parser.on('xmldecl', ({ encoding }) => {
     if (encoding !== undefined && !/^utf-?8$/i.test(encoding)) refuse(`The SVG declares the encoding ${encoding}; only UTF-8 is accepted.`)
@@ -56,6 +81,7 @@ export function checkSvg(document: Buffer): Size {
   parser.on('text', readCss)
   parser.on('cdata', readCss)
   parser.on('closetag', (tag) => {
+    depth--
     // The whole element at once: comments or CDATA sections could split "@import" across events.
     if (tag.local.toLowerCase() === 'style' && --styleDepth === 0) {
       checkCss(css, 'a <style> element')
@@ -63,7 +89,15 @@ export function checkSvg(document: Buffer): Size {
     }
   })
   try {
-    parser.write(text).close()
+    for (let at = 0; at < text.length; ) {
+      let end = Math.min(at + SLICE_CHARACTERS, text.length)
+      const last = text.charCodeAt(end - 1)
+      if (last >= 0xd800 && last <= 0xdbff) end++ // a surrogate pair stays in one slice
+      parser.write(text.slice(at, end))
+      at = end
+      await nextTurn()
+    }
+    parser.close()
   } catch (error) {
     if (error instanceof ApiError) throw error
     refuse(`The SVG is not well-formed XML: ${(error as Error).message}`)

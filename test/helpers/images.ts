@@ -114,3 +114,60 @@ export function webp(width = 9, height = 8): Buffer {
 }
 
 export const sha256 = (data: Buffer | string): string => createHash('sha256').update(data).digest('hex')
+
+export type GifFrame = { width: number; height: number; left?: number; top?: number; localColours?: boolean }
+
+/**
+ * A GIF89a animation that decoders play: a global colour table, a looping NETSCAPE extension, a comment,
+ * and per frame a graphic control extension and image data. Frames of at most `MAX_DRAWN_PIXELS` carry
+ * real LZW data (a clear code before each pixel keeps codes 3 bits wide); larger ones, pixel bombs that
+ * must be refused from their descriptor, carry one pixel of it.
+ */
+export function animatedGif(screen: { width: number; height: number }, frames: GifFrame[]): Buffer {
+  const MAX_DRAWN_PIXELS = 10_000
+  const header = Buffer.alloc(13)
+  header.write('GIF89a', 0, 'ascii')
+  header.writeUInt16LE(screen.width, 6)
+  header.writeUInt16LE(screen.height, 8)
+  header[10] = 0x80 | 0x01 // a global colour table of 4 entries
+  const colours = Buffer.from([0, 0, 0, 0xff, 0xff, 0xff, 0xc3, 0x33, 0x33, 0x33, 0x33, 0xcc])
+  const loop = Buffer.from([0x21, 0xff, 0x0b, ...Buffer.from('NETSCAPE2.0', 'ascii'), 0x03, 0x01, 0x00, 0x00, 0x00])
+  const comment = Buffer.from([0x21, 0xfe, 0x05, ...Buffer.from('hello', 'ascii'), 0x00])
+  const parts: Buffer[] = [header, colours, loop, comment]
+  for (const [index, frame] of frames.entries()) {
+    parts.push(Buffer.from([0x21, 0xf9, 0x04, 0x04, 0x0a, 0x00, 0x00, 0x00])) // 100 ms, keep the frame
+    const descriptor = Buffer.alloc(10)
+    descriptor[0] = 0x2c
+    descriptor.writeUInt16LE(frame.left ?? 0, 1)
+    descriptor.writeUInt16LE(frame.top ?? 0, 3)
+    descriptor.writeUInt16LE(frame.width, 5)
+    descriptor.writeUInt16LE(frame.height, 7)
+    descriptor[9] = frame.localColours ? 0x81 : 0
+    parts.push(descriptor)
+    if (frame.localColours) parts.push(colours)
+    const pixels = frame.width * frame.height <= MAX_DRAWN_PIXELS ? frame.width * frame.height : 1
+    parts.push(Buffer.from([0x02]), gifSubBlocks(lzwOneColour(pixels, index % 4)))
+  }
+  parts.push(Buffer.from([0x3b]))
+  return Buffer.concat(parts)
+}
+
+/** LZW codes (minimum code size 2) for `count` pixels of one colour: clear, colour, … end, 3 bits each. */
+function lzwOneColour(count: number, colour: number): Buffer {
+  const codes = [...Array.from({ length: count }, () => [4, colour]).flat(), 5]
+  const out = Buffer.alloc(Math.ceil((codes.length * 3) / 8))
+  codes.forEach((code, index) => {
+    for (let bit = 0; bit < 3; bit++) if (code & (1 << bit)) out[(index * 3 + bit) >> 3]! |= 1 << ((index * 3 + bit) & 7)
+  })
+  return out
+}
+
+/** Data cut into sub-blocks of at most 255 bytes, then the empty block that ends them. */
+export function gifSubBlocks(data: Buffer): Buffer {
+  const blocks: Buffer[] = []
+  for (let at = 0; at < data.length; at += 255) {
+    const block = data.subarray(at, at + 255)
+    blocks.push(Buffer.from([block.length]), block)
+  }
+  return Buffer.concat([...blocks, Buffer.from([0])])
+}
