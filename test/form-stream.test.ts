@@ -238,3 +238,22 @@ t.test('a form or raw body of declared length costs exactly one Class A operatio
     }
   }
 })
+
+t.test('a client that pauses 8 s in the middle of a 12 MiB upload, raw or form: 201, byte-exact', async (t) => {
+  const data = pngOfSize(12 * MiB, 95)
+  async function* pausing(payload: Buffer) {
+    const middle = Math.floor(payload.length / 2)
+    yield* piecesOf(payload.subarray(0, middle))
+    await sleep(8000) // longer than the backend connection's idle timeout (5 s)
+    yield* piecesOf(payload.subarray(middle))
+  }
+  const form = clientForm('aiohttp', [], { ...FILE, data })
+  const [raw, formed] = await Promise.all([
+    streamUpload(target, '/v1/images?filename=paused.png', { 'content-type': 'image/png', 'content-length': data.length }, pausing(data)),
+    streamUpload(target, '/v1/images', { ...form.headers, 'content-length': form.payload.length }, pausing(form.payload)),
+  ])
+  for (const [kind, res] of Object.entries({ raw, form: formed })) {
+    t.equal(res.status, 201, `${kind}: ${res.body.slice(0, 300)}`)
+    t.equal(await s3.sha256Of(JSON.parse(res.body).key), sha256(data), `${kind}: stored byte-exact`)
+  }
+})

@@ -361,6 +361,8 @@ function pacedByClient(body: Readable, idleMs: number): Readable {
     waiting(false)
   }
   const paced = Readable.from(chunks(), { objectMode: false })
+  // It fails only with the body's own error, which the caller handles on `body`.
+  paced.on('error', () => {})
   // The SDK pipes the body into its http.ClientRequest, whose socket carries the timeout the SDK set (on
   // 'socket', or on 'connect' for a new connection: these listeners run after the SDK's).
   const pipe = paced.pipe.bind(paced)
