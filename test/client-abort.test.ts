@@ -10,9 +10,9 @@ import { multipartBody } from './helpers/multipart.js'
 import { r2Env, startS3 } from './helpers/s3.js'
 import { startS3Recorder } from './helpers/s3-recorder.js'
 
-// Clients that disconnect at 0 % (headers only), 50 % and 99 % of their body, for a one-part and a
-// multipart-sized file, raw (over one part: streamed in one PutObject) and as a form (in parts). Proven for each: no new object in the bucket (listed on the S3
-// server itself), no multipart upload left neither completed nor aborted (the recorder between the service
+// Clients that disconnect at 0 % (headers only), 50 % and 99 % of their body, for a one-part and a file
+// over one part, raw and as a form (both of declared length: streamed in one PutObject). Proven for each:
+// no new object in the bucket (listed on the S3 server itself), no multipart upload left neither completed nor aborted (the recorder between the service
 // and the S3 server sees every request: s3rver itself cannot list multipart uploads), the metrics and the
 // log count the abort, and the same instance then stores a whole upload byte-exact.
 
@@ -106,7 +106,7 @@ const ENCODINGS = {
 
 const SIZES = {
   'one-part (600 KB)': 600_000, // one PutObject, sent only once the whole body is in
-  'multipart (12 MiB)': 12 * MiB, // CreateMultipartUpload, then 5 MiB parts as the body arrives
+  'streamed (12 MiB)': 12 * MiB, // one PutObject of declared length, sent as the body arrives
 }
 
 for (const [sizeName, size] of Object.entries(SIZES)) {
@@ -123,11 +123,10 @@ for (const [sizeName, size] of Object.entries(SIZES)) {
         const firstRequest = recorder.requests.length
         const firstLogLine = logLines.length
         const sentToS3 = () => recorder.requests.slice(firstRequest)
-        // A raw body of declared length over one part streams to S3 as it arrives, in one PutObject; a form's
-        // file (length unknown) goes up in parts. The parts the service can fill from the bytes sent must
-        // reach the S3 server before the cut, so the cut finds a multipart upload under way; a streamed
-        // PutObject must be under way; and at 0 % the service must hold the request.
-        const streamed = encodingName === 'raw body' && size > PART_BYTES
+        // A body of declared length over one part (a raw body, or a form whose file length follows from its
+        // Content-Length) streams to S3 as it arrives, in one PutObject, which must be under way before the
+        // cut; at 0 % the service must hold the request.
+        const streamed = size > PART_BYTES
         const fullParts = streamed ? 0 : Math.floor(cutAt / PART_BYTES)
         const partsStored = () => sentToS3().filter((request) => request.operation === 'UploadPart' && request.status === 200).length
         const putStarted = () => sentToS3().some((request) => request.operation === 'PutObject')

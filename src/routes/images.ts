@@ -12,6 +12,7 @@ import {
   metadataFromRequestHeaders,
   metadataToResponseHeaders,
 } from '../upload/metadata.js'
+import { watchFormFraming } from '../upload/form-length.js'
 import type { UploadSource } from '../upload/pipeline.js'
 import type { UploadSlots } from '../upload/uploader.js'
 import { storingRoute } from './storing-route.js'
@@ -59,15 +60,22 @@ function rawUploadSource(request: FastifyRequest<{ Querystring: RawUploadQuery }
   }
 }
 
-/** multipart/form-data: text fields first, then exactly one file part named `file`, then nothing. */
+/**
+ * multipart/form-data: text fields first, then exactly one file part named `file`, then nothing. With a
+ * Content-Length, the file's exact length is worked out from it (see form-length.ts).
+ */
 async function multipartUploadSource(request: FastifyRequest, maxBytes: number): Promise<UploadSource> {
   const parts = request.parts({
     // One byte over the limit reaches the pipeline, which answers 413; busboy alone would only truncate.
     limits: { fileSize: maxBytes + 1, fieldSize: 2048, fieldNameSize: 100, parts: MAX_FORM_PARTS, headerPairs: 100 },
   })[Symbol.asyncIterator]()
+  let firstPart: Promise<IteratorResult<Multipart>> | undefined = parts.next() // the parser starts reading the body
+  const framing = watchFormFraming(request.raw)
   const nextPart = async (): Promise<Multipart | undefined> => {
     try {
-      const { value, done } = await parts.next()
+      const next = firstPart ?? parts.next()
+      firstPart = undefined
+      const { value, done } = await next
       return done ? undefined : value
     } catch (error) {
       throw asClientError(error)
@@ -87,12 +95,18 @@ async function multipartUploadSource(request: FastifyRequest, maxBytes: number):
     if (part.fieldname !== 'file') {
       throw new ApiError('invalid_request', `The file part must be named "file", not "${part.fieldname.slice(0, 64)}".`)
     }
+    // Known when the request has a Content-Length: the file then streams to storage as it arrives, in one request.
+    const declaredLength = framing?.fileLength()
+    if (declaredLength !== undefined && declaredLength > maxBytes) {
+      throw new ApiError('image_too_large', `The image is larger than the limit of ${maxBytes} bytes.`)
+    }
     const file = part.file
     return {
       filename: checkedFilename(part.filename),
       context: assertValidContext(context),
       metadata: clientMetadata(fields),
       body: readClientBody(file),
+      declaredLength,
       beforeCommit: async () => {
         const following = await nextPart()
         if (following !== undefined) {

@@ -1,4 +1,6 @@
-import type { Readable } from 'node:stream'
+import { ClientRequest } from 'node:http'
+import type { Socket } from 'node:net'
+import { Readable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
 import {
   AbortMultipartUploadCommand,
@@ -71,6 +73,7 @@ export class R2Driver implements StorageDriver {
   readonly name = 'r2'
   readonly client: S3Client
   private readonly bucket: string
+  private readonly idleMs: number
   /** Clean-ups still running, and what cuts their pauses short when the driver closes. */
   private readonly cleanups = new Set<Promise<void>>()
   private readonly closing = new AbortController()
@@ -78,6 +81,7 @@ export class R2Driver implements StorageDriver {
 
   constructor(settings: R2Settings, timeouts: R2Timeouts = DEFAULT_TIMEOUTS) {
     this.bucket = settings.bucket
+    this.idleMs = timeouts.idleMs
     this.client = new S3Client({
       region: 'auto',
       endpoint: settings.endpoint,
@@ -216,10 +220,11 @@ export class R2Driver implements StorageDriver {
   }
 
   /**
-   * A body of known length goes up as it arrives, in one PutObject: nothing of it is held in memory and
-   * there is no multipart upload to complete. It goes at the client's pace, so without a request timeout
-   * (the client's own timeouts end it, through `signal`); the SDK never retries a streamed body, which
-   * could not be sent again.
+   * A body of known length goes up as it arrives, in one PutObject (R2 takes up to SINGLE_PUT_MAX_BYTES,
+   * about 5 GiB, in one): nothing of it is held in memory, there is no multipart upload to complete, and it
+   * costs one Class A operation. It goes at the client's pace, so without a request timeout and without
+   * the idle timeout while the client is the one pausing (the client's own timeouts end it, through
+   * `signal`); see pacedByClient. The SDK never retries a streamed body, which could not be sent again.
    */
   private async putStream(params: PutObjectCommandInput, body: Readable, length: number, signal: AbortSignal): Promise<void> {
     // The SDK pipes the body into the request, which a failing body would leave hanging: abort it.
@@ -232,7 +237,7 @@ export class R2Driver implements StorageDriver {
     const destroyBody = () => body.destroy(signal.reason as Error)
     signal.addEventListener('abort', destroyBody, { once: true })
     try {
-      const command = new PutObjectCommand({ ...params, Body: body, ContentLength: length })
+      const command = new PutObjectCommand({ ...params, Body: pacedByClient(body, this.idleMs), ContentLength: length })
       await this.client.send(command, { abortSignal: request.signal, requestTimeout: 0 })
     } catch (error) {
       // The body's own error (size limit, client gone, shutdown) is the real cause, not the aborted request.
@@ -335,6 +340,51 @@ export class R2Driver implements StorageDriver {
       throw signal?.aborted ? signal.reason : storageErrorOf(error)
     }
   }
+}
+
+/**
+ * The streamed body as the SDK sends it, with the backend connection's idle timeout (the SDK's
+ * socketTimeout) off while the body waits for the client, and on again whenever the backend has something
+ * to take: a chunk it has not taken yet, or the whole body sent and its answer awaited. A client that
+ * pauses mid-body is then not taken for a stalled backend, and a backend that stops reading or answering
+ * still is, after idleMs.
+ */
+function pacedByClient(body: Readable, idleMs: number): Readable {
+  let socket: Socket | undefined
+  let waitingOnClient = true
+  const applyTimeout = () => socket?.setTimeout(waitingOnClient ? 0 : idleMs)
+  const waiting = (onClient: boolean) => {
+    waitingOnClient = onClient
+    applyTimeout()
+  }
+  async function* chunks(): AsyncGenerator<Buffer> {
+    waiting(true)
+    for await (const chunk of body) {
+      waiting(false)
+      yield chunk as Buffer
+      waiting(true)
+    }
+    waiting(false)
+  }
+  const paced = Readable.from(chunks(), { objectMode: false })
+  // It fails only with the body's own error, which the caller handles on `body`.
+  paced.on('error', () => {})
+  // The SDK pipes the body into its http.ClientRequest, whose socket carries the timeout the SDK set (on
+  // 'socket', or on 'connect' for a new connection: these listeners run after the SDK's).
+  const pipe = paced.pipe.bind(paced)
+  paced.pipe = <T extends NodeJS.WritableStream>(destination: T, options?: { end?: boolean }): T => {
+    if (destination instanceof ClientRequest) {
+      const onSocket = (assigned: Socket) => {
+        socket = assigned
+        if (assigned.connecting) assigned.once('connect', applyTimeout)
+        else applyTimeout()
+      }
+      if (destination.socket) onSocket(destination.socket)
+      else destination.once('socket', onSocket)
+    }
+    return pipe(destination, options)
+  }
+  return paced
 }
 
 const isPreconditionFailed = (error: unknown): boolean =>

@@ -24,7 +24,10 @@ export interface UploadSource {
   /** Validated client metadata (uploaded_at included). */
   metadata: Record<string, string>
   body: AsyncIterable<Buffer>
-  /** The body's exact length, when the client declared it (Content-Length of a raw body). */
+  /**
+   * The body's exact length, when the client declared it: a raw body's Content-Length, or a form's file
+   * length worked out from it. Held to: a body that ends anywhere else is refused and not stored.
+   */
   declaredLength?: number | undefined
   /** Awaited after the body ends and before the object is committed, to reject what follows the file. */
   beforeCommit?: () => Promise<void>
@@ -82,7 +85,7 @@ export async function storeUpload(source: UploadSource, policy: UploadPolicy, si
     const sha256 = reader.sha256()
     await policy.driver.put(key, reader.head(), { ...write, metadata: { ...metadata, sha256 }, sha256 }, signal)
   } else {
-    const body = Readable.from(reader.drain(source.beforeCommit), { objectMode: false })
+    const body = Readable.from(reader.drain(source.declaredLength, source.beforeCommit), { objectMode: false })
     await policy.driver.put(key, body, { ...write, length: source.declaredLength }, signal)
   }
   return {
@@ -165,6 +168,15 @@ async function readDimensions(reader: CountingReader, type: ImageType): Promise<
   }
 }
 
+function lengthDisagrees(length: number): ApiError {
+  return new ApiError(
+    'invalid_request',
+    `The file does not end where the request's Content-Length puts it (after ${length} bytes), so it was not stored. ` +
+      'Send a form whose file is the last part, followed only by the closing "--boundary--" and CRLF (as curl, browsers and ' +
+      'common HTTP libraries do), or send it without Content-Length (chunked), or send the image as the raw request body.',
+  )
+}
+
 /** Pulls chunks from the body, enforcing the size limit and hashing every byte exactly once. */
 class CountingReader {
   size = 0
@@ -235,14 +247,38 @@ class CountingReader {
     return this.buffered[0] ?? Buffer.alloc(0)
   }
 
-  /** The buffered bytes, then the rest of the body as it arrives; `beforeEnd` runs before the stream ends. */
-  async *drain(beforeEnd: (() => Promise<void>) | undefined): AsyncGenerator<Buffer> {
+  /**
+   * The buffered bytes, then the rest of the body as it arrives; `beforeEnd` runs before the stream ends.
+   * With `length` (announced to the backend, which commits a PUT once it has that many bytes) the body
+   * must be exactly that long, and its last chunk is held back until the body has ended there and
+   * `beforeEnd` has passed: a body that turns out longer, shorter or followed by more fails the PUT
+   * before the backend has all of it, so nothing is stored.
+   */
+  async *drain(length: number | undefined, beforeEnd: (() => Promise<void>) | undefined): AsyncGenerator<Buffer> {
+    if (length === undefined) {
+      yield* this.remaining()
+      await beforeEnd?.()
+      return
+    }
+    let held: Buffer | undefined
+    for await (const chunk of this.remaining()) {
+      if (this.size > length) throw lengthDisagrees(length)
+      if (chunk.length === 0) continue
+      if (held) yield held
+      held = chunk
+    }
+    if (this.size !== length) throw lengthDisagrees(length)
+    await beforeEnd?.()
+    if (held) yield held
+  }
+
+  /** The buffered bytes, then the rest of the body as it arrives. */
+  private async *remaining(): AsyncGenerator<Buffer> {
     const buffered = this.buffered
     this.buffered = []
     this.bufferedBytes = 0
     yield* buffered
     for (let chunk = await this.next(); chunk !== undefined; chunk = await this.next()) yield chunk
-    await beforeEnd?.()
   }
 
   sha256(): string {

@@ -39,3 +39,72 @@ export function multipartStream(filename: string, file: AsyncIterable<Buffer>, b
   }
   return { stream: generate(), headers: { 'content-type': `multipart/form-data; boundary=${boundary}` } }
 }
+
+const randomHex = (length: number) => Array.from({ length }, () => Math.floor(Math.random() * 16).toString(16)).join('')
+const randomDigits = (length: number) => Array.from({ length }, () => Math.floor(Math.random() * 10)).join('')
+const randomAlphanumeric = (length: number) => {
+  const letters = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789'
+  return Array.from({ length }, () => letters[Math.floor(Math.random() * letters.length)]).join('')
+}
+
+interface ClientFraming {
+  boundary(): string
+  fieldHeaders(name: string): string[]
+  fileHeaders(name: string, filename: string, type: string): string[]
+}
+
+const disposition = (name: string, filename?: string) =>
+  `Content-Disposition: form-data; name="${name}"${filename === undefined ? '' : `; filename="${filename}"`}`
+
+/**
+ * How each mainstream client frames a form, byte for byte (captured from curl 7.88, aiohttp 3.8, Python
+ * requests 2.28 / urllib3 1.26 and Node's undici; Chromium's and Go's from their sources): each part is
+ * "--boundary" CRLF, headers, CRLF, the value, CRLF; the form ends "--boundary--" CRLF. They differ in the
+ * boundary and in the part headers and their order.
+ */
+export const CLIENT_FRAMINGS: Record<string, ClientFraming> = {
+  curl: {
+    boundary: () => `${'-'.repeat(24)}${randomHex(16)}`,
+    fieldHeaders: (name) => [disposition(name)],
+    fileHeaders: (name, filename, type) => [disposition(name, filename), `Content-Type: ${type}`],
+  },
+  aiohttp: {
+    boundary: () => randomHex(32),
+    fieldHeaders: (name) => ['Content-Type: text/plain; charset=utf-8', disposition(name)],
+    fileHeaders: (name, filename, type) => [`Content-Type: ${type}`, disposition(name, filename)],
+  },
+  'undici FormData': {
+    boundary: () => `----formdata-undici-0${randomDigits(11)}`,
+    fieldHeaders: (name) => [disposition(name)],
+    fileHeaders: (name, filename, type) => [disposition(name, filename), `Content-Type: ${type}`],
+  },
+  'Chromium FormData': {
+    boundary: () => `----WebKitFormBoundary${randomAlphanumeric(16)}`,
+    fieldHeaders: (name) => [disposition(name)],
+    fileHeaders: (name, filename, type) => [disposition(name, filename), `Content-Type: ${type}`],
+  },
+  'Python requests': {
+    boundary: () => randomHex(32),
+    fieldHeaders: (name) => [disposition(name)],
+    fileHeaders: (name, filename, type) => [disposition(name, filename), `Content-Type: ${type}`],
+  },
+  // CreateFormFile: headers sorted by name, and application/octet-stream whatever the file.
+  'Go mime/multipart': {
+    boundary: () => randomHex(60),
+    fieldHeaders: (name) => [disposition(name)],
+    fileHeaders: (name, filename) => [disposition(name, filename), 'Content-Type: application/octet-stream'],
+  },
+}
+
+/** A form framed as `client` frames it: text fields, then the file. */
+export function clientForm(client: string, fields: [string, string][], file: { filename: string; type: string; data: Buffer }) {
+  const framing = CLIENT_FRAMINGS[client]!
+  const boundary = framing.boundary()
+  const part = (headers: string[], value: Buffer) => [Buffer.from(`--${boundary}\r\n${headers.join('\r\n')}\r\n\r\n`), value, Buffer.from('\r\n')]
+  const payload = Buffer.concat([
+    ...fields.flatMap(([name, value]) => part(framing.fieldHeaders(name), Buffer.from(value))),
+    ...part(framing.fileHeaders('file', file.filename, file.type), file.data),
+    Buffer.from(`--${boundary}--\r\n`),
+  ])
+  return { payload, boundary, headers: { 'content-type': `multipart/form-data; boundary=${boundary}` } }
+}
