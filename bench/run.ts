@@ -91,7 +91,7 @@ interface Scenario {
   system: System
   bytes: number
   concurrency: number
-  /** Sample the service's memory metrics (GET /metrics): only where peak RSS is a target, it costs the service CPU. */
+  /** Sample the service's memory metrics (GET /metrics): only where peak RSS is a target, as it costs the service CPU. */
   sampleMemory: boolean
 }
 
@@ -100,7 +100,7 @@ const scenario = (system: System, bytes: number, concurrency: number): Scenario 
   system,
   bytes,
   concurrency,
-  sampleMemory: concurrency === 16 && bytes === 50 * MiB,
+  sampleMemory: system !== 'direct' && system !== 'naive' && concurrency === 16 && bytes === 50 * MiB,
 })
 
 const EVERY_SYSTEM: System[] = ['direct', 'form', 'python', 'raw', 'naive']
@@ -202,6 +202,10 @@ interface Load {
   run(begin: () => Promise<void>, end: () => Promise<void>): Promise<LoadRun>
 }
 
+/** An error's message, and its cause's (fetch says only "fetch failed"). */
+const describe = (error: unknown): string =>
+  error instanceof Error ? (error.cause instanceof Error ? `${error.message}: ${describe(error.cause)}` : error.message) : String(error)
+
 /** One upload from this process; resolves with the stored object's key once its answer is checked. */
 type Upload = () => Promise<string>
 
@@ -223,7 +227,7 @@ function closedLoops(concurrency: number, upload: Upload): Load {
                 run.lastKey = await upload()
                 run.latenciesMs.push(performance.now() - startedAt)
               } catch (error) {
-                run.failures.push(error instanceof Error ? error.message : String(error))
+                run.failures.push(describe(error))
               }
             }
           }),
@@ -255,22 +259,27 @@ function pythonLoad(baseUrl: string, imagePath: string, concurrency: number): Lo
       const measured: LoadRun = { latenciesMs: [], failures: [], lastKey: '', seconds: NaN }
       let began: Promise<void> | undefined
       let ended: Promise<void> | undefined
-      for await (const text of createInterface({ input: child.stdout! })) {
-        const line = JSON.parse(text) as { event?: string; seconds?: number; ms?: number; key?: string; error?: string; python?: string; aiohttp?: string }
-        if (line.event === 'start') versions.python = `Python ${line.python}, aiohttp ${line.aiohttp}`
-        else if (line.event === 'measuring') began = begin()
-        else if (line.event === 'done') {
-          measured.seconds = line.seconds!
-          ended = began?.then(end).finally(() => child.stdin!.end())
+      try {
+        for await (const text of createInterface({ input: child.stdout! })) {
+          const line = JSON.parse(text) as { event?: string; seconds?: number; ms?: number; key?: string; error?: string; python?: string; aiohttp?: string }
+          if (line.event === 'start') versions.python = `Python ${line.python}, aiohttp ${line.aiohttp}`
+          else if (line.event === 'measuring') began = begin()
+          else if (line.event === 'done') {
+            measured.seconds = line.seconds!
+            ended = Promise.resolve(began).then(end).finally(() => child.stdin!.end())
+          } else if (line.error !== undefined) measured.failures.push(line.error)
+          else {
+            measured.latenciesMs.push(line.ms!)
+            measured.lastKey = line.key!
+          }
         }
-        else if (line.error !== undefined) measured.failures.push(line.error)
-        else {
-          measured.latenciesMs.push(line.ms!)
-          measured.lastKey = line.key!
-        }
+      } catch (error) {
+        // Whatever went wrong, the Python process must not wait for its stdin forever.
+        child.kill('SIGKILL')
+        throw error
       }
       const code = await exited
-      if (code !== 0 || !ended) throw new Error(`the Python load generator exited with ${code} before it was done`)
+      if (code !== 0 || !began || !ended) throw new Error(`the Python load generator exited with ${code} before it was done`)
       await ended
       return measured
     },
@@ -550,7 +559,8 @@ async function emptyBucket(s3: S3): Promise<void> {
   const keys = await s3.keys()
   for (let start = 0; start < keys.length; start += 1000) {
     const Objects = keys.slice(start, start + 1000).map((Key) => ({ Key }))
-    await s3.client.send(new DeleteObjectsCommand({ Bucket: TEST_BUCKET, Delete: { Objects, Quiet: true } }))
+    const { Errors } = await s3.client.send(new DeleteObjectsCommand({ Bucket: TEST_BUCKET, Delete: { Objects, Quiet: true } }))
+    if (Errors?.length) throw new Error(`emptying the bucket: ${Errors.length} objects not deleted, the first: ${Errors[0]!.Message}`)
   }
 }
 
@@ -781,7 +791,7 @@ try {
       process.stderr.write(`  not measured: ${error instanceof Error ? error.stack : String(error)}\n`)
       results.push({ scenario: candidate, error: error instanceof Error ? error.message : String(error), uploads: 0, failures: 0, seconds: 0, latenciesMs: [], loadCpuSeconds: 0, loadCpus: '' })
     }
-    if (CPU_PROF_DIR && candidate.system !== 'direct' && candidate.system !== 'python') profiles.push(...(await cpuProfile(CPU_PROF_DIR, candidate.name)))
+    if (CPU_PROF_DIR && candidate.system !== 'direct') profiles.push(...(await cpuProfile(CPU_PROF_DIR, candidate.name)))
     await emptyBucket(s3)
   }
 } finally {
