@@ -633,7 +633,7 @@ function resultsTable(results: Result[]): string[] {
       result.scenario.name,
       String(result.uploads),
       String(result.failures),
-      fixed(uploadsPerSecond(result), 1),
+      fixed(uploadsPerSecond(result), uploadsPerSecond(result) < 10 ? 2 : 1),
       fixed(mibPerSecond(result), 1),
       direct && result !== direct ? fixed(mibPerSecond(result) / mibPerSecond(direct), 2) : '—',
       fixed(percentile(sorted, 50), 0),
@@ -673,11 +673,12 @@ function targetsTable(results: Result[]): string[] {
     results.find((result) => result.scenario.system === system && result.scenario.bytes === bytes && result.scenario.concurrency === concurrency)
   /** A target over some scenarios: the figure shown, and whether it was met; unsettled if any scenario is missing or had failures. */
   const target = (text: string, scenarios: (Result | undefined)[], judge: (...results: Result[]) => { figure: string; met: boolean }) => {
-    if (scenarios.some((result) => !result || result.error || result.uploads === 0)) return [text, '—', 'not measured in this run']
+    if (scenarios.some((result) => !result || result.error)) return [text, '—', 'not measured in this run']
     const measured = scenarios as Result[]
+    if (measured.some((result) => result.uploads === 0)) return [text, '—', '**no**: no upload succeeded']
     const { figure, met } = judge(...measured)
     const failed = measured.reduce((sum, result) => sum + result.failures, 0)
-    return [text, figure, failed > 0 ? `**no**: ${failed} uploads failed` : met ? 'yes' : '**no**']
+    return [text, figure, failed > 0 ? `**no**: failed uploads (${failed})` : met ? 'yes' : '**no**']
   }
   const rows: string[][] = []
   for (const system of ['form', 'raw'] as const) {
@@ -775,6 +776,9 @@ const selected = SCENARIOS.filter(
 )
 const startedAt = new Date()
 const loadBefore = loadAverage()
+// The code that runs: read now, as the checkout may change while the bench runs.
+const commit = git('rev-parse', '--short', 'HEAD') ?? 'unknown'
+const dirty = git('status', '--porcelain', '--untracked-files=no') ? ' with uncommitted changes' : ''
 const images = new Map<number, Buffer>()
 const results: Result[] = []
 const profiles: string[] = []
@@ -800,8 +804,6 @@ try {
 }
 
 const cpuModel = cpus()[0]?.model.trim() ?? 'unknown CPU'
-const commit = git('rev-parse', '--short', 'HEAD') ?? 'unknown'
-const dirty = git('status', '--porcelain', '--untracked-files=no') ? ' with uncommitted changes' : ''
 const report = [
   `### Run of ${startedAt.toISOString().slice(0, 16).replace('T', ' ')} UTC: \`${command()}\``,
   '',
