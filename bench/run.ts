@@ -1,91 +1,136 @@
 /**
- * Upload benchmark: the service against the limit its backend sets, in one run on one machine.
+ * Upload benchmark: the service on the paths its users take, against the limit the S3 server sets and a
+ * naive route that buffers every file, in one run on one machine.
  *
  *   npm run bench            (builds dist/, then runs this file; never run by the tests or CI)
  *
- * Starts the local S3 server (s3rver) in this process, a fresh one per scenario, and measures:
- * - direct PutObject to s3rver with the service's own S3 client (same SDK, same settings): the limit;
- * - uploads through the service (built dist/server.js in a child process, R2 driver pointed at s3rver,
- *   NODE_ENV=production with an API key), raw bodies and multipart/form-data;
- * - the service's peak RSS (VmHWM, reset after the warm-up) in each scenario; each service scenario
- *   gets a fresh process.
- * Every upload must answer 201 with the SHA-256 of the bytes sent; one object per scenario is read back
- * from s3rver and hashed. Bodies are deterministic PNGs (fixed seeds), so runs differ only by the machine.
+ * One local S3 server (s3rver, in this process, emptied between scenarios) and the load generator share
+ * one core; each system under test runs alone in a process of its own on the other core (`taskset`), a
+ * fresh process per scenario. The systems:
+ * - direct PutObject from this process with the service's own S3 client (same SDK and settings): the limit;
+ * - the service (built dist/server.js, NODE_ENV=production, R2 driver pointed at s3rver) sent a form by
+ *   undici's FormData (Node's fetch), as a new user would;
+ * - the service sent a form by the bot's Python client (clients/python, aiohttp), driven by
+ *   bench/python_load.py in a Python process on the load core;
+ * - the service sent the raw body (fetch, Content-Type image/png, Content-Length);
+ * - a naive Fastify route (bench/naive-route.mjs: @fastify/multipart toBuffer() + PutObject): the peer to beat.
+ * Measured: throughput, latency p50/p99, the CPU the system under test used (utime + stime from
+ * /proc/<pid>/stat) per upload and per GiB, its peak RSS (VmHWM, reset after the warm-up), and how busy
+ * each core was (/proc/stat), ours and other processes'. The pinning of every process is read back from
+ * /proc/<pid>/task/<tid>/status (Cpus_allowed_list) in every scenario; a mismatch fails the scenario.
+ * Every upload must answer 201 with the SHA-256 of the bytes sent (the naive route and direct PutObject:
+ * the S3 server's ETag, the MD5 of the bytes), and the last object of each scenario is read back from
+ * s3rver and hashed. Bodies are deterministic PNGs (fixed seeds). The report is a Markdown section:
+ * one table of every scenario, then the issue's targets and whether each was met in this run.
  *
  * Options (environment):
  *   BENCH_SECONDS=12        measured seconds per scenario (uploads started within it; the last ones finish after)
  *   BENCH_WARMUP_SECONDS=3  warm-up per scenario, not measured
- *   BENCH_ONLY=<regexp>     only the scenarios whose name matches (direct baselines run when a match needs them)
- *   BENCH_CPU_PROF=<dir>    run the service under `node --cpu-prof`; print where its CPU time went, by function and package
+ *   BENCH_ONLY=<regexp>     only the scenarios whose name matches (the direct and naive ones a target needs run too)
+ *   BENCH_CPUS=0,1          the load generator's core, then the systems' core; `none` runs unpinned
+ *   BENCH_APPEND=<file>     also append the report to this file (bench/RESULTS.md keeps every run)
+ *   BENCH_NOTE=<text>       a line under the report's heading (say, what else ran on the machine)
+ *   BENCH_CPU_PROF=<dir>    run each Node.js system under `node --cpu-prof`; report where its CPU time went
  *   BENCH_SERVICE_ENV=<json> more environment for the service, e.g. '{"MALLOC_MMAP_THRESHOLD_":"1048576"}'
+ *   BENCH_PYTHON=/usr/bin/python3   the Python that runs the bot's client (with aiohttp)
  */
-import type { ChildProcess } from 'node:child_process'
-import { readdir, readFile, writeFile } from 'node:fs/promises'
+import { execFileSync, spawn } from 'node:child_process'
+import { createHash } from 'node:crypto'
+import { appendFile, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import http from 'node:http'
+import { cpus, loadavg, tmpdir } from 'node:os'
 import path from 'node:path'
-import { Readable } from 'node:stream'
+import { createInterface } from 'node:readline'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
-import { PutObjectCommand } from '@aws-sdk/client-s3'
+import { DeleteObjectsCommand, PutObjectCommand } from '@aws-sdk/client-s3'
 import { loadConfig } from '../src/config.js'
 import { R2Driver } from '../src/storage/r2.js'
-import { CACHE_CONTROL } from '../src/upload/pipeline.js'
 import { pngOfSize, sha256 } from '../test/helpers/images.js'
-import { multipartBody } from '../test/helpers/multipart.js'
 import { TEST_BUCKET, r2Env, startS3 } from '../test/helpers/s3.js'
 import { startService as startServiceProcess } from '../test/helpers/service-process.js'
 
 const KB = 1000
 const MiB = 1024 * 1024
+const GiB = 1024 * MiB
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 12)
 const WARMUP_SECONDS = Number(process.env.BENCH_WARMUP_SECONDS ?? 3)
 const ONLY = new RegExp(process.env.BENCH_ONLY ?? '')
 const CPU_PROF_DIR = process.env.BENCH_CPU_PROF && path.resolve(process.env.BENCH_CPU_PROF)
 const SERVICE_ENV = JSON.parse(process.env.BENCH_SERVICE_ENV ?? '{}') as Record<string, string>
+const PYTHON = process.env.BENCH_PYTHON ?? '/usr/bin/python3'
 const API_TOKEN = 'bench-token-0123456789abcdef0123456789abcdef'
+/** The load generator's core and the systems' core, or undefined: unpinned. */
+const CPUS = (() => {
+  const setting = process.env.BENCH_CPUS ?? '0,1'
+  if (setting === 'none') return undefined
+  const [load, sut, ...rest] = setting.split(',')
+  if (!/^\d+$/.test(load ?? '') || !/^\d+$/.test(sut ?? '') || load === sut || rest.length > 0) {
+    throw new Error(`BENCH_CPUS must name two different cores, e.g. 0,1 (or none), not ${setting}`)
+  }
+  return { load: load!, sut: sut! }
+})()
+/** Clock ticks per second, the unit of utime and stime in /proc/<pid>/stat. */
+const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim())
+
+type System = 'direct' | 'form' | 'python' | 'raw' | 'naive'
+
+const SYSTEMS: Record<System, string> = {
+  direct: 'direct PutObject',
+  form: 'service, form (undici FormData)',
+  python: 'service, form (Python client)',
+  raw: 'service, raw body',
+  naive: 'naive route (toBuffer + PutObject)',
+}
 
 interface Scenario {
   name: string
-  /**
-   * put: PutObject of the whole body from this process. driver: the service's storage driver alone,
-   * given the body as a stream of unknown length, as a form's file part is (> 5 MiB: a multipart
-   * upload). raw, form: POST /v1/images to the service, the image as the body or as multipart/form-data.
-   */
-  kind: 'put' | 'driver' | 'raw' | 'form'
+  system: System
   bytes: number
   concurrency: number
-  /** The direct PutObject scenario this one is compared with. */
-  baseline?: string
+  /** Sample the service's memory metrics (GET /metrics): only where peak RSS is a target, as it costs the service CPU. */
+  sampleMemory: boolean
 }
 
+const scenario = (system: System, bytes: number, concurrency: number): Scenario => ({
+  name: `${SYSTEMS[system]} ${bytes < MiB ? `${bytes / KB} KB` : `${bytes / MiB} MiB`} ×${concurrency}`,
+  system,
+  bytes,
+  concurrency,
+  sampleMemory: system !== 'direct' && system !== 'naive' && concurrency === 16 && bytes === 50 * MiB,
+})
+
+const EVERY_SYSTEM: System[] = ['direct', 'form', 'python', 'raw', 'naive']
 const SCENARIOS: Scenario[] = [
-  { name: 'direct PutObject 500 KB ×16', kind: 'put', bytes: 500 * KB, concurrency: 16 },
-  { name: 'direct PutObject 50 MiB ×4', kind: 'put', bytes: 50 * MiB, concurrency: 4 },
-  { name: 'direct PutObject 50 MiB ×16', kind: 'put', bytes: 50 * MiB, concurrency: 16 },
-  { name: 'driver multipart 50 MiB ×4', kind: 'driver', bytes: 50 * MiB, concurrency: 4, baseline: 'direct PutObject 50 MiB ×4' },
-  { name: 'service raw 500 KB ×16', kind: 'raw', bytes: 500 * KB, concurrency: 16, baseline: 'direct PutObject 500 KB ×16' },
-  { name: 'service form 500 KB ×16', kind: 'form', bytes: 500 * KB, concurrency: 16, baseline: 'direct PutObject 500 KB ×16' },
-  { name: 'service raw 50 MiB ×4', kind: 'raw', bytes: 50 * MiB, concurrency: 4, baseline: 'direct PutObject 50 MiB ×4' },
-  { name: 'service raw 50 MiB ×16', kind: 'raw', bytes: 50 * MiB, concurrency: 16, baseline: 'direct PutObject 50 MiB ×16' },
+  ...EVERY_SYSTEM.map((system) => scenario(system, 500 * KB, 16)),
+  ...EVERY_SYSTEM.map((system) => scenario(system, 50 * MiB, 4)),
+  // Peak RSS with 16 uploads of 50 MiB at once.
+  ...(['form', 'raw', 'naive'] as const).map((system) => scenario(system, 50 * MiB, 16)),
 ]
 
 interface Result {
   scenario: Scenario
+  /** Why the scenario could not be measured; nothing else is set then. */
+  error?: string
   uploads: number
   /** Uploads that failed (not counted in the rates), and the first failure's message. */
   failures: number
   firstFailure?: string
   seconds: number
   latenciesMs: number[]
-  /** CPU time over wall time: this process (s3rver and the load) and, for service scenarios, the service. */
-  benchCpu: number
-  serviceCpu?: number
+  /** CPU seconds over the measured part: the system under test's, and the load's (this process and the Python client). */
+  sutCpuSeconds?: number
+  loadCpuSeconds: number
+  /** Busy share of each core over the measured part, every process's. */
+  loadCoreBusy?: number
+  sutCoreBusy?: number
+  /** Cpus_allowed_list as read back: the load's processes, the system under test. */
+  loadCpus: string
+  sutCpus?: string
   peakRssBytes?: number
   /** The service's own account of its memory (GET /metrics) at the highest RSS sampled. */
   memoryAtPeak?: MemorySample
-  /** Driver scenarios: how long each S3 operation took, by name (ms, every attempt). */
-  operationMs?: Map<string, number[]>
 }
 
 /** From the service's default Node.js metrics, in bytes. */
@@ -97,13 +142,34 @@ interface MemorySample {
   external: number
 }
 
-/** One upload; resolves once it is stored and its answer checked. */
-type Upload = (index: number) => Promise<void>
-
-/** CPU seconds a process has used, user and system (Linux: /proc/<pid>/stat, in clock ticks of 1/100 s). */
+/** CPU seconds a process has used, user and system (Linux: /proc/<pid>/stat, in clock ticks). */
 async function cpuSecondsOf(pid: number): Promise<number> {
   const fields = (await readFile(`/proc/${pid}/stat`, 'utf8')).replace(/^.*\) /s, '').split(' ')
-  return (Number(fields[11]) + Number(fields[12])) / 100
+  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS
+}
+
+/** Busy and total time of every core since boot (Linux: /proc/stat; steal counts as not ours). */
+async function coreTimes(): Promise<Map<string, { busy: number; total: number }>> {
+  const times = new Map<string, { busy: number; total: number }>()
+  for (const line of (await readFile('/proc/stat', 'utf8')).split('\n')) {
+    const match = /^cpu(\d+) (.*)/.exec(line)
+    if (!match) continue
+    const [user, nice, system, idle, iowait, irq, softirq, steal] = match[2]!.trim().split(/\s+/).map(Number) as number[]
+    const busy = user! + nice! + system! + irq! + softirq!
+    times.set(match[1]!, { busy, total: busy + idle! + iowait! + steal! })
+  }
+  return times
+}
+
+/** The cores every thread of a process may run on (Cpus_allowed_list), or several lists if its threads differ. */
+async function cpusOf(pid: number): Promise<string> {
+  const lists = new Set<string>()
+  for (const task of await readdir(`/proc/${pid}/task`)) {
+    const status = await readFile(`/proc/${pid}/task/${task}/status`, 'utf8').catch(() => '')
+    const list = /^Cpus_allowed_list:\s*(\S+)/m.exec(status)?.[1]
+    if (list) lists.add(list)
+  }
+  return [...lists].join('+')
 }
 
 /** The highest RSS of a process since it started or since resetPeakRss (Linux: VmHWM). */
@@ -115,152 +181,174 @@ async function peakRssOf(pid: number): Promise<number> {
 /** Resets VmHWM to the current RSS (Linux: "5" > clear_refs), so the peak read later is this scenario's. */
 const resetPeakRss = (pid: number) => writeFile(`/proc/${pid}/clear_refs`, '5')
 
+/** What a load generator did in the measured part. */
+interface LoadRun {
+  latenciesMs: number[]
+  failures: string[]
+  /** The key of an object stored in the measured part ('' if none was), to read back. */
+  lastKey: string
+  seconds: number
+}
+
+/**
+ * A load generator: runs the warm-up, calls `begin` as the measured part starts and `end` once its last
+ * upload ended (its processes still running), and resolves with what it measured.
+ */
+interface Load {
+  /** Processes other than this one that generate the load (their CPU is the load's, their pinning checked). */
+  pids: number[]
+  run(begin: () => Promise<void>, end: () => Promise<void>): Promise<LoadRun>
+}
+
+/** An error's message, and its cause's (fetch says only "fetch failed"). */
+const describe = (error: unknown): string =>
+  error instanceof Error ? (error.cause instanceof Error ? `${error.message}: ${describe(error.cause)}` : error.message) : String(error)
+
+/** One upload from this process; resolves with the stored object's key once its answer is checked. */
+type Upload = () => Promise<string>
+
 /**
  * Runs `upload` in `concurrency` closed loops: a warm-up, then new uploads for SECONDS. The measured time
- * ends when the last upload does, so every byte counted was stored in it. With `service`, its peak RSS,
- * CPU and memory samples are those of the measured part only.
+ * ends when the last upload does, so every byte counted was stored in it.
  */
-async function measure(scenario: Scenario, upload: Upload, service?: Service): Promise<Result> {
-  const servicePid = service?.child.pid
-  let next = 0
-  const failures: string[] = []
-  const loops = async (seconds: number, latencies: number[]) => {
-    const until = performance.now() + seconds * 1000
-    await Promise.all(
-      Array.from({ length: scenario.concurrency }, async () => {
-        while (performance.now() < until) {
-          const startedAt = performance.now()
-          try {
-            await upload(next++)
-            latencies.push(performance.now() - startedAt)
-          } catch (error) {
-            failures.push(error instanceof Error ? error.message : String(error))
+function closedLoops(concurrency: number, upload: Upload): Load {
+  return {
+    pids: [],
+    async run(begin, end) {
+      const loops = async (seconds: number, run: LoadRun) => {
+        const until = performance.now() + seconds * 1000
+        await Promise.all(
+          Array.from({ length: concurrency }, async () => {
+            while (performance.now() < until) {
+              const startedAt = performance.now()
+              try {
+                run.lastKey = await upload()
+                run.latenciesMs.push(performance.now() - startedAt)
+              } catch (error) {
+                run.failures.push(describe(error))
+              }
+            }
+          }),
+        )
+      }
+      await loops(WARMUP_SECONDS, { latenciesMs: [], failures: [], lastKey: '', seconds: 0 })
+      await begin()
+      const measured: LoadRun = { latenciesMs: [], failures: [], lastKey: '', seconds: 0 }
+      const startedAt = performance.now()
+      await loops(SECONDS, measured)
+      measured.seconds = (performance.now() - startedAt) / 1000
+      await end()
+      return measured
+    },
+  }
+}
+
+/** The bot's Python client in closed loops (bench/python_load.py), in a Python process on the load core. */
+function pythonLoad(baseUrl: string, imagePath: string, concurrency: number): Load {
+  const args = [path.join(ROOT, 'bench/python_load.py'), baseUrl, imagePath, String(concurrency), String(WARMUP_SECONDS), String(SECONDS)]
+  const [command, ...rest] = CPUS ? ['taskset', '-c', CPUS.load, PYTHON, ...args] : [PYTHON, ...args]
+  // Its stdin stays open until its CPU time has been read: it exits only then.
+  const child = spawn(command!, rest, { env: { PATH: process.env.PATH, BENCH_API_KEY: API_TOKEN }, stdio: ['pipe', 'pipe', 'inherit'] })
+  const exited = new Promise<number | null>((resolve) => child.once('exit', resolve))
+  killOnExit(child.pid!, exited)
+  return {
+    pids: [child.pid!],
+    async run(begin, end) {
+      const measured: LoadRun = { latenciesMs: [], failures: [], lastKey: '', seconds: NaN }
+      let began: Promise<void> | undefined
+      let ended: Promise<void> | undefined
+      try {
+        for await (const text of createInterface({ input: child.stdout! })) {
+          const line = JSON.parse(text) as { event?: string; seconds?: number; ms?: number; key?: string; error?: string; python?: string; aiohttp?: string }
+          if (line.event === 'start') versions.python = `Python ${line.python}, aiohttp ${line.aiohttp}`
+          else if (line.event === 'measuring') began = begin()
+          else if (line.event === 'done') {
+            measured.seconds = line.seconds!
+            ended = Promise.resolve(began).then(end).finally(() => child.stdin!.end())
+          } else if (line.error !== undefined) measured.failures.push(line.error)
+          else {
+            measured.latenciesMs.push(line.ms!)
+            measured.lastKey = line.key!
           }
         }
-      }),
-    )
-  }
-  await loops(WARMUP_SECONDS, [])
-  failures.length = 0
-  if (servicePid !== undefined) await resetPeakRss(servicePid)
-  const serviceCpuBefore = servicePid === undefined ? 0 : await cpuSecondsOf(servicePid)
-  const benchCpuBefore = process.cpuUsage()
-  const latenciesMs: number[] = []
-  const startedAt = performance.now()
-  const sampling = service && sampleMemory(service)
-  await loops(SECONDS, latenciesMs)
-  const seconds = (performance.now() - startedAt) / 1000
-  const memoryAtPeak = await sampling?.stop()
-  const benchCpuUs = process.cpuUsage(benchCpuBefore)
-  const result: Result = {
-    scenario,
-    uploads: latenciesMs.length,
-    failures: failures.length,
-    firstFailure: failures[0],
-    seconds,
-    latenciesMs,
-    benchCpu: (benchCpuUs.user + benchCpuUs.system) / 1e6 / seconds,
-  }
-  if (servicePid !== undefined) {
-    result.serviceCpu = ((await cpuSecondsOf(servicePid)) - serviceCpuBefore) / seconds
-    result.peakRssBytes = await peakRssOf(servicePid)
-    result.memoryAtPeak = memoryAtPeak
-  }
-  return result
-}
-
-type S3 = Awaited<ReturnType<typeof startS3>>
-
-async function checkStored(s3: S3, key: string, expected: string): Promise<void> {
-  const stored = await s3.sha256Of(key)
-  if (stored !== expected) throw new Error(`${key} was stored with SHA-256 ${stored}, sent ${expected}`)
-}
-
-/** The body in the 64 KiB pieces an HTTP request body arrives in. */
-function* pieces(body: Buffer): Generator<Buffer> {
-  for (let offset = 0; offset < body.length; offset += 64 * 1024) yield body.subarray(offset, offset + 64 * 1024)
-}
-
-/** From this process to s3rver: PutObject with the service's client, or the service's driver given a stream. */
-async function runDirect(s3: S3, scenario: Scenario, image: Buffer): Promise<Result> {
-  const { storage } = loadConfig(r2Env(s3.endpoint))
-  if (storage.driver !== 'r2') throw new Error('r2Env must select the r2 driver')
-  // The service's own client: same SDK, checksum settings, retries and timeouts.
-  const driver = new R2Driver(storage)
-  const operationMs = new Map<string, number[]>()
-  driver.client.middlewareStack.add(
-    (next, context) => async (args) => {
-      const startedAt = performance.now()
-      try {
-        return await next(args)
-      } finally {
-        const name = (context.commandName ?? '?').replace(/Command$/, '')
-        operationMs.set(name, operationMs.get(name) ?? []).get(name)!.push(performance.now() - startedAt)
+      } catch (error) {
+        // Whatever went wrong, the Python process must not wait for its stdin forever.
+        child.kill('SIGKILL')
+        throw error
       }
+      const code = await exited
+      if (code !== 0 || !began || !ended) throw new Error(`the Python load generator exited with ${code} before it was done`)
+      await ended
+      return measured
     },
-    { step: 'finalizeRequest', name: 'benchTimeOperations' },
-  )
-  const prefix = scenario.name.replace(/\W+/g, '-')
-  const write = { contentType: 'image/png', cacheControl: CACHE_CONTROL, metadata: { filename: 'bench.png' } }
-  let lastKey = ''
-  const upload: Upload = async (index) => {
-    const key = `${prefix}/${index}.png`
-    if (scenario.kind === 'put') {
-      await driver.client.send(new PutObjectCommand({ Bucket: TEST_BUCKET, Key: key, Body: image, ContentLength: image.length, ContentType: 'image/png' }))
-    } else {
-      await driver.put(key, Readable.from(pieces(image), { objectMode: false }), write, new AbortController().signal)
-    }
-    lastKey = key
-  }
-  try {
-    const result = await measure(scenario, upload)
-    if (lastKey) await checkStored(s3, lastKey, sha256(image))
-    return { ...result, operationMs }
-  } finally {
-    await driver.close()
   }
 }
 
-interface Service {
-  child: ChildProcess
+/** Kills a child process if this one ends first, however it ends. */
+const children = new Set<number>()
+function killOnExit(pid: number, exited: Promise<unknown>): void {
+  children.add(pid)
+  void exited.then(() => children.delete(pid))
+}
+process.once('exit', () => {
+  for (const pid of children) process.kill(pid, 'SIGKILL')
+})
+for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, () => process.exit(130))
+
+/** A system under test: a process of its own, listening on 127.0.0.1:`port`. */
+interface Sut {
+  pid: number
   port: number
   stop(): Promise<void>
 }
 
 /**
- * The built service (dist/server.js, as `npm start` runs it) in a process of its own. It logs as in
- * production (info: a line per upload); the bench reads nothing after the ready line.
+ * Starts a system under test with the tests' process starter: node running `entry`, alone on the systems'
+ * core (`taskset` execs node, so the pid is node's), ready once it logs the port it listens on. Its log
+ * after that line is dropped. The one place the bench starts a process it measures.
  */
-async function startService(s3: S3): Promise<Service> {
+async function startSut(entry: string, env: NodeJS.ProcessEnv): Promise<Sut> {
   const service = await startServiceProcess({
-    entry: 'built',
+    entry: [entry],
+    env,
     nodeArgs: CPU_PROF_DIR ? ['--cpu-prof', `--cpu-prof-dir=${CPU_PROF_DIR}`] : [],
+    wrapper: CPUS ? ['taskset', '-c', CPUS.sut] : [],
     keepLogs: false,
-    env: {
-      ...r2Env(s3.endpoint),
-      NODE_ENV: 'production',
-      API_KEYS: `bench:${API_TOKEN}`,
-      LOG_LEVEL: 'info',
-      // The bench sends far more than a client's budget on purpose; a usage scan would list the bucket mid-run.
-      RATE_LIMIT_PER_MINUTE: '1000000',
-      USAGE_SCAN_INTERVAL_S: '0',
-      // This process has printed the SDK's notice about Node 20 once already.
-      AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true',
-      ...SERVICE_ENV,
-    },
+    readyWithinMs: 30_000,
+  }).catch((error: Error) => {
+    throw new Error(`${entry}: ${error.message}`)
   })
   return {
-    child: service.child,
+    pid: service.pid,
     port: service.port,
     async stop() {
       const { code } = await service.stop()
-      if (code !== 0) throw new Error(`the service exited with ${code}`)
+      if (code !== 0) throw new Error(`${entry} exited with ${code}`)
     },
   }
 }
 
+type S3 = Awaited<ReturnType<typeof startS3>>
+
+/** The built service (dist/server.js, as `npm start` runs it); it logs as in production, a line per upload. */
+const startService = (s3: S3) =>
+  startSut('dist/server.js', {
+    ...r2Env(s3.endpoint),
+    NODE_ENV: 'production',
+    API_KEYS: `bench:${API_TOKEN}`,
+    LOG_LEVEL: 'info',
+    // The bench sends far more than a client's budget on purpose; a usage scan would list the bucket mid-run.
+    RATE_LIMIT_PER_MINUTE: '1000000',
+    USAGE_SCAN_INTERVAL_S: '0',
+    // This process has printed the SDK's notice about Node 20 once already.
+    AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true',
+    ...SERVICE_ENV,
+  })
+
+const startNaiveRoute = (s3: S3) => startSut('bench/naive-route.mjs', { ...r2Env(s3.endpoint), AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true' })
+
 /** Reads the service's memory metrics every 250 ms until stopped; keeps the sample with the highest RSS. */
-function sampleMemory(service: Service) {
+function sampleMemory(port: number) {
   let highest: MemorySample | undefined
   let sampling = true
   const metric = (text: string, name: string) => Number(new RegExp(`^${name} (\\S+)`, 'm').exec(text)?.[1] ?? NaN)
@@ -268,7 +356,7 @@ function sampleMemory(service: Service) {
     while (sampling) {
       const text = await new Promise<string>((resolve, reject) => {
         http
-          .get({ host: '127.0.0.1', port: service.port, path: '/metrics', agent: false, headers: { authorization: `Bearer ${API_TOKEN}` } }, (response) => {
+          .get({ host: '127.0.0.1', port, path: '/metrics', agent: false, headers: { authorization: `Bearer ${API_TOKEN}` } }, (response) => {
             let body = ''
             response.setEncoding('utf8')
             response.on('data', (chunk: string) => (body += chunk))
@@ -295,54 +383,158 @@ function sampleMemory(service: Service) {
   }
 }
 
-function postUpload(agent: http.Agent, port: number, request: { path: string; headers: http.OutgoingHttpHeaders; body: Buffer }) {
-  return new Promise<{ status: number; body: string }>((resolve, reject) => {
-    http
-      .request({ host: '127.0.0.1', port, agent, method: 'POST', path: request.path, headers: request.headers }, (response) => {
-        let body = ''
-        response.setEncoding('utf8')
-        response.on('data', (chunk: string) => (body += chunk))
-        response.on('end', () => resolve({ status: response.statusCode!, body }))
-      })
-      .on('error', reject)
-      .end(request.body)
-  })
+/** Runs `load` against `sut` (none: direct PutObject) and takes the measurements around its measured part. */
+async function measure(scenario: Scenario, load: Load, sut?: Sut): Promise<Result & { lastKey: string }> {
+  const loadPids = [process.pid, ...load.pids]
+  const cpuOf = async (pids: number[]) => (await Promise.all(pids.map(cpuSecondsOf))).reduce((sum, seconds) => sum + seconds, 0)
+  let pinning: { load: string; sut?: string } | undefined
+  let sampling: ReturnType<typeof sampleMemory> | undefined
+  const snapshot = async () => ({ load: await cpuOf(loadPids), sut: sut ? await cpuSecondsOf(sut.pid) : 0, cores: await coreTimes() })
+  let before: Awaited<ReturnType<typeof snapshot>> | undefined
+  let after: Awaited<ReturnType<typeof snapshot>> | undefined
+  const run = await load.run(
+    async () => {
+      pinning = { load: [...new Set(await Promise.all(loadPids.map(cpusOf)))].join('+'), sut: sut && (await cpusOf(sut.pid)) }
+      if (sut) await resetPeakRss(sut.pid)
+      before = await snapshot()
+      if (sut && scenario.sampleMemory) sampling = sampleMemory(sut.port)
+    },
+    async () => {
+      after = await snapshot()
+    },
+  )
+  const memoryAtPeak = await sampling?.stop()
+  if (!before || !after || !pinning) throw new Error('the load generator did not report its measured part')
+  if (CPUS && (pinning.load !== CPUS.load || (sut && pinning.sut !== CPUS.sut))) {
+    throw new Error(`pinning not as asked: load on ${pinning.load}, system under test on ${pinning.sut ?? '—'}`)
+  }
+  const busy = (core: string | undefined) => {
+    const [start, end] = [core && before!.cores.get(core), core && after!.cores.get(core)]
+    return start && end ? (end.busy - start.busy) / (end.total - start.total) : undefined
+  }
+  return {
+    scenario,
+    uploads: run.latenciesMs.length,
+    failures: run.failures.length,
+    firstFailure: run.failures[0],
+    seconds: run.seconds,
+    latenciesMs: run.latenciesMs,
+    loadCpuSeconds: after.load - before.load,
+    sutCpuSeconds: sut && after.sut - before.sut,
+    loadCoreBusy: busy(CPUS?.load),
+    sutCoreBusy: busy(CPUS?.sut),
+    loadCpus: pinning.load,
+    sutCpus: pinning.sut,
+    peakRssBytes: sut && (await peakRssOf(sut.pid)),
+    memoryAtPeak,
+    lastKey: run.lastKey,
+  }
 }
 
-/** Through the service, in a fresh process: POST /v1/images, every answer checked. */
-async function runService(s3: S3, scenario: Scenario, image: Buffer): Promise<Result> {
-  const service = await startService(s3)
-  // Keep-alive, one connection per concurrent upload, as an HTTP client session (the bot's) does.
-  const agent = new http.Agent({ keepAlive: true, maxSockets: scenario.concurrency })
-  const form = multipartBody([{ name: 'file', filename: 'bench.png', contentType: 'image/png', data: image }], 'bench-boundary-7d3f')
-  const request =
-    scenario.kind === 'form'
-      ? { path: '/v1/images', headers: form.headers, body: form.payload }
-      : { path: '/v1/images?filename=bench.png', headers: { 'content-type': 'image/png' }, body: image }
-  const headers = { ...request.headers, 'content-length': String(request.body.length), authorization: `Bearer ${API_TOKEN}` }
+const md5 = (data: Buffer) => createHash('md5').update(data).digest('hex')
+
+/** Sends one upload with Node's fetch (undici) and checks its 201 answer; resolves with the stored key. */
+async function post(url: string, init: RequestInit, check: (answer: { key: string; sha256?: string; etag?: string }) => string | undefined): Promise<string> {
+  const response = await fetch(url, { ...init, method: 'POST' })
+  const text = await response.text()
+  if (response.status !== 201) throw new Error(`${response.status} ${text.slice(0, 300)}`)
+  const answer = JSON.parse(text) as { key: string; sha256?: string; etag?: string }
+  const wrong = check(answer)
+  if (wrong) throw new Error(wrong)
+  return answer.key
+}
+
+/** Image files for the Python client, written once per size. */
+let imageDir: string | undefined
+async function imageFile(image: Buffer): Promise<string> {
+  imageDir ??= await mkdtemp(path.join(tmpdir(), 'bench-images-'))
+  const file = path.join(imageDir, `${image.length}.png`)
+  await writeFile(file, image)
+  return file
+}
+
+/** One scenario: the system under test in a fresh process (if it has one), the load, the checks. */
+async function runScenario(s3: S3, scenario: Scenario, image: Buffer): Promise<Result> {
   const expectedSha256 = sha256(image)
-  let lastKey = ''
-  const upload: Upload = async () => {
-    const answer = await postUpload(agent, service.port, { ...request, headers })
-    if (answer.status !== 201) throw new Error(`${scenario.name}: ${answer.status} ${answer.body.slice(0, 300)}`)
-    const stored = JSON.parse(answer.body) as { key: string; sha256: string }
-    if (stored.sha256 !== expectedSha256) throw new Error(`${scenario.name}: the service hashed ${stored.sha256}, sent ${expectedSha256}`)
-    lastKey = stored.key
+  const expectedMd5 = md5(image)
+  const blob = new Blob([new Uint8Array(image)], { type: 'image/png' })
+  const form = () => {
+    const body = new FormData()
+    body.append('file', blob, 'bench.png')
+    return body
+  }
+  const authorization = `Bearer ${API_TOKEN}`
+  const sameSha256 = (answer: { sha256?: string }) =>
+    answer.sha256 === expectedSha256 ? undefined : `the service hashed ${answer.sha256}, sent ${expectedSha256}`
+  const sameEtag = (answer: { etag?: string }) =>
+    answer.etag?.replaceAll('"', '') === expectedMd5 ? undefined : `the S3 server's ETag is ${answer.etag}, the MD5 sent ${expectedMd5}`
+
+  let sut: Sut | undefined
+  let driver: R2Driver | undefined
+  let load: Load
+  switch (scenario.system) {
+    case 'direct': {
+      const { storage } = loadConfig(r2Env(s3.endpoint))
+      if (storage.driver !== 'r2') throw new Error('r2Env must select the r2 driver')
+      // The service's own client: same SDK, checksum settings, retries and timeouts.
+      driver = new R2Driver(storage)
+      const client = driver.client
+      let next = 0
+      load = closedLoops(scenario.concurrency, async () => {
+        const key = `direct/${next++}.png`
+        const stored = await client.send(new PutObjectCommand({ Bucket: TEST_BUCKET, Key: key, Body: image, ContentLength: image.length, ContentType: 'image/png' }))
+        const wrong = sameEtag({ etag: stored.ETag })
+        if (wrong) throw new Error(wrong)
+        return key
+      })
+      break
+    }
+    case 'naive':
+      sut = await startNaiveRoute(s3)
+      load = closedLoops(scenario.concurrency, () => post(`http://127.0.0.1:${sut!.port}/upload`, { body: form() }, sameEtag))
+      break
+    case 'form':
+      sut = await startService(s3)
+      load = closedLoops(scenario.concurrency, () => post(`http://127.0.0.1:${sut!.port}/v1/images`, { headers: { authorization }, body: form() }, sameSha256))
+      break
+    case 'raw':
+      sut = await startService(s3)
+      load = closedLoops(scenario.concurrency, () =>
+        post(`http://127.0.0.1:${sut!.port}/v1/images?filename=bench.png`, { headers: { authorization, 'content-type': 'image/png' }, body: blob }, sameSha256),
+      )
+      break
+    case 'python':
+      sut = await startService(s3)
+      load = pythonLoad(`http://127.0.0.1:${sut.port}`, await imageFile(image), scenario.concurrency)
+      break
   }
   try {
-    const result = await measure(scenario, upload, service)
-    if (lastKey) await checkStored(s3, lastKey, expectedSha256)
+    const { lastKey, ...result } = await measure(scenario, load, sut)
+    if (lastKey) {
+      const stored = await s3.sha256Of(lastKey)
+      if (stored !== expectedSha256) throw new Error(`${lastKey} was stored with SHA-256 ${stored}, sent ${expectedSha256}`)
+    }
     return result
   } finally {
-    agent.destroy()
-    await service.stop()
+    await driver?.close()
+    await sut?.stop()
   }
 }
 
-/** The functions the service spent the most CPU in, by self time, over its newest profile. */
-async function printCpuProfile(dir: string, scenario: string): Promise<void> {
+/** Empties the bucket between scenarios: no scenario pays for what an earlier one stored, and the disk holds one scenario's objects. */
+async function emptyBucket(s3: S3): Promise<void> {
+  const keys = await s3.keys()
+  for (let start = 0; start < keys.length; start += 1000) {
+    const Objects = keys.slice(start, start + 1000).map((Key) => ({ Key }))
+    const { Errors } = await s3.client.send(new DeleteObjectsCommand({ Bucket: TEST_BUCKET, Delete: { Objects, Quiet: true } }))
+    if (Errors?.length) throw new Error(`emptying the bucket: ${Errors.length} objects not deleted, the first: ${Errors[0]!.Message}`)
+  }
+}
+
+/** The functions a system spent the most CPU in, by self time, over its newest profile. */
+async function cpuProfile(dir: string, scenario: string): Promise<string[]> {
   const newest = (await readdir(dir)).filter((file) => file.endsWith('.cpuprofile')).sort().at(-1)
-  if (!newest) return
+  if (!newest) return []
   interface ProfileNode {
     id: number
     callFrame: { functionName: string; url: string; lineNumber: number }
@@ -367,42 +559,172 @@ async function printCpuProfile(dir: string, scenario: string): Promise<void> {
   })
   const top = (totals: Map<string, number>) =>
     [...totals].sort((a, b) => b[1] - a[1]).slice(0, 12).map(([name, us]) => `  ${((100 * us) / totalUs).toFixed(1).padStart(5)} %  ${name}`)
-  console.log(`\nCPU profile of the service, ${scenario} (${newest}): ${(totalUs / 1e6).toFixed(1)} s sampled, start-up and warm-up included`)
-  console.log(['By self time:', ...top(byFunction), 'By where the code lives:', ...top(byPackage)].join('\n'))
+  return [
+    `CPU profile, ${scenario} (${newest}): ${(totalUs / 1e6).toFixed(1)} s sampled, start-up and warm-up included`,
+    'By self time:',
+    ...top(byFunction),
+    'By where the code lives:',
+    ...top(byPackage),
+    '',
+  ]
 }
 
 const percentile = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)] ?? NaN
+const fixed = (value: number | undefined, digits: number) => (value === undefined || !Number.isFinite(value) ? '—' : value.toFixed(digits))
+const mibPerSecond = (result: Result) => (result.uploads * result.scenario.bytes) / MiB / result.seconds
+const uploadsPerSecond = (result: Result) => result.uploads / result.seconds
+const cpuMsPerUpload = (result: Result) => (result.sutCpuSeconds === undefined ? undefined : (1000 * result.sutCpuSeconds) / result.uploads)
+const cpuSecondsPerGiB = (result: Result) => (result.sutCpuSeconds === undefined ? undefined : result.sutCpuSeconds / ((result.uploads * result.scenario.bytes) / GiB))
+const peakRssMiB = (result: Result) => (result.peakRssBytes === undefined ? undefined : result.peakRssBytes / MiB)
+/** A share of one core as a percentage; the rest of a busy core, other processes'. */
+const percent = (share: number | undefined) => fixed(share === undefined ? undefined : 100 * share, 0)
 
-function printTable(results: Result[]): void {
-  const rate = (result: Result) => (result.uploads * result.scenario.bytes) / MiB / result.seconds
+function markdownTable(header: string[], rows: string[][]): string[] {
+  const widths = header.map((title, column) => Math.max(title.length, ...rows.map((row) => (row[column] ?? '').length)))
+  const line = (cells: string[]) => `| ${widths.map((width, column) => (column === 0 ? (cells[column] ?? '').padEnd(width) : (cells[column] ?? '').padStart(width))).join(' | ')} |`
+  return [line(header), `|${widths.map((width, column) => (column === 0 ? '-' : '') + '-'.repeat(width + 1) + (column === 0 ? '' : ':')).join('|')}|`, ...rows.map(line)]
+}
+
+function resultsTable(results: Result[]): string[] {
   const rows = results.map((result) => {
-    // Its share of one core, and what one upload cost: the cost holds up better on a busy machine.
-    const cpu = (share: number) => `${(100 * share).toFixed(0)} % ${((1000 * share * result.seconds) / result.uploads).toFixed(1)} ms`
+    if (result.error) return [result.scenario.name, `not measured: ${result.error.replaceAll('|', '/').replaceAll('\n', ' ').slice(0, 200)}`]
     const sorted = [...result.latenciesMs].sort((a, b) => a - b)
-    const baseline = results.find((other) => other.scenario.name === result.scenario.baseline)
+    const direct = results.find(
+      (other) => !other.error && other.scenario.system === 'direct' && other.scenario.bytes === result.scenario.bytes && other.scenario.concurrency === result.scenario.concurrency,
+    )
+    const sutSeconds = result.seconds
+    const sutShare = result.sutCpuSeconds === undefined ? undefined : result.sutCpuSeconds / sutSeconds
+    const loadShare = result.loadCpuSeconds / sutSeconds
+    const others = (busy: number | undefined, ours: number | undefined) => (busy === undefined ? '—' : `${percent(ours ?? 0)} / ${percent(Math.max(0, busy - (ours ?? 0)))}`)
     return [
       result.scenario.name,
       String(result.uploads),
       String(result.failures),
-      (result.uploads / result.seconds).toFixed(1),
-      rate(result).toFixed(1),
-      percentile(sorted, 50).toFixed(0),
-      percentile(sorted, 99).toFixed(0),
-      result.peakRssBytes === undefined ? '—' : (result.peakRssBytes / MiB).toFixed(0),
-      baseline ? (rate(result) / rate(baseline)).toFixed(2) : '—',
-      cpu(result.benchCpu),
-      result.serviceCpu === undefined ? '—' : cpu(result.serviceCpu),
+      fixed(uploadsPerSecond(result), uploadsPerSecond(result) < 10 ? 2 : 1),
+      fixed(mibPerSecond(result), 1),
+      direct && result !== direct ? fixed(mibPerSecond(result) / mibPerSecond(direct), 2) : '—',
+      fixed(percentile(sorted, 50), 0),
+      fixed(percentile(sorted, 99), 0),
+      fixed(cpuMsPerUpload(result), 2),
+      fixed(cpuSecondsPerGiB(result), 2),
+      fixed(peakRssMiB(result), 0),
+      others(result.loadCoreBusy, loadShare),
+      others(result.sutCoreBusy, sutShare),
+      `${result.loadCpus} / ${result.sutCpus ?? '—'}`,
     ]
   })
-  const header = ['scenario', 'uploads', 'failed', 'uploads/s', 'MiB/s', 'p50 ms', 'p99 ms', 'service peak RSS MiB', '÷ direct', 'CPU s3rver+load, per upload', 'CPU service, per upload']
-  const widths = header.map((title, column) => Math.max(title.length, ...rows.map((row) => row[column]!.length)))
-  const line = (cells: string[]) => `| ${cells.map((cell, column) => (column === 0 ? cell.padEnd(widths[column]!) : cell.padStart(widths[column]!))).join(' | ')} |`
-  console.log(['', line(header), `|${widths.map((width, column) => (column === 0 ? '-' : '') + '-'.repeat(width + 1) + (column === 0 ? '' : ':')).join('|')}|`, ...rows.map(line)].join('\n'))
+  return markdownTable(
+    [
+      'scenario',
+      'uploads',
+      'failed',
+      'uploads/s',
+      'MiB/s',
+      '÷ direct',
+      'p50 ms',
+      'p99 ms',
+      'SUT CPU ms per upload',
+      'SUT CPU s per GiB',
+      'SUT peak RSS MiB',
+      'load core % (ours / others)',
+      'SUT core % (SUT / others)',
+      'CPUs (load / SUT)',
+    ],
+    rows,
+  )
 }
 
-const chosen = SCENARIOS.filter((scenario) => ONLY.test(scenario.name))
-const selected = SCENARIOS.filter((scenario) => chosen.includes(scenario) || chosen.some((other) => other.baseline === scenario.name))
-const images = new Map<number, Buffer>()
+/** The issue's targets, each judged from this run's figures. */
+function targetsTable(results: Result[]): string[] {
+  const find = (system: System, bytes: number, concurrency: number) =>
+    results.find((result) => result.scenario.system === system && result.scenario.bytes === bytes && result.scenario.concurrency === concurrency)
+  /** A target over some scenarios: the figure shown, and whether it was met; unsettled if any scenario is missing or had failures. */
+  const target = (text: string, scenarios: (Result | undefined)[], judge: (...results: Result[]) => { figure: string; met: boolean }) => {
+    if (scenarios.some((result) => !result || result.error)) return [text, '—', 'not measured in this run']
+    const measured = scenarios as Result[]
+    if (measured.some((result) => result.uploads === 0)) return [text, '—', '**no**: no upload succeeded']
+    const { figure, met } = judge(...measured)
+    const failed = measured.reduce((sum, result) => sum + result.failures, 0)
+    return [text, figure, failed > 0 ? `**no**: failed uploads (${failed})` : met ? 'yes' : '**no**']
+  }
+  const rows: string[][] = []
+  for (const system of ['form', 'raw'] as const) {
+    rows.push(
+      target(`50 MiB ×4, ${system}: ≥ 0.90 × direct (MiB/s)`, [find(system, 50 * MiB, 4), find('direct', 50 * MiB, 4)], (sut, direct) => {
+        const ratio = mibPerSecond(sut) / mibPerSecond(direct)
+        return { figure: `${ratio.toFixed(2)} ×`, met: ratio >= 0.9 }
+      }),
+    )
+  }
+  for (const system of ['form', 'raw'] as const) {
+    rows.push(
+      target(`500 KB ×16, ${system}: ≥ 0.90 × direct (uploads/s)`, [find(system, 500 * KB, 16), find('direct', 500 * KB, 16)], (sut, direct) => {
+        const ratio = uploadsPerSecond(sut) / uploadsPerSecond(direct)
+        return { figure: `${ratio.toFixed(2)} ×`, met: ratio >= 0.9 }
+      }),
+    )
+  }
+  for (const system of ['form', 'raw'] as const) {
+    rows.push(
+      target(`500 KB ×16, ${system}: more uploads/s than the naive route`, [find(system, 500 * KB, 16), find('naive', 500 * KB, 16)], (sut, naive) => ({
+        figure: `${uploadsPerSecond(sut).toFixed(1)} vs ${uploadsPerSecond(naive).toFixed(1)}`,
+        met: uploadsPerSecond(sut) > uploadsPerSecond(naive),
+      })),
+    )
+  }
+  for (const system of ['form', 'raw'] as const) {
+    rows.push(
+      target(`CPU per 500 KB upload, ${system}: ≤ the naive route's`, [find(system, 500 * KB, 16), find('naive', 500 * KB, 16)], (sut, naive) => ({
+        figure: `${cpuMsPerUpload(sut)!.toFixed(2)} vs ${cpuMsPerUpload(naive)!.toFixed(2)} ms`,
+        met: cpuMsPerUpload(sut)! <= cpuMsPerUpload(naive)!,
+      })),
+    )
+  }
+  for (const system of ['form', 'raw'] as const) {
+    rows.push(
+      target(`CPU per GiB (50 MiB ×4), ${system}: ≤ the naive route's`, [find(system, 50 * MiB, 4), find('naive', 50 * MiB, 4)], (sut, naive) => ({
+        figure: `${cpuSecondsPerGiB(sut)!.toFixed(2)} vs ${cpuSecondsPerGiB(naive)!.toFixed(2)} s`,
+        met: cpuSecondsPerGiB(sut)! <= cpuSecondsPerGiB(naive)!,
+      })),
+    )
+  }
+  for (const system of ['form', 'raw'] as const) {
+    rows.push(
+      target(`Peak RSS, 16 × 50 MiB at once, ${system}: ≤ 200 MiB`, [find(system, 50 * MiB, 16)], (sut) => ({
+        figure: `${peakRssMiB(sut)!.toFixed(0)} MiB`,
+        met: peakRssMiB(sut)! <= 200,
+      })),
+    )
+  }
+  return markdownTable(['target (issue #10)', 'this run', 'met'], rows)
+}
+
+/** Versions and the state of the code and machine, for the report's heading. */
+const versions: { python?: string } = {}
+const git = (...args: string[]) => {
+  try {
+    return execFileSync('git', args, { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim()
+  } catch {
+    return undefined
+  }
+}
+const loadAverage = () => loadavg().map((value) => value.toFixed(1)).join(', ')
+
+function command(): string {
+  const options = Object.keys(process.env)
+    .filter((name) => name.startsWith('BENCH_'))
+    .sort()
+    .map((name) => `${name}=${/^[\w.,/:-]*$/.test(process.env[name]!) ? process.env[name] : `'${process.env[name]}'`}`)
+  return [...options, process.env.npm_lifecycle_event === 'bench' ? 'npm run bench' : 'npx tsx bench/run.ts'].join(' ')
+}
+
+// ---- the run ----
+
+if (CPUS) {
+  // Every thread of this process (s3rver, the load generator, their thread pool) on the load core; threads
+  // started later inherit it.
+  execFileSync('taskset', ['-a', '-p', '-c', CPUS.load, String(process.pid)], { stdio: 'ignore' })
+}
 // s3rver 3.7 lets one error escape: a CompleteMultipartUpload retried (after the client's idle timeout)
 // while the first attempt is still concatenating the parts finds them gone. The upload then fails, and is
 // counted as failed; any other uncaught error still ends the run.
@@ -410,37 +732,73 @@ process.on('uncaughtException', (error: NodeJS.ErrnoException) => {
   if (error.code !== 'ENOENT' || !error.path?.includes('_S3rver_uploads')) throw error
   process.stderr.write(`s3rver: ${error.message}\n`)
 })
+
+const chosen = SCENARIOS.filter((candidate) => ONLY.test(candidate.name))
+// A target compares with direct PutObject and the naive route at the same size and concurrency: they run too.
+const selected = SCENARIOS.filter(
+  (candidate) =>
+    chosen.includes(candidate) ||
+    ((candidate.system === 'direct' || candidate.system === 'naive') &&
+      chosen.some((other) => other.bytes === candidate.bytes && other.concurrency === candidate.concurrency)),
+)
+const startedAt = new Date()
+const loadBefore = loadAverage()
+// The code that runs: read now, as the checkout may change while the bench runs.
+const commit = git('rev-parse', '--short', 'HEAD') ?? 'unknown'
+const dirty = git('status', '--porcelain', '--untracked-files=no') ? ' with uncommitted changes' : ''
+const images = new Map<number, Buffer>()
 const results: Result[] = []
-for (const scenario of selected) {
-  if (!images.has(scenario.bytes)) images.set(scenario.bytes, pngOfSize(scenario.bytes, images.size + 1))
-  const image = images.get(scenario.bytes)!
-  process.stderr.write(`${scenario.name}: ${WARMUP_SECONDS} s warm-up, ${SECONDS} s measured…\n`)
-  // A fresh, empty s3rver for each scenario: no scenario pays for what an earlier one stored.
-  const s3 = await startS3()
-  const viaService = scenario.kind === 'raw' || scenario.kind === 'form'
-  try {
-    results.push(viaService ? await runService(s3, scenario, image) : await runDirect(s3, scenario, image))
-  } finally {
-    await s3.stop()
+const profiles: string[] = []
+const s3 = await startS3()
+try {
+  for (const candidate of selected) {
+    if (!images.has(candidate.bytes)) images.set(candidate.bytes, pngOfSize(candidate.bytes, images.size + 1))
+    process.stderr.write(`${candidate.name}: ${WARMUP_SECONDS} s warm-up, ${SECONDS} s measured…\n`)
+    try {
+      const result = await runScenario(s3, candidate, images.get(candidate.bytes)!)
+      results.push(result)
+      if (result.failures > 0) process.stderr.write(`  ${result.failures} failed, the first with: ${result.firstFailure}\n`)
+    } catch (error) {
+      process.stderr.write(`  not measured: ${error instanceof Error ? error.stack : String(error)}\n`)
+      results.push({ scenario: candidate, error: error instanceof Error ? error.message : String(error), uploads: 0, failures: 0, seconds: 0, latenciesMs: [], loadCpuSeconds: 0, loadCpus: '' })
+    }
+    if (CPU_PROF_DIR && candidate.system !== 'direct') profiles.push(...(await cpuProfile(CPU_PROF_DIR, candidate.name)))
+    await emptyBucket(s3)
   }
-  if (CPU_PROF_DIR && viaService) await printCpuProfile(CPU_PROF_DIR, scenario.name)
+} finally {
+  await s3.stop()
+  if (imageDir) await rm(imageDir, { recursive: true, force: true })
 }
-printTable(results)
-const mib = (bytes: number) => `${(bytes / MiB).toFixed(0)} MiB`
-for (const { scenario, operationMs } of results) {
-  if (operationMs?.size) {
-    const timings = [...operationMs].map(([name, ms]) => `${name} ${ms.length} × median ${percentile([...ms].sort((a, b) => a - b), 50).toFixed(0)} ms`)
-    console.log(`${scenario.name}, S3 operations (warm-up included): ${timings.join(', ')}`)
-  }
+
+const cpuModel = cpus()[0]?.model.trim() ?? 'unknown CPU'
+const report = [
+  `### Run of ${startedAt.toISOString().slice(0, 16).replace('T', ' ')} UTC: \`${command()}\``,
+  '',
+  ...(process.env.BENCH_NOTE ? [process.env.BENCH_NOTE, ''] : []),
+  `- Code: commit \`${commit}\`${dirty}. Node.js ${process.version}; ${versions.python ?? 'Python client not run'}; ${cpus().length} × ${cpuModel}.`,
+  CPUS
+    ? `- Pinned with \`taskset\`: the load generator and s3rver (this process; the Python client's process in its scenarios) on CPU ${CPUS.load}, each system under test alone on CPU ${CPUS.sut}; read back from every process's threads (Cpus_allowed_list) in every scenario, column "CPUs". Other processes on the machine are not pinned: the core columns show their share.`
+    : '- **Not pinned** (BENCH_CPUS=none): every process may run on every core.',
+  `- ${SECONDS} s measured per scenario after ${WARMUP_SECONDS} s of warm-up; one s3rver, emptied between scenarios; a fresh process for each system under test. Load average (1, 5, 15 min) before: ${loadBefore}; after: ${loadAverage()}.`,
+  '',
+  ...resultsTable(results),
+  '',
+  ...targetsTable(results),
+  '',
+]
+const notes = [
+  ...results.filter((result) => result.failures > 0).map((result) => `${result.scenario.name}: ${result.failures} failed, the first with: ${result.firstFailure}`),
+  ...results.flatMap(({ scenario, memoryAtPeak: memory }) =>
+    memory
+      ? [`${scenario.name}: at the highest RSS sampled (${(memory.rss / MiB).toFixed(0)} MiB), V8 heap ${(memory.heapUsed / MiB).toFixed(0)} MiB used of ${(memory.heapTotal / MiB).toFixed(0)} MiB, external (Buffers) ${(memory.external / MiB).toFixed(0)} MiB`]
+      : [],
+  ),
+  ...profiles,
+]
+if (notes.length > 0) report.push('```', ...notes, '```', '')
+const text = report.join('\n')
+process.stdout.write(`\n${text}`)
+if (process.env.BENCH_APPEND) {
+  await appendFile(process.env.BENCH_APPEND, `\n${text}`)
+  process.stderr.write(`appended to ${process.env.BENCH_APPEND}\n`)
 }
-for (const { scenario, failures, firstFailure } of results) {
-  if (failures > 0) console.log(`${scenario.name}: ${failures} failed, the first with: ${firstFailure}`)
-}
-for (const { scenario, memoryAtPeak: memory } of results) {
-  if (memory) {
-    console.log(
-      `${scenario.name}: at the highest RSS sampled (${mib(memory.rss)}), V8 heap ${mib(memory.heapUsed)} used of ${mib(memory.heapTotal)}, external (Buffers) ${mib(memory.external)}`,
-    )
-  }
-}
-console.log(`\n${SECONDS} s measured per scenario after ${WARMUP_SECONDS} s of warm-up; Node ${process.version}; s3rver in the bench process.`)
