@@ -11,7 +11,7 @@ import {
   metadataFromRequestHeaders,
   metadataToResponseHeaders,
 } from '../upload/metadata.js'
-import type { UploadSource } from '../upload/pipeline.js'
+import { coalesced, type UploadSource } from '../upload/pipeline.js'
 import { uploadHandling, type UploadSlots } from './upload-handling.js'
 
 /** Raw-body uploads: any image/* type or octet-stream; the declared type is never trusted. */
@@ -51,7 +51,7 @@ function rawUploadSource(request: FastifyRequest<{ Querystring: RawUploadQuery }
     filename: checkedFilename(request.query.filename),
     context: assertValidContext(request.query.context),
     metadata: clientMetadata(metadataFromRequestHeaders(request.headers)),
-    body: readClientBody((request.body as Readable | undefined) ?? Readable.from([])),
+    body: readClientBody(coalesced((request.body as Readable | undefined) ?? Readable.from([]))),
     // Absent with Transfer-Encoding: chunked (Node refuses a request that has both).
     declaredLength: Number.isSafeInteger(declaredLength) ? declaredLength : undefined,
   }
@@ -90,7 +90,7 @@ async function multipartUploadSource(request: FastifyRequest, maxBytes: number):
       filename: checkedFilename(part.filename),
       context: assertValidContext(context),
       metadata: clientMetadata(fields),
-      body: readClientBody(file),
+      body: readClientBody(coalesced(file)),
       beforeCommit: async () => {
         const following = await nextPart()
         if (following !== undefined) {
