@@ -20,6 +20,11 @@ const TYPE_SNIFF_BYTES = 4100
 /** JPEG dimensions can sit behind large EXIF segments; past this the header is not believable. */
 const MAX_IMAGE_HEADER_BYTES = 1024 * 1024
 export const CACHE_CONTROL = 'public, max-age=31536000, immutable'
+/**
+ * A body of unknown length is held up to this size (a typical portrait fits), past it spooled to a file:
+ * 16 uploads at once then hold 16 MiB, not 80.
+ */
+const SPOOL_AFTER_BYTES = 1024 * 1024
 /** Bodies of unknown length are spooled to files named so in the temporary directory (TMPDIR). */
 export const SPOOL_FILE_PREFIX = 'image-upload-'
 
@@ -61,8 +66,8 @@ export interface StoredUpload {
  * anything reaches storage, then counts, hashes and streams the rest to the driver. A body that fits one
  * request is buffered (at most SINGLE_REQUEST_MAX_BYTES) so its SHA-256 can be stored and verified with
  * it; a larger one streams, with its declared length when there is one (the driver can then send it as it
- * arrives, holding none of it). Without one, a driver that prefers a known length gets the body spooled to
- * a temporary file first; any other driver gets the stream.
+ * arrives, holding none of it). Without one, a driver that prefers a known length gets a body past
+ * SPOOL_AFTER_BYTES spooled to a temporary file first; any other driver gets the stream.
  */
 export async function storeUpload(source: UploadSource, policy: UploadPolicy, signal: AbortSignal): Promise<StoredUpload> {
   const reader = new CountingReader(source.body, policy.maxBytes, signal)
@@ -81,12 +86,16 @@ export async function storeUpload(source: UploadSource, policy: UploadPolicy, si
   const write = { contentType, cacheControl: CACHE_CONTROL, metadata }
 
   // A declared length says at once whether the body fits one request: no need to read that far to know.
-  if (source.declaredLength === undefined || source.declaredLength <= SINGLE_REQUEST_MAX_BYTES) await reader.fillTo(SINGLE_REQUEST_MAX_BYTES + 1)
+  // Without one, a driver that wants lengths gets a body past SPOOL_AFTER_BYTES spooled, not held.
+  const spools = source.declaredLength === undefined && policy.driver.prefersKnownLength
+  if (source.declaredLength === undefined || source.declaredLength <= SINGLE_REQUEST_MAX_BYTES) {
+    await reader.fillTo((spools ? SPOOL_AFTER_BYTES : SINGLE_REQUEST_MAX_BYTES) + 1)
+  }
   if (reader.ended) {
     await source.beforeCommit?.()
     const sha256 = reader.sha256()
     await policy.driver.put(key, reader.head(), { ...write, metadata: { ...metadata, sha256 }, sha256 }, signal)
-  } else if (source.declaredLength === undefined && policy.driver.prefersKnownLength) {
+  } else if (spools) {
     await putSpooled(reader, source.beforeCommit, policy.driver, key, write, signal)
   } else {
     const body = Readable.from(reader.drain(source.beforeCommit), { objectMode: false })
