@@ -89,6 +89,8 @@ export async function storeUpload(source: UploadSource, policy: UploadPolicy, si
   // Without one, a driver that wants lengths gets a body past SPOOL_AFTER_BYTES spooled, not held.
   const spools = source.declaredLength === undefined && policy.driver.prefersKnownLength
   if (source.declaredLength === undefined || source.declaredLength <= SINGLE_REQUEST_MAX_BYTES) {
+    // A declared length is the exact size to hold: one allocation, no regrowth and no copying over.
+    if (source.declaredLength !== undefined) reader.reserve(source.declaredLength)
     await reader.fillTo((spools ? SPOOL_AFTER_BYTES : SINGLE_REQUEST_MAX_BYTES) + 1)
   }
   if (reader.ended) {
@@ -310,14 +312,18 @@ class CountingReader {
       const chunk = await this.next()
       if (chunk === undefined) return
       const needed = this.bufferedBytes + chunk.length
-      if (needed > this.buffer.length) {
-        const grown = Buffer.allocUnsafe(Math.max(needed, Math.min(bytes, 2 * this.buffer.length)))
-        this.buffer.copy(grown, 0, 0, this.bufferedBytes)
-        this.buffer = grown
-      }
+      if (needed > this.buffer.length) this.reserve(Math.max(needed, Math.min(bytes, 2 * this.buffer.length)))
       chunk.copy(this.buffer, this.bufferedBytes)
       this.bufferedBytes = needed
     }
+  }
+
+  /** Makes room to hold `bytes` in all. */
+  reserve(bytes: number): void {
+    if (bytes <= this.buffer.length) return
+    const grown = Buffer.allocUnsafe(bytes)
+    this.buffer.copy(grown, 0, 0, this.bufferedBytes)
+    this.buffer = grown
   }
 
   head(): Buffer {
