@@ -1,10 +1,9 @@
 import dns from 'node:dns/promises'
 import http, { type IncomingMessage } from 'node:http'
 import net from 'node:net'
-import type { Duplex, Readable } from 'node:stream'
+import type { Duplex } from 'node:stream'
 import tls from 'node:tls'
 import { ApiError } from '../errors.js'
-import { coalesced } from '../upload/pipeline.js'
 import { addressRefusal } from './address-policy.js'
 
 export interface ResolvedAddress {
@@ -211,7 +210,7 @@ export async function openSource(sourceUrl: string, rules: SourceRules, network:
       }
       if (status < 200 || status > 299) throw new ApiError('import_failed', `The source answered ${status}.`)
       const declared = Number(response.headers['content-length'])
-      return { body: readBody(coalesced(response), failureOf), declaredLength: Number.isSafeInteger(declared) ? declared : undefined, close }
+      return { body: readBody(response, failureOf), declaredLength: Number.isSafeInteger(declared) ? declared : undefined, close }
     }
   } catch (error) {
     close()
@@ -243,7 +242,7 @@ async function connectToFirst(addresses: string[], destination: Destination, con
   throw new ApiError('import_failed', `The source host ${destination.hostname} could not be reached${code ? ` (${code})` : ''}.`, { cause: lastError })
 }
 
-async function* readBody(response: Readable, failureOf: (error: unknown) => unknown): AsyncGenerator<Buffer> {
+async function* readBody(response: IncomingMessage, failureOf: (error: unknown) => unknown): AsyncGenerator<Buffer> {
   try {
     for await (const chunk of response) yield chunk as Buffer
   } catch (error) {
