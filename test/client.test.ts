@@ -66,7 +66,7 @@ t.test('raw uploads: bytes with metadata in headers, and a stream never held who
   t.equal(await s3.sha256Of(raw.key), sha256(data))
   t.equal((await client.metadata(raw.key)).metadata.character_name, CHARACTER, 'percent-encoded X-Meta-* headers round-trip')
 
-  // 6 MiB: past one part, so the service stores it as a multipart upload while it streams.
+  // 6 MiB of unknown length: the service spools it, then stores it in one PutObject.
   const streamed = pngStream(6 * MiB)
   const image = await client.upload(Readable.from(streamed.stream), 'big.png')
   const sent = streamed.sha256()

@@ -273,13 +273,13 @@ t.test('the Dockerfile runtime stage, reproduced: production dependencies only, 
   t.equal(rawBody.width, 32)
   t.equal(await s3.sha256Of(rawBody.key), sha256(image), 'byte-exact in the bucket (one PutObject)')
 
-  // Over 5 MiB, as a form: the multipart parser and the streamed multipart upload of the SDK.
+  // Over 5 MiB, as a form: the multipart parser, the spool file, then one PutObject of exact length.
   const large = pngOfSize(6 * MiB, 5)
   const form = multipartBody([{ name: 'context', value: 'portraits' }, { name: 'file', filename: 'large.png', contentType: 'image/png', data: large }])
   const streamed = await fetch(`${base}/v1/images`, { method: 'POST', headers: { ...form.headers, authorization: `Bearer ${TOKEN}` }, body: new Uint8Array(form.payload) })
   const streamedBody = (await streamed.json()) as StoredImage
   t.equal(streamed.status, 201, `a 6 MiB form upload is stored: ${JSON.stringify(streamedBody).slice(0, 200)}`)
-  t.equal(await s3.sha256Of(streamedBody.key), sha256(large), 'byte-exact in the bucket (multipart upload)')
+  t.equal(await s3.sha256Of(streamedBody.key), sha256(large), 'byte-exact in the bucket (spooled upload)')
 
   const metrics = await fetch(`${base}/metrics`, { headers: { authorization: `Bearer ${TOKEN}` } })
   t.match(await metrics.text(), /^r2_uploads_total 2$/m, '/metrics counts both uploads')

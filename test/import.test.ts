@@ -223,7 +223,7 @@ t.test('imports from a local source are stored like uploads, read back byte-exac
   const s3 = await startS3()
   t.teardown(() => s3.stop())
   const portrait = pngOfSize(300_000, 3)
-  // Over 5 MiB: stored as a multipart upload, streamed from the source.
+  // Over 5 MiB: streamed from the source to one PutObject of its declared length.
   const large = pngOfSize(6 * MiB + 123, 4)
   const source = await startSource(t, (req, res) => {
     const routes: Record<string, () => void> = {

@@ -10,6 +10,7 @@ import { closedPort, listen, silentServer } from './helpers/http.js'
 import { pngOfSize, sha256 } from './helpers/images.js'
 import { multipartBody, type FormPart } from './helpers/multipart.js'
 import { PROBLEM_JSON } from './helpers/problem.js'
+import { isolatedSpoolDir } from './helpers/spool.js'
 import { HeadObjectCommand, TEST_BUCKET, r2DriverOf, recordCommands, r2Env as s3Env, startS3 } from './helpers/s3.js'
 
 const CACHE_CONTROL = 'public, max-age=31536000, immutable'
@@ -103,8 +104,7 @@ t.test('uploads of 1 KiB, 500 KB and 12 MiB are stored byte-exact with their hea
       t.equal(json.metadata.width, '16')
       t.equal(json.metadata.height, '16')
       t.ok(json.metadata.uploaded_at)
-      if (size <= 5 * MiB) t.equal(json.metadata.sha256, expected)
-      else t.notOk('sha256' in json.metadata)
+      t.equal(json.metadata.sha256, expected)
 
       const headed = await app.inject({ method: 'HEAD', url: `/v1/images/${body.key}` })
       t.equal(headed.statusCode, 200)
@@ -175,14 +175,12 @@ t.test('a bucket that does not exist: 502 bucket_not_found, /readyz 503, nothing
   const { app } = await buildTestApp(t, r2Env(s3.endpoint, 'no-such-bucket'))
   const before = await s3.keys()
 
-  // Both paths: one PutObject (1 KiB) and the multipart upload (6 MiB).
-  for (const size of [KiB, 6 * MiB]) {
-    const res = await upload(app, pngOfSize(size, 4))
-    t.equal(res.statusCode, 502, `${size} bytes: ${res.body.slice(0, 300)}`)
-    t.match(res.headers['content-type'], PROBLEM_JSON)
-    t.equal(res.json().code, 'bucket_not_found')
-    t.equal(res.json().status, 502)
-  }
+  // A body sent whole (the spooled one's refusal is below).
+  const res = await upload(app, pngOfSize(KiB, 4))
+  t.equal(res.statusCode, 502, res.body.slice(0, 300))
+  t.match(res.headers['content-type'], PROBLEM_JSON)
+  t.equal(res.json().code, 'bucket_not_found')
+  t.equal(res.json().status, 502)
 
   // Reads too: HeadObject's 404 has no body, so the driver must not report a missing bucket as a missing object.
   const got = await app.inject({ method: 'GET', url: '/v1/images/general/2025/01/abcdefghijklmnop_portrait.png' })
@@ -237,27 +235,24 @@ t.test('an unreachable backend: 503 storage_unavailable quickly, with Retry-Afte
   t.notOk('fallback_url' in ready.json(), 'only uploads offer the fallback')
 })
 
-t.test('an upload that fails on the multipart path leaves no object and answers 413', async (t) => {
+t.test('a form of unknown length past the limit: 413 while it is spooled, nothing sent to S3, no spool file left', async (t) => {
+  const spool = await isolatedSpoolDir(t)
   const { app } = await buildTestApp(t, { ...r2Env(), MAX_UPLOAD_BYTES: String(8 * MiB) })
   const sent = recordCommands(r2DriverOf(app))
   const before = await s3.keys()
 
-  // Without Content-Length (chunked), in network-sized pieces: the limit is crossed while the multipart
-  // upload is under way.
-  const { payload, headers } = multipartBody([{ name: 'file', filename: 'big.png', contentType: 'image/png', data: pngOfSize(12 * MiB, 8) }])
-  const answer = await streamUpload(await listen(app), '/v1/images', headers, piecesOf(payload))
-  const res = { statusCode: answer.status, headers: answer.headers, body: answer.body, json: () => JSON.parse(answer.body) }
-  t.equal(res.statusCode, 413, res.body.slice(0, 300))
+  const { payload, headers } = multipartBody([{ name: 'file', filename: 'large.png', contentType: 'image/png', data: pngOfSize(12 * MiB, 8) }])
+  const res = await streamUpload(await listen(app), '/v1/images', headers, piecesOf(payload))
+  t.equal(res.status, 413, res.body.slice(0, 300))
   t.match(res.headers['content-type'], PROBLEM_JSON)
-  // s3rver answers AbortMultipartUpload with 405: the client must still see the real cause.
-  t.equal(res.json().code, 'image_too_large')
-  const commands = sent.map((command) => command.name)
-  t.ok(commands.includes('CreateMultipartUpload'), `the multipart path was taken: ${commands.join(', ')}`)
-  t.notOk(commands.includes('CompleteMultipartUpload'), 'the upload was never completed')
+  t.equal(JSON.parse(res.body).code, 'image_too_large')
+  t.same(sent.map((command) => command.name), [], 'nothing was sent to S3')
+  t.same(await spool.files(), [], 'the spool file is removed')
   t.same(await s3.keys(), before, 'no object left behind')
 })
 
-t.test('a raw body of declared length over 5 MiB goes up as it arrives, in one PutObject; a chunked one as a multipart upload', async (t) => {
+t.test('a raw body over 5 MiB goes up in one PutObject of its length: as it arrives when declared, spooled when chunked', async (t) => {
+  const spool = await isolatedSpoolDir(t)
   const { app } = await buildTestApp(t, r2Env())
   const sent = recordCommands(r2DriverOf(app))
   const target = await listen(app)
@@ -272,13 +267,78 @@ t.test('a raw body of declared length over 5 MiB goes up as it arrives, in one P
   t.equal(sent[0]?.input.ContentLength, data.length, 'of the declared length')
   t.equal(sent[0]?.input.IfNoneMatch, '*', 'never overwriting')
 
-  // Without Content-Length the length is unknown until the end: equal parts, as R2 wants.
+  // Without Content-Length the length is unknown until the end: the body is spooled, then sent whole.
   sent.length = 0
   const chunked = await streamUpload(target, '/v1/images?filename=chunked.png', { 'content-type': 'image/png' }, piecesOf(data))
   t.equal(chunked.status, 201, chunked.body.slice(0, 300))
-  t.equal(await s3.sha256Of((JSON.parse(chunked.body) as { key: string }).key), sha256(data), 'stored byte-exact')
-  const commands = sent.map((command) => command.name)
-  t.same([commands[0], commands.at(-1)], ['CreateMultipartUpload', 'CompleteMultipartUpload'], `a multipart upload: ${commands.join(', ')}`)
+  const key = (JSON.parse(chunked.body) as { key: string }).key
+  t.equal(await s3.sha256Of(key), sha256(data), 'stored byte-exact')
+  t.same(sent.map((command) => command.name), ['PutObject'], 'one PutObject (one Class A operation), no multipart upload')
+  t.equal(sent[0]?.input.ContentLength, data.length, 'of the exact length')
+  t.equal(sent[0]?.input.ChecksumSHA256, Buffer.from(sha256(data), 'hex').toString('base64'), 'carrying its SHA-256, which R2 verifies')
+  t.equal((await app.inject({ method: 'GET', url: `/v1/images/${key}` })).json().metadata.sha256, sha256(data), 'sha256 stored as metadata')
+  t.same(await spool.files(), [], 'the spool file is removed')
+})
+
+t.test('a client that hangs up while its body is spooled: no spool file left, nothing sent to S3', async (t) => {
+  const spool = await isolatedSpoolDir(t)
+  const { app } = await buildTestApp(t, r2Env())
+  const sent = recordCommands(r2DriverOf(app))
+  const target = await listen(app)
+  const before = await s3.keys()
+  const socket = net.connect(target)
+  await once(socket, 'connect')
+  socket.on('error', () => {}).resume()
+  socket.write(`POST /v1/images?filename=cut.png HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n`)
+  const part = pngOfSize(12 * MiB, 43).subarray(0, 7 * MiB)
+  socket.write(`${part.length.toString(16)}\r\n`)
+  socket.write(part)
+  for (let waited = 0; (await spool.files()).length === 0; waited += 20) {
+    if (waited > 10_000) throw new Error('the body was never spooled')
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+  t.pass('the body past 5 MiB is being spooled')
+  socket.destroy()
+  for (let waited = 0; (await app.metrics.uploadsInFlight.get()).values[0]?.value !== 0; waited += 20) {
+    if (waited > 10_000) throw new Error('the upload never ended')
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+  t.same(await spool.files(), [], 'the spool file is removed')
+  t.same(sent, [], 'nothing was sent to S3')
+  t.same(await s3.keys(), before, 'nothing stored')
+})
+
+t.test('a spooled body the backend refuses: a problem, and the spool file is removed', async (t) => {
+  const spool = await isolatedSpoolDir(t)
+  const { app } = await buildTestApp(t, r2Env(s3.endpoint, 'no-such-bucket'))
+  const sent = recordCommands(r2DriverOf(app))
+  const res = await streamUpload(await listen(app), '/v1/images?filename=refused.png', { 'content-type': 'image/png' }, piecesOf(pngOfSize(6 * MiB, 44)))
+  // s3rver answers 404 and closes while the streamed body is still being written: the SDK may see the
+  // answer (bucket_not_found) or the closed socket first (storage_unavailable).
+  t.match(JSON.parse(res.body), { code: /^(bucket_not_found|storage_unavailable)$/ }, res.body.slice(0, 300))
+  t.same(sent.map((command) => command.name), ['PutObject'], 'it was spooled, then sent')
+  t.same(await spool.files(), [], 'the spool file is removed')
+})
+
+t.test('a buffered PutObject is signed with the SHA-256 the pipeline computed, and the backend accepts it', async (t) => {
+  const { app } = await buildTestApp(t, r2Env())
+  // After signing (the finalizeRequest step): the request as it goes on the wire.
+  const signed: { authorization: string; payloadHash: string }[] = []
+  r2DriverOf(app).client.middlewareStack.add(
+    (next) => async (args) => {
+      const headers = (args.request as { headers: Record<string, string> }).headers
+      signed.push({ authorization: headers.authorization ?? '', payloadHash: headers['x-amz-content-sha256'] ?? '' })
+      return next(args)
+    },
+    { step: 'deserialize', name: 'testRecordSignedHeaders' },
+  )
+  const data = pngOfSize(500_000, 45)
+  const res = await upload(app, data)
+  t.equal(res.statusCode, 201, res.body.slice(0, 300))
+  t.equal(await s3.sha256Of(res.json().key), sha256(data), 'stored byte-exact')
+  t.equal(signed.length, 1, 'one request')
+  t.equal(signed[0]?.payloadHash, sha256(data), 'x-amz-content-sha256 is the hash of the body, as the pipeline computed it')
+  t.match(signed[0]?.authorization, /SignedHeaders=[^,]*x-amz-content-sha256/, 'and it is signed')
 })
 
 t.test('a client that hangs up during a streamed PutObject: the PutObject is cut short, never completed', async (t) => {

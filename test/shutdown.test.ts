@@ -1,9 +1,12 @@
 import http from 'node:http'
 import net from 'node:net'
-import { readFile } from 'node:fs/promises'
+import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t, { type Test } from 'tap'
 import type { StoredImage } from '../src/client.js'
+import { SPOOL_FILE_PREFIX } from '../src/upload/pipeline.js'
 import { pngOfSize, sha256 } from './helpers/images.js'
 import { PROBLEM_JSON } from './helpers/problem.js'
 import { r2Env, startS3 } from './helpers/s3.js'
@@ -192,9 +195,13 @@ t.test('SIGTERM during a slow upload: it finishes with 201 and a byte-exact obje
   t.ok(service.logs.some((line) => line.msg === 'closed'), 'it logged that it closed')
 })
 
-t.test('SIGTERM with uploads that stall past SHUTDOWN_TIMEOUT_MS: they end, nothing is stored, exit 0', async (t) => {
+t.test('SIGTERM with uploads that stall past SHUTDOWN_TIMEOUT_MS: they end, nothing is stored, no spool file is left, exit 0', async (t) => {
   const SHUTDOWN_TIMEOUT_MS = 2000
-  const service = await startShutdownService(t, { SHUTDOWN_TIMEOUT_MS: String(SHUTDOWN_TIMEOUT_MS) })
+  // The service's temporary directory, where a body of unknown length is spooled.
+  const spoolDir = await mkdtemp(path.join(tmpdir(), 'spool-'))
+  t.teardown(() => rm(spoolDir, { recursive: true, force: true }))
+  const spoolFiles = async () => (await readdir(spoolDir)).filter((name) => name.startsWith(SPOOL_FILE_PREFIX))
+  const service = await startShutdownService(t, { SHUTDOWN_TIMEOUT_MS: String(SHUTDOWN_TIMEOUT_MS), TMPDIR: spoolDir })
   const keysBefore = await s3.keys()
   const headers = (size: number) => ({ 'content-type': 'image/png', 'content-length': String(size) })
 
@@ -203,9 +210,9 @@ t.test('SIGTERM with uploads that stall past SHUTDOWN_TIMEOUT_MS: they end, noth
   const stalledSmall = openUpload(service.target, '/v1/images?filename=stalled-small.png', headers(small.length))
   await stalledSmall.write(small.subarray(0, MiB))
 
-  // Multipart size (> 5 MiB of undeclared length, chunked: streamed to a multipart upload whose first part
-  // is sent): 7 of 12 MiB, then nothing. (With a Content-Length it would be one streamed PutObject, which
-  // s3rver, unlike R2, would keep cut short: "nothing stored" could not be checked here.)
+  // Over 5 MiB of undeclared length (chunked: spooled to a temporary file): 7 of 12 MiB, then nothing.
+  // (With a Content-Length it would be one streamed PutObject, which s3rver, unlike R2, would keep cut
+  // short: "nothing stored" could not be checked here.)
   const large = pngOfSize(12 * MiB, 22)
   const stalledLarge = openUpload(service.target, '/v1/images?filename=stalled-large.png', { 'content-type': 'image/png' })
   await stalledLarge.write(large.subarray(0, 7 * MiB))
@@ -222,18 +229,15 @@ t.test('SIGTERM with uploads that stall past SHUTDOWN_TIMEOUT_MS: they end, noth
     }
   })()
 
-  // All three are in the handler, and the large one really is in a multipart upload, before the signal.
+  // All three are in the handler, and the large one really is being spooled, before the signal.
   await until(async () => (await metric(service.target, 'r2_uploads_in_flight')) === 3, 'three uploads in flight')
-  await until(
-    async () => (await metric(service.target, 'r2_operations_total{operation="UploadPart",class="A"}')) >= 1,
-    'the first part of the large upload to be sent',
-  )
-  t.pass('three uploads are in flight, the large one with a part already sent')
+  await until(async () => (await spoolFiles()).length === 1, 'the large upload to be spooled')
+  t.pass('three uploads are in flight, the large one being spooled')
 
   const signalledAt = Date.now()
   service.child.kill('SIGTERM')
 
-  const uploads = { 'single-request size, stalled': stalledSmall, 'multipart size, stalled': stalledLarge, 'trickling': trickle }
+  const uploads = { 'single-request size, stalled': stalledSmall, 'spooled size, stalled': stalledLarge, 'trickling': trickle }
   for (const [name, upload] of Object.entries(uploads)) {
     const outcome = await upload.outcome
     const after = outcome.at - signalledAt
@@ -256,9 +260,8 @@ t.test('SIGTERM with uploads that stall past SHUTDOWN_TIMEOUT_MS: they end, noth
   t.ok(exit.at - signalledAt < SHUTDOWN_TIMEOUT_MS + 3000, `it exits ${exit.at - signalledAt} ms after SIGTERM (timeout ${SHUTDOWN_TIMEOUT_MS} ms)`)
   t.ok(service.logs.some((line) => line.msg === 'closing: aborting the uploads still in flight'), 'the late uploads were aborted')
   t.notOk(service.logs.some((line) => line.msg === 'image stored'), 'no upload reports a stored image')
-  // s3rver does not implement AbortMultipartUpload, so the large upload's sent part may linger there
-  // (R2 would drop it); what matters is that no object was completed: the bucket lists no new key.
   t.same((await s3.keys()).filter((key) => !keysBefore.includes(key)), [], 'no object was stored')
+  t.same(await spoolFiles(), [], 'the spool file is removed')
 })
 
 t.test('a client that neither reads the 503 nor hangs up holds the exit for LINGER_MS at most', async (t) => {

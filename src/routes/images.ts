@@ -13,7 +13,7 @@ import {
   metadataToResponseHeaders,
 } from '../upload/metadata.js'
 import { watchFormFraming } from '../upload/form-length.js'
-import type { UploadSource } from '../upload/pipeline.js'
+import { coalesced, type UploadSource } from '../upload/pipeline.js'
 import type { UploadSlots } from '../upload/uploader.js'
 import { storingRoute } from './storing-route.js'
 
@@ -54,7 +54,7 @@ function rawUploadSource(request: FastifyRequest<{ Querystring: RawUploadQuery }
     filename: checkedFilename(request.query.filename),
     context: assertValidContext(request.query.context),
     metadata: clientMetadata(metadataFromRequestHeaders(request.headers)),
-    body: readClientBody((request.body as Readable | undefined) ?? Readable.from([])),
+    body: readClientBody(coalesced((request.body as Readable | undefined) ?? Readable.from([]))),
     // Absent with Transfer-Encoding: chunked (Node refuses a request that has both).
     declaredLength: Number.isSafeInteger(declaredLength) ? declaredLength : undefined,
   }
@@ -105,7 +105,7 @@ async function multipartUploadSource(request: FastifyRequest, maxBytes: number):
       filename: checkedFilename(part.filename),
       context: assertValidContext(context),
       metadata: clientMetadata(fields),
-      body: readClientBody(file),
+      body: readClientBody(coalesced(file)),
       declaredLength,
       beforeCommit: async () => {
         const following = await nextPart()

@@ -50,6 +50,11 @@ export type PricingClass = 'A' | 'B' | 'free'
 export interface StorageDriver {
   readonly name: 'fs' | 'r2'
   /**
+   * A stream of unknown length costs this backend memory and requests (a multipart upload's parts): the
+   * upload pipeline spools such a body to a temporary file and hands it over with its length.
+   */
+  readonly prefersKnownLength: boolean
+  /**
    * Stores a new object and never overwrites one. A Buffer goes up in one request; a stream is written
    * as it arrives. If the stream errors or `signal` aborts, nothing is left behind and the call rejects.
    * Rejects with KeyExistsError when the key already holds an object written by someone else.

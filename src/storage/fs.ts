@@ -22,6 +22,7 @@ interface Sidecar {
  */
 export class FsDriver implements StorageDriver {
   readonly name = 'fs'
+  readonly prefersKnownLength = false
   private readonly objectsDir: string
   private readonly metaDir: string
   private readonly tmpDir: string

@@ -71,6 +71,7 @@ const CLOSE_CLEANUP_WAIT_MS = 3000
 /** Cloudflare R2 (or any S3-compatible server) through the AWS SDK. */
 export class R2Driver implements StorageDriver {
   readonly name = 'r2'
+  readonly prefersKnownLength = true
   readonly client: S3Client
   private readonly bucket: string
   private readonly idleMs: number
@@ -148,12 +149,14 @@ export class R2Driver implements StorageDriver {
   }
 
   private async write(params: PutObjectCommandInput, body: Buffer | Readable, write: ObjectWrite, signal: AbortSignal): Promise<void> {
+    // A body whose SHA-256 is known carries it, and the backend refuses the body if it does not match.
+    const checksum = write.sha256 && Buffer.from(write.sha256, 'hex').toString('base64')
     if (!Buffer.isBuffer(body) && write.length !== undefined && write.length <= SINGLE_PUT_MAX_BYTES) {
-      return this.putStream(params, body, write.length, signal)
+      return this.putStream({ ...params, ChecksumSHA256: checksum }, body, write.length, signal)
     }
     if (Buffer.isBuffer(body)) {
-      const checksum = write.sha256 && Buffer.from(write.sha256, 'hex').toString('base64')
       const command = new PutObjectCommand({ ...params, Body: body, ContentLength: body.length, ChecksumSHA256: checksum })
+      if (write.sha256) signPayloadWith(command, write.sha256)
       await this.guarded(this.client.send(command, { abortSignal: signal }), signal)
       return
     }
@@ -385,6 +388,22 @@ function pacedByClient(body: Readable, idleMs: number): Readable {
     return pipe(destination, options)
   }
   return paced
+}
+
+/**
+ * Signs the request with a SHA-256 the caller has already computed over the body. The signer takes the
+ * payload hash from an x-amz-content-sha256 header when there is one, and otherwise hashes a Buffer body
+ * itself: a second pass over every byte.
+ */
+function signPayloadWith(command: PutObjectCommand, sha256: string): void {
+  command.middlewareStack.add(
+    (next) => async (args) => {
+      ;(args.request as { headers: Record<string, string> }).headers['x-amz-content-sha256'] = sha256
+      return next(args)
+    },
+    // Built requests are signed in the finalizeRequest step, after this one.
+    { step: 'build', name: 'signPayloadWithKnownSha256' },
+  )
 }
 
 const isPreconditionFailed = (error: unknown): boolean =>

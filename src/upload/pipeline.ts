@@ -1,9 +1,14 @@
-import { createHash } from 'node:crypto'
-import { Readable } from 'node:stream'
+import { createHash, randomUUID } from 'node:crypto'
+import { createReadStream, createWriteStream } from 'node:fs'
+import { open, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { Readable, Transform, finished } from 'node:stream'
+import { pipeline } from 'node:stream/promises'
 import { fileTypeFromBuffer } from 'file-type'
 import { imageSize } from 'image-size'
 import { ApiError } from '../errors.js'
-import type { StorageDriver } from '../storage/driver.js'
+import type { ObjectWrite, StorageDriver } from '../storage/driver.js'
 import { SINGLE_REQUEST_MAX_BYTES } from '../storage/driver.js'
 import { IMAGE_EXTENSIONS, asImageType, type ImageType } from '../image-types.js'
 import { jpegFrameSize, type Size } from './frame-size.js'
@@ -16,6 +21,13 @@ const TYPE_SNIFF_BYTES = 4100
 /** JPEG dimensions can sit behind large EXIF segments; past this the header is not believable. */
 const MAX_IMAGE_HEADER_BYTES = 1024 * 1024
 export const CACHE_CONTROL = 'public, max-age=31536000, immutable'
+/**
+ * A body of unknown length is held up to this size (a typical portrait fits), past it spooled to a file:
+ * 16 uploads at once then hold 16 MiB, not 80.
+ */
+const SPOOL_AFTER_BYTES = 1024 * 1024
+/** Bodies of unknown length are spooled to files named so in the temporary directory (TMPDIR). */
+export const SPOOL_FILE_PREFIX = 'image-upload-'
 
 export interface UploadSource {
   /** The client's filename, directory part removed. */
@@ -34,7 +46,7 @@ export interface UploadSource {
 }
 
 export interface UploadPolicy {
-  driver: Pick<StorageDriver, 'put'>
+  driver: Pick<StorageDriver, 'put' | 'prefersKnownLength'>
   maxBytes: number
   allowedTypes: readonly ImageType[]
   maxPixels: number
@@ -58,7 +70,8 @@ export interface StoredUpload {
  * anything reaches storage, then counts, hashes and streams the rest to the driver. A body that fits one
  * request is buffered (at most SINGLE_REQUEST_MAX_BYTES) so its SHA-256 can be stored and verified with
  * it; a larger one streams, with its declared length when there is one (the driver can then send it as it
- * arrives, holding none of it), otherwise holding only the driver's parts in memory.
+ * arrives, holding none of it). Without one, a driver that prefers a known length gets a body past
+ * SPOOL_AFTER_BYTES spooled to a temporary file first; any other driver gets the stream.
  */
 export async function storeUpload(source: UploadSource, policy: UploadPolicy, signal: AbortSignal): Promise<StoredUpload> {
   const reader = new CountingReader(source.body, policy.maxBytes, signal)
@@ -79,11 +92,19 @@ export async function storeUpload(source: UploadSource, policy: UploadPolicy, si
   const write = { contentType, cacheControl: CACHE_CONTROL, metadata }
 
   // A declared length says at once whether the body fits one request: no need to read that far to know.
-  if (source.declaredLength === undefined || source.declaredLength <= SINGLE_REQUEST_MAX_BYTES) await reader.fillTo(SINGLE_REQUEST_MAX_BYTES + 1)
+  // Without one, a driver that wants lengths gets a body past SPOOL_AFTER_BYTES spooled, not held.
+  const spools = source.declaredLength === undefined && policy.driver.prefersKnownLength
+  if (source.declaredLength === undefined || source.declaredLength <= SINGLE_REQUEST_MAX_BYTES) {
+    // A declared length is the exact size to hold: one allocation, no regrowth and no copying over.
+    if (source.declaredLength !== undefined) reader.reserve(source.declaredLength)
+    await reader.fillTo((spools ? SPOOL_AFTER_BYTES : SINGLE_REQUEST_MAX_BYTES) + 1)
+  }
   if (reader.ended) {
     await source.beforeCommit?.()
     const sha256 = reader.sha256()
     await policy.driver.put(key, reader.head(), { ...write, metadata: { ...metadata, sha256 }, sha256 }, signal)
+  } else if (spools) {
+    await putSpooled(reader, source.beforeCommit, policy.driver, key, write, signal)
   } else {
     const body = Readable.from(reader.drain(source.declaredLength, source.beforeCommit), { objectMode: false })
     await policy.driver.put(key, body, { ...write, length: source.declaredLength }, signal)
@@ -100,8 +121,80 @@ export async function storeUpload(source: UploadSource, policy: UploadPolicy, si
   }
 }
 
+/**
+ * A body of unknown length is written to a temporary file as it arrives, then stored with its length and
+ * SHA-256 in one request: it holds a block in memory where parts would hold megabytes, and it costs one
+ * write operation where a multipart upload costs two plus one per part. The file goes however this ends.
+ */
+async function putSpooled(
+  reader: CountingReader,
+  beforeCommit: UploadSource['beforeCommit'],
+  driver: UploadPolicy['driver'],
+  key: string,
+  write: ObjectWrite,
+  signal: AbortSignal,
+): Promise<void> {
+  const file = path.join(tmpdir(), `${SPOOL_FILE_PREFIX}${randomUUID()}`)
+  try {
+    // The reader answers the abort (client gone, shutdown) and the size limit; the write stream only writes.
+    // Opened before the stream starts: a stream destroyed while still opening would create the file after rm.
+    const handle = await open(file, 'wx')
+    await pipeline(Readable.from(reader.drain(undefined, beforeCommit), { objectMode: false }), createWriteStream(file, { fd: handle }))
+    const sha256 = reader.sha256()
+    const body = createReadStream(file)
+    await driver.put(key, body, { ...write, metadata: { ...write.metadata, sha256 }, sha256, length: reader.size }, signal).finally(() => body.destroy())
+  } finally {
+    await rm(file, { force: true })
+  }
+}
+
+/** Chunks at least this large go on as they are; smaller ones are copied into blocks of COALESCED_BLOCK_BYTES. */
+const COALESCE_BELOW_BYTES = 16 * 1024
+const COALESCED_BLOCK_BYTES = 64 * 1024
+
+/**
+ * The bytes of `source`, small chunks copied together. Node gives every HTTP chunk its own Buffer, and a
+ * client sending 1-byte chunks makes one socket read a thousand of them: left queued in a stream they
+ * outlive the young generation and cost the heap ~100 bytes each, a megabyte a few hundred megabytes.
+ * Taken as they are emitted, they die young: chunks that arrive together (in one tick) go on as one block.
+ * A failure or an early close of `source` fails the result; `source` itself is never destroyed from here
+ * (the service still answers on its socket).
+ */
+export function coalesced(source: Readable): Readable {
+  let block: Buffer | undefined
+  let used = 0
+  const pushBlock = (stream: Transform) => {
+    if (block !== undefined && used > 0) stream.push(block.subarray(0, used))
+    block = undefined
+    used = 0
+  }
+  const blocks = new Transform({
+    transform(chunk: Buffer, _encoding, done) {
+      if (chunk.length >= COALESCE_BELOW_BYTES || (block !== undefined && used + chunk.length > COALESCED_BLOCK_BYTES)) pushBlock(this)
+      if (chunk.length >= COALESCE_BELOW_BYTES) return done(null, chunk)
+      if (block === undefined) {
+        block = Buffer.allocUnsafe(COALESCED_BLOCK_BYTES)
+        const filling = block
+        setImmediate(() => block === filling && !this.destroyed && pushBlock(this))
+      }
+      used += chunk.copy(block, used)
+      done()
+    },
+    flush(done) {
+      pushBlock(this)
+      done()
+    },
+  })
+  source.pipe(blocks)
+  finished(source, (error) => {
+    if (error) blocks.destroy(error)
+  })
+  return blocks
+}
+
 /** Takes the body and keeps nothing: for reading an upload through the same checks without storing it. */
-const NO_STORAGE: Pick<StorageDriver, 'put'> = {
+const NO_STORAGE: UploadPolicy['driver'] = {
+  prefersKnownLength: false,
   async put(_key, body) {
     if (!Buffer.isBuffer(body)) for await (const _chunk of body);
   },
@@ -177,12 +270,16 @@ function lengthDisagrees(length: number): ApiError {
   )
 }
 
-/** Pulls chunks from the body, enforcing the size limit and hashing every byte exactly once. */
+/**
+ * Pulls chunks from the body, enforcing the size limit and hashing every byte exactly once. What it holds
+ * is copied into one growing buffer as it arrives, so a body of tiny chunks costs its bytes, not an object
+ * per chunk (see `coalesced` for the chunks on their way).
+ */
 class CountingReader {
   size = 0
   ended = false
   bufferedBytes = 0
-  private buffered: Buffer[] = []
+  private buffer = Buffer.alloc(0)
   private readonly hash = createHash('sha256')
   private observer: { write(chunk: Buffer): void } | undefined
   private readonly iterator: AsyncIterator<Buffer>
@@ -232,19 +329,28 @@ class CountingReader {
     this.observer = observer
   }
 
-  /** Buffers chunks until at least `bytes` are held or the body ends. */
+  /** Buffers the body until at least `bytes` are held or it ends; the buffer grows by doubling, up to `bytes`. */
   async fillTo(bytes: number): Promise<void> {
     while (!this.ended && this.bufferedBytes < bytes) {
       const chunk = await this.next()
       if (chunk === undefined) return
-      this.buffered.push(chunk)
-      this.bufferedBytes += chunk.length
+      const needed = this.bufferedBytes + chunk.length
+      if (needed > this.buffer.length) this.reserve(Math.max(needed, Math.min(bytes, 2 * this.buffer.length)))
+      chunk.copy(this.buffer, this.bufferedBytes)
+      this.bufferedBytes = needed
     }
   }
 
+  /** Makes room to hold `bytes` in all. */
+  reserve(bytes: number): void {
+    if (bytes <= this.buffer.length) return
+    const grown = Buffer.allocUnsafe(bytes)
+    this.buffer.copy(grown, 0, 0, this.bufferedBytes)
+    this.buffer = grown
+  }
+
   head(): Buffer {
-    if (this.buffered.length > 1) this.buffered = [Buffer.concat(this.buffered)]
-    return this.buffered[0] ?? Buffer.alloc(0)
+    return this.buffer.subarray(0, this.bufferedBytes)
   }
 
   /**
@@ -274,10 +380,10 @@ class CountingReader {
 
   /** The buffered bytes, then the rest of the body as it arrives. */
   private async *remaining(): AsyncGenerator<Buffer> {
-    const buffered = this.buffered
-    this.buffered = []
+    const held = this.head()
+    this.buffer = Buffer.alloc(0)
     this.bufferedBytes = 0
-    yield* buffered
+    if (held.length > 0) yield held
     for (let chunk = await this.next(); chunk !== undefined; chunk = await this.next()) yield chunk
   }
 
