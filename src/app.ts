@@ -7,6 +7,7 @@ import httpHardening from './plugins/http-hardening.js'
 import { ApiError } from './errors.js'
 import { SYSTEM_NETWORK, type ImportNetwork } from './import/source.js'
 import problemDetails, { answerUnparsableRequest, sendProblem } from './plugins/problem-details.js'
+import requestBodies from './plugins/request-bodies.js'
 import metrics, { CLIENT_CLOSED, answeredStatus, observeResponse, onUnfinishedResponse, serveMetrics } from './plugins/metrics.js'
 import storagePlugin from './plugins/storage.js'
 import usage from './plugins/usage.js'
@@ -96,12 +97,6 @@ export async function buildApp(config: Config, options: BuildOptions = {}) {
     if (request.raw.httpVersion === '1.1' && request.headers.host === undefined) {
       throw new ApiError('invalid_request', 'HTTP/1.1 requests need a Host header.')
     }
-    // Only an upload has a body. Any other body is refused at once, so it cannot hold the connection
-    // open, unread, until REQUEST_TIMEOUT_MS.
-    const hasBody = Number(request.headers['content-length'] ?? 0) > 0 || request.headers['transfer-encoding'] !== undefined
-    if (hasBody && !request.is404 && !request.routeOptions.config.acceptsBody) {
-      throw new ApiError('invalid_request', `${request.method} ${request.routeOptions.url ?? 'this path'} takes no request body.`)
-    }
   })
   app.addHook('onResponse', async (request, reply) => logResponse(request, reply))
 
@@ -115,6 +110,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}) {
   // Hardening first: its headers must be on every answer, the 401s and 429s included.
   await app.register(httpHardening, { corsOrigins: config.corsOrigins })
   await app.register(auth, { apiKeys: config.apiKeys, rateLimitPerMinute: config.rateLimitPerMinute })
+  await app.register(requestBodies)
   await app.register(storagePlugin, { driver })
   await app.register(usage, { scanIntervalS: config.usageScanIntervalS })
   await app.register(healthRoutes)

@@ -78,6 +78,9 @@ export default async function importRoutes(
   }
   if (rules.allowInsecureLocal) app.log.warn('IMPORT_ALLOW_INSECURE_LOCAL_SOURCES is on: imports may fetch http:// URLs from 127.0.0.1 (tests only)')
 
+  // The one body this context reads: a small JSON object (the default parser, prototype poisoning refused).
+  app.removeAllContentTypeParsers()
+  app.addContentTypeParser('application/json', { parseAs: 'string', bodyLimit: MAX_REQUEST_BYTES }, app.getDefaultJsonParser('error', 'error'))
   const route = {
     bodyLimit: MAX_REQUEST_BYTES,
     config: { offersFallback: true, acceptsBody: true },

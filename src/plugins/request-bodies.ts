@@ -1,0 +1,33 @@
+import type { FastifyRequest } from 'fastify'
+import fp from 'fastify-plugin'
+import { ApiError } from '../errors.js'
+import { routeNotFound } from './problem-details.js'
+
+/** Node's framing: a body is coming when it has a length above zero or is chunked. */
+const carriesBody = (request: FastifyRequest): boolean =>
+  Number(request.headers['content-length'] ?? 0) > 0 || request.headers['transfer-encoding'] !== undefined
+
+/**
+ * Bodies nobody reads are never read. Only the routes that read a body (`acceptsBody`) have
+ * content-type parsers, added by their own plugins with limits sized to them; a body sent to any other
+ * route, or to no route at all, is answered before a byte of it is read (after authentication, so a
+ * /v1/* path still answers 401 first), and the answer closes the connection (problem-details).
+ */
+export default fp(
+  async (app) => {
+    // Registered before the routes, so their contexts inherit this empty set. An empty body with a
+    // Content-Type (some clients send one with DELETE) is no body: nothing to parse, nothing read.
+    app.removeAllContentTypeParsers()
+    app.addContentTypeParser('*', (_request, _payload, done) => done(null))
+
+    // preParsing: after authentication (its own preParsing hook), before any parser.
+    app.addHook('preParsing', async (request) => {
+      if (!carriesBody(request)) return
+      if (request.is404) throw routeNotFound(request)
+      if (!request.routeOptions.config.acceptsBody) {
+        throw new ApiError('invalid_request', `${request.method} ${request.routeOptions.url ?? 'this path'} takes no request body.`)
+      }
+    })
+  },
+  { name: 'request-bodies', dependencies: ['problem-details', 'auth'] },
+)
