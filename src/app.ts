@@ -3,6 +3,7 @@ import Fastify, { LogController, type FastifyReply, type FastifyRequest, type Fa
 import type { Registry } from 'prom-client'
 import type { Config } from './config.js'
 import auth from './plugins/auth.js'
+import clientAddress from './plugins/client-address.js'
 import httpHardening from './plugins/http-hardening.js'
 import { ApiError } from './errors.js'
 import { SYSTEM_NETWORK, type ImportNetwork } from './import/source.js'
@@ -55,7 +56,6 @@ export async function buildApp(config: Config, options: BuildOptions = {}) {
     logController: new LogController({ disableRequestLogging: true }),
     // Requests arriving while the service closes are answered by the hook below, as problem+json.
     return503OnClosing: false,
-    trustProxy: config.trustProxy,
     // Slow or stuck clients cannot hold a connection for ever: bounds on the whole request, on its
     // headers, and on a connection where nothing moves. Node checks them every second.
     requestTimeout: config.timeouts.requestMs,
@@ -109,6 +109,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}) {
   await app.register(metrics)
   // Hardening first: its headers must be on every answer, the 401s and 429s included.
   await app.register(httpHardening, { corsOrigins: config.corsOrigins })
+  await app.register(clientAddress, { trustProxy: config.trustProxy })
   await app.register(auth, { apiKeys: config.apiKeys, rateLimitPerMinute: config.rateLimitPerMinute })
   await app.register(requestBodies)
   await app.register(storagePlugin, { driver })

@@ -84,6 +84,32 @@ const hostNames = z.string().transform((list, context): string[] => {
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const
 
+/**
+ * Where the client's address comes from: the connection (false), Fly.io's `Fly-Client-IP` header
+ * ('fly'), or the n-th `X-Forwarded-For` entry from the right, written by the nearest of n proxies that
+ * each append the address they were reached from.
+ */
+export type TrustProxy = false | 'fly' | number
+const MAX_PROXY_HOPS = 10
+
+const trustProxy = z
+  .string()
+  .trim()
+  .toLowerCase()
+  .transform((value, context): TrustProxy => {
+    if (value === 'false' || value === '0') return false
+    if (value === 'fly') return 'fly'
+    if (/^\d+$/.test(value) && Number(value) <= MAX_PROXY_HOPS) return Number(value)
+    context.addIssue({
+      code: 'custom',
+      message:
+        value === 'true'
+          ? 'true is no longer accepted: it took the leftmost X-Forwarded-For entry, which the client writes. Use fly behind Fly.io (Fly-Client-IP), or the number of proxies in front that append to X-Forwarded-For'
+          : `expected false, fly, or the number of proxies in front that append to X-Forwarded-For (1-${MAX_PROXY_HOPS})`,
+    })
+    return z.NEVER
+  })
+
 const environmentSchema = z.object({
   NODE_ENV: optionalString,
   PORT: wholeNumber(0, 65535).default(3000),
@@ -111,7 +137,7 @@ const environmentSchema = z.object({
   METRICS_PORT: optionalString.pipe(wholeNumber(0, 65535).optional()),
   USAGE_SCAN_INTERVAL_S: wholeNumber(0, 7 * 24 * 3600).default(3600),
   SHUTDOWN_TIMEOUT_MS: wholeNumber(0, 600_000).default(25_000),
-  TRUST_PROXY: z.enum(['true', 'false']).default('false'),
+  TRUST_PROXY: trustProxy.default(false),
   IMPORT_ALLOWED_HOSTS: hostNames.default(['cdn.discordapp.com', 'media.discordapp.net']),
   IMPORT_TIMEOUT_MS: wholeNumber(1000, 600_000).default(30_000),
   IMPORT_ALLOW_INSECURE_LOCAL_SOURCES: z.enum(['true', 'false']).default('false'),
@@ -164,8 +190,8 @@ export interface Config {
   usageScanIntervalS: number
   /** How long uploads in flight may go on after SIGTERM before they are aborted. */
   shutdownTimeoutMs: number
-  /** Behind a proxy (Fly.io): the client's address comes from X-Forwarded-For. */
-  trustProxy: boolean
+  /** Where the client's address (per-address throttle, logs) comes from: see TrustProxy. */
+  trustProxy: TrustProxy
   imports: ImportSettings
   timeouts: {
     /** A whole request, body included. */
@@ -243,7 +269,7 @@ export function loadConfig(env: NodeJS.ProcessEnv): Config {
     metricsPort: settings.METRICS_PORT,
     usageScanIntervalS: settings.USAGE_SCAN_INTERVAL_S,
     shutdownTimeoutMs: settings.SHUTDOWN_TIMEOUT_MS,
-    trustProxy: settings.TRUST_PROXY === 'true',
+    trustProxy: settings.TRUST_PROXY,
     imports: {
       allowedHosts: settings.IMPORT_ALLOWED_HOSTS,
       timeoutMs: settings.IMPORT_TIMEOUT_MS,

@@ -56,6 +56,9 @@ const refusals: [string, NodeJS.ProcessEnv, RegExp][] = [
   ['MAX_IMAGE_PIXELS=-1', { MAX_IMAGE_PIXELS: '-1' }, /MAX_IMAGE_PIXELS/],
   ['an import host given as a URL', { IMPORT_ALLOWED_HOSTS: 'https://cdn.discordapp.com' }, /IMPORT_ALLOWED_HOSTS: "https:\/\/cdn.discordapp.com" is not a host name/],
   ['IMPORT_TIMEOUT_MS=10', { IMPORT_TIMEOUT_MS: '10' }, /IMPORT_TIMEOUT_MS/],
+  ['TRUST_PROXY=true, which trusted what the client writes', { TRUST_PROXY: 'true' }, /TRUST_PROXY: true is no longer accepted: it took the leftmost X-Forwarded-For entry.*Use fly/],
+  ['TRUST_PROXY=yes', { TRUST_PROXY: 'yes' }, /TRUST_PROXY: expected false, fly, or the number of proxies/],
+  ['TRUST_PROXY=11 proxies', { TRUST_PROXY: '11' }, /TRUST_PROXY/],
   [
     'the test-only import setting in production',
     { NODE_ENV: 'production', STORAGE_DRIVER: 'fs', API_KEYS: `bot:${'t'.repeat(32)}`, IMPORT_ALLOW_INSECURE_LOCAL_SOURCES: 'true' },
@@ -68,6 +71,14 @@ for (const [name, env, message] of refusals) {
     t.throws(() => loadConfig(env), { name: ConfigError.name, message })
   })
 }
+
+t.test('TRUST_PROXY: false by default, fly, or a number of proxies', async (t) => {
+  t.equal(loadConfig({}).trustProxy, false)
+  t.equal(loadConfig({ TRUST_PROXY: 'false' }).trustProxy, false)
+  t.equal(loadConfig({ TRUST_PROXY: ' Fly ' }).trustProxy, 'fly')
+  t.equal(loadConfig({ TRUST_PROXY: '2' }).trustProxy, 2)
+  t.equal(loadConfig({ TRUST_PROXY: '0' }).trustProxy, false, 'no proxy: the connection')
+})
 
 t.test('production may store on local disk only when asked explicitly', async (t) => {
   t.equal(loadConfig({ NODE_ENV: 'production', STORAGE_DRIVER: 'fs', API_KEYS: `bot:${'t'.repeat(32)}` }).storage.driver, 'fs')
