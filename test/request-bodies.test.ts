@@ -1,8 +1,16 @@
+import { execFile } from 'node:child_process'
+import { createHash } from 'node:crypto'
 import { once } from 'node:events'
+import { writeFile } from 'node:fs/promises'
 import net from 'node:net'
+import path from 'node:path'
+import { promisify } from 'node:util'
 import t from 'tap'
 import { buildTestApp } from './helpers/app.js'
 import { listen } from './helpers/http.js'
+import { pngOfSize } from './helpers/images.js'
+import { multipartBody } from './helpers/multipart.js'
+import { CURL, haveCurl } from './helpers/system-tools.js'
 
 const T1 = 'bodies-'.padEnd(40, 'b')
 /** How long an answer given before its body was read may wait for the client to stop sending. */
@@ -114,3 +122,99 @@ t.test('the import route parses JSON only, within its own limit', async (t) => {
   t.equal(large.json().code, 'image_too_large')
 })
 
+/**
+ * Sends a request's headers with `Expect: 100-continue` and waits, as curl does, for the first answer:
+ * `100 Continue` (then `send` the body and read the final answer) or a final one.
+ */
+async function expectingContinue(server: { host: string; port: number }, head: string) {
+  const socket = net.connect(server.port, server.host).on('error', () => {})
+  await once(socket, 'connect')
+  let received = ''
+  socket.on('data', (chunk: Buffer) => (received += chunk.toString('latin1')))
+  const answerAt = (index: number) =>
+    new Promise<string>((resolve) => {
+      const check = () => {
+        const heads = received.split('\r\n\r\n')
+        if (heads.length > index + 1) resolve(heads[index]!.split('\r\n')[0]!)
+        else socket.once('data', check)
+      }
+      check()
+    })
+  socket.write(`${head}\r\nHost: x\r\nExpect: 100-continue\r\n\r\n`)
+  const first = await Promise.race([answerAt(0), new Promise<string>((resolve) => setTimeout(() => resolve('(nothing within 2 s)'), 2000))])
+  return {
+    first,
+    /** Sends the body and resolves with the final answer's status line and everything received. */
+    async send(body: Buffer) {
+      socket.write(body)
+      await answerAt(1)
+      await new Promise((resolve) => setTimeout(resolve, 50))
+      return received
+    },
+    close: () => socket.destroy(),
+  }
+}
+
+const sha256 = (data: Buffer) => createHash('sha256').update(data).digest('hex')
+
+t.test('Expect: 100-continue is answered with the refusal when the headers decide it, and 100 only when the body is read', async (t) => {
+  const { app } = await buildTestApp(t, { API_KEYS: `bot:${T1}`, MAX_UPLOAD_BYTES: String(4 * MiB) })
+  const server = await listen(app)
+  const key = `Authorization: Bearer ${T1}`
+  const refusals: [string, string, RegExp][] = [
+    ['no key', 'POST /v1/images HTTP/1.1\r\nContent-Type: image/png\r\nContent-Length: 5000', /^HTTP\/1.1 401 /],
+    ['a Content-Length over MAX_UPLOAD_BYTES', `POST /v1/images HTTP/1.1\r\n${key}\r\nContent-Type: image/png\r\nContent-Length: ${4 * MiB + 1}`, /^HTTP\/1.1 413 /],
+    ['an import that is not JSON', `POST /v1/images/import HTTP/1.1\r\n${key}\r\nContent-Type: text/plain\r\nContent-Length: 100`, /^HTTP\/1.1 415 /],
+    ['an import over its 16 KiB', `POST /v1/images/import HTTP/1.1\r\n${key}\r\nContent-Type: application/json\r\nContent-Length: 20000`, /^HTTP\/1.1 413 /],
+    ['a method no route has', `POST /healthz HTTP/1.1\r\nContent-Type: image/png\r\nContent-Length: 5000`, /^HTTP\/1.1 404 /],
+  ]
+  for (const [what, head, expected] of refusals) {
+    const request = await expectingContinue(server, head)
+    t.match(request.first, expected, `${what}: first answer ${request.first}`)
+    request.close()
+  }
+
+  const image = pngOfSize(300_000)
+  const raw = await expectingContinue(server, `POST /v1/images?filename=p.png HTTP/1.1\r\n${key}\r\nContent-Type: image/png\r\nContent-Length: ${image.length}`)
+  t.equal(raw.first, 'HTTP/1.1 100 Continue', 'an upload that passes every check on its headers gets 100 Continue')
+  const rawAnswer = await raw.send(image)
+  t.match(rawAnswer, /\r\n\r\nHTTP\/1.1 201 /, 'then its 201')
+  raw.close()
+  const stored = JSON.parse(rawAnswer.slice(rawAnswer.lastIndexOf('\r\n\r\n') + 4)) as { key: string }
+  const readBack = await app.inject(`/files/${stored.key}`)
+  t.equal(sha256(readBack.rawPayload), sha256(image), 'stored byte-exact')
+
+  const form = multipartBody([{ name: 'file', filename: 'p.png', data: image }])
+  const multipart = await expectingContinue(server, `POST /v1/images HTTP/1.1\r\n${key}\r\nContent-Type: ${form.headers['content-type']}\r\nContent-Length: ${form.payload.length}`)
+  t.equal(multipart.first, 'HTTP/1.1 100 Continue', 'a form too')
+  t.match(await multipart.send(form.payload), /\r\n\r\nHTTP\/1.1 201 /)
+  multipart.close()
+})
+
+t.test('curl, which sends Expect: 100-continue with bodies over 1 MiB, gets a refusal at once and 100 Continue for an upload it may send', async (t) => {
+  if (!haveCurl(t)) return
+  const { app } = await buildTestApp(t, { API_KEYS: `bot:${T1}` })
+  const server = await listen(app)
+  const file = path.join(t.testdir(), 'portrait.png')
+  const image = pngOfSize(2 * MiB)
+  await writeFile(file, image)
+  const curl = async (...headers: string[]) => {
+    const started = Date.now()
+    const args = ['-sv', '--data-binary', `@${file}`, '-H', 'Content-Type: image/png', ...headers.flatMap((header) => ['-H', header])]
+    const { stdout, stderr } = await promisify(execFile)(CURL, [...args, `http://${server.host}:${server.port}/v1/images`])
+    return { stdout, stderr, elapsed: Date.now() - started }
+  }
+  const refused = await curl()
+  t.comment(`without a key: answered in ${refused.elapsed} ms`)
+  t.match(refused.stderr, /> Expect: 100-continue/, 'curl asked for 100 Continue')
+  t.notMatch(refused.stderr, /< HTTP\/1.1 100 Continue/, 'and did not get it')
+  t.match(refused.stderr, /< HTTP\/1.1 401 /, 'it got the 401')
+  t.notMatch(refused.stderr, /Done waiting for 100-continue/, "before curl's 1 s wait for 100 ran out (it would then send the body anyway)")
+
+  const uploaded = await curl(`Authorization: Bearer ${T1}`)
+  t.match(uploaded.stderr, /< HTTP\/1.1 100 Continue/, 'with a key: 100 Continue')
+  t.match(uploaded.stderr, /< HTTP\/1.1 201 /, 'then 201')
+  const { key, sha256: reported } = JSON.parse(uploaded.stdout) as { key: string; sha256: string }
+  t.equal(reported, sha256(image))
+  t.equal(sha256((await app.inject(`/files/${key}`)).rawPayload), sha256(image), 'stored byte-exact')
+})
