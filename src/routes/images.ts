@@ -5,6 +5,7 @@ import type { Config } from '../config.js'
 import { ApiError, objectNotFound } from '../errors.js'
 import { keyFromPath, publicUrlOf } from '../upload/keys.js'
 import {
+  assertQueryParameterDecodes,
   assertValidContext,
   checkedFilename,
   clientMetadata,
@@ -47,6 +48,7 @@ function rawUploadSource(request: FastifyRequest<{ Querystring: RawUploadQuery }
   if (declaredLength > maxBytes) {
     throw new ApiError('image_too_large', `The image is larger than the limit of ${maxBytes} bytes.`)
   }
+  assertQueryParameterDecodes(request.url, 'filename')
   return {
     filename: checkedFilename(request.query.filename),
     context: assertValidContext(request.query.context),

@@ -8,8 +8,6 @@ import { REFUSED_REQUESTS, uploadHandling, type UploadSlots } from './upload-han
 
 /** Long enough for any CDN URL with its signature; it is also stored, as `migrated_from`. */
 const MAX_SOURCE_URL_LENGTH = 2048
-/** The metadata entry naming where an imported image came from; set by the service only. */
-const MIGRATED_FROM = 'migrated_from'
 const MEMBERS = ['source_url', 'context', 'filename', 'metadata']
 /** The whole request is a small JSON object: the image itself comes from the source. */
 const MAX_REQUEST_BYTES = 16 * 1024
@@ -40,15 +38,12 @@ function importRequestOf(body: unknown): ImportRequest {
   if (!isObject(metadata) || Object.values(metadata).some((value) => typeof value !== 'string')) {
     throw new ApiError('invalid_metadata', 'metadata, when sent, is an object of string values.')
   }
-  if (Object.keys(metadata).some((name) => name.toLowerCase() === MIGRATED_FROM)) {
-    throw new ApiError('invalid_metadata', `Metadata "${MIGRATED_FROM}" is set by the service on imports and may not be sent.`)
-  }
   return {
     sourceUrl,
     context: assertValidContext(context),
     filename: checkedFilename(filename) || filenameInUrl(sourceUrl),
-    // The source URL counts against the client's metadata budget: it is the client's text, stored.
-    metadata: clientMetadata([...(Object.entries(metadata) as [string, string][]), [MIGRATED_FROM, sourceUrl]]),
+    // Where the image came from, set by the service (a client may not send it) from the client's text.
+    metadata: clientMetadata(Object.entries(metadata) as [string, string][], { migrated_from: sourceUrl }),
   }
 }
 
