@@ -113,7 +113,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}) {
   await app.register(auth, { apiKeys: config.apiKeys, rateLimitPerMinute: config.rateLimitPerMinute })
   await app.register(requestBodies)
   await app.register(storagePlugin, { driver })
-  await app.register(usage, { scanIntervalS: config.usageScanIntervalS })
+  await app.register(usage, { scanIntervalS: config.usageScanIntervalS, rescanIntervalS: config.usageRescanIntervalS })
   await app.register(healthRoutes)
   await app.register(openapiRoutes)
   const uploadSlots = new UploadSlots(config.maxConcurrentUploads, app.metrics.uploadsInFlight)

@@ -4,7 +4,7 @@ import type { Config } from '../config.js'
 import { ApiError, type ErrorCode } from '../errors.js'
 import { CLIENT_CLOSED, onUnfinishedResponse } from '../plugins/metrics.js'
 import { provesNothingWritten, type StorageDriver } from '../storage/driver.js'
-import { IdempotencyRecords, fingerprintOf, idempotencyKeyOf, type IdempotencyRecord } from '../upload/idempotency.js'
+import { IdempotencyRecords, fingerprintOf, idempotencyKeyOf, type IdempotencyRecord, type RecordKey } from '../upload/idempotency.js'
 import { checkUpload, storeUpload, type StoredUpload, type UploadPolicy, type UploadSource } from '../upload/pipeline.js'
 
 /** What every stored image is held to, uploaded or imported. */
@@ -74,7 +74,7 @@ export interface UploadHandlingOptions {
 export function uploadHandling(app: FastifyInstance, options: UploadHandlingOptions) {
   const { metrics } = app
   const policy = uploadPolicyOf(options.config, app.storage)
-  const records = new IdempotencyRecords(app.storage)
+  const records = new IdempotencyRecords(app.storage, options.config.idempotencySecret)
   const notAttempts = options.notAttempts ?? REFUSED_REQUESTS
 
   function countAttempt(reply: FastifyReply, code: string | undefined): void {
@@ -154,7 +154,7 @@ export function uploadHandling(app: FastifyInstance, options: UploadHandlingOpti
    * The record that holds the key once this upload has claimed it. The image is stored, so the claim is
    * not aborted when the client leaves or the service shuts down: the bookkeeping is finished.
    */
-  async function claimRecord(request: FastifyRequest, recordKey: string, fingerprint: string, stored: StoredUpload) {
+  async function claimRecord(request: FastifyRequest, recordKey: RecordKey, fingerprint: string, stored: StoredUpload) {
     try {
       return await records.claim(recordKey, fingerprint, stored, NEVER_ABORTED)
     } catch (error) {
