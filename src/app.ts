@@ -4,10 +4,12 @@ import type { Config } from './config.js'
 import { ApiError } from './errors.js'
 import { SYSTEM_NETWORK, type ImportNetwork } from './import/source.js'
 import auth from './plugins/auth.js'
+import clientAddress from './plugins/client-address.js'
 import httpHardening from './plugins/http-hardening.js'
 import metrics, { serveMetrics } from './plugins/metrics.js'
 import problemDetails, { answerFrameworkError, answerUnparsableRequest } from './plugins/problem-details.js'
 import requestIds, { requestIdOf } from './plugins/request-ids.js'
+import requestBodies from './plugins/request-bodies.js'
 import requestLog, { loggerOptions } from './plugins/request-log.js'
 import requestPolicy from './plugins/request-policy.js'
 import storagePlugin from './plugins/storage.js'
@@ -49,7 +51,6 @@ export async function buildApp(config: Config, options: BuildOptions = {}) {
     logController: new LogController({ disableRequestLogging: true }),
     // Requests arriving while the service closes are answered by the request-policy plugin, as problem+json.
     return503OnClosing: false,
-    trustProxy: config.trustProxy,
     // Slow or stuck clients cannot hold a connection for ever: bounds on the whole request, on its
     // headers, and on a connection where nothing moves. Node checks them every second.
     requestTimeout: config.timeouts.requestMs,
@@ -77,9 +78,11 @@ export async function buildApp(config: Config, options: BuildOptions = {}) {
   await app.register(metrics)
   // Hardening first: its headers must be on every answer, the 401s and 429s included.
   await app.register(httpHardening, { corsOrigins: config.corsOrigins })
+  await app.register(clientAddress, { trustProxy: config.trustProxy })
   await app.register(auth, { apiKeys: config.apiKeys, rateLimitPerMinute: config.rateLimitPerMinute })
+  await app.register(requestBodies)
   await app.register(storagePlugin, { driver })
-  await app.register(usage, { scanIntervalS: config.usageScanIntervalS })
+  await app.register(usage, { scanIntervalS: config.usageScanIntervalS, rescanIntervalS: config.usageRescanIntervalS })
   await app.register(healthRoutes)
   await app.register(openapiRoutes)
   const uploadSlots = new UploadSlots(config.maxConcurrentUploads, app.metrics.uploadsInFlight)

@@ -1,3 +1,4 @@
+import { createHmac } from 'node:crypto'
 import path from 'node:path'
 import { z } from 'zod'
 import { DEFAULT_ALLOWED_TYPES, SUPPORTED_IMAGE_TYPES, type ImageType } from './image-types.js'
@@ -41,6 +42,7 @@ const allowedTypes = z
 
 const API_KEY_NAME = /^[a-z0-9_-]{1,32}$/
 const MIN_TOKEN_LENGTH = 32
+const MIN_SECRET_LENGTH = 32
 
 export interface ApiKey {
   name: string
@@ -84,6 +86,32 @@ const hostNames = z.string().transform((list, context): string[] => {
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const
 
+/**
+ * Where the client's address comes from: the connection (false), Fly.io's `Fly-Client-IP` header
+ * ('fly'), or the n-th `X-Forwarded-For` entry from the right, written by the nearest of n proxies that
+ * each append the address they were reached from.
+ */
+export type TrustProxy = false | 'fly' | number
+const MAX_PROXY_HOPS = 10
+
+const trustProxy = z
+  .string()
+  .trim()
+  .toLowerCase()
+  .transform((value, context): TrustProxy => {
+    if (value === 'false' || value === '0') return false
+    if (value === 'fly') return 'fly'
+    if (/^\d+$/.test(value) && Number(value) <= MAX_PROXY_HOPS) return Number(value)
+    context.addIssue({
+      code: 'custom',
+      message:
+        value === 'true'
+          ? 'true is no longer accepted: it took the leftmost X-Forwarded-For entry, which the client writes. Use fly behind Fly.io (Fly-Client-IP), or the number of proxies in front that append to X-Forwarded-For'
+          : `expected false, fly, or the number of proxies in front that append to X-Forwarded-For (1-${MAX_PROXY_HOPS})`,
+    })
+    return z.NEVER
+  })
+
 const environmentSchema = z.object({
   NODE_ENV: optionalString,
   PORT: wholeNumber(0, 65535).default(3000),
@@ -110,8 +138,12 @@ const environmentSchema = z.object({
   IDLE_TIMEOUT_MS: wholeNumber(1000, 3_600_000).default(60_000),
   METRICS_PORT: optionalString.pipe(wholeNumber(0, 65535).optional()),
   USAGE_SCAN_INTERVAL_S: wholeNumber(0, 7 * 24 * 3600).default(3600),
+  USAGE_RESCAN_INTERVAL_S: wholeNumber(0, 24 * 3600).default(60),
   SHUTDOWN_TIMEOUT_MS: wholeNumber(0, 600_000).default(25_000),
-  TRUST_PROXY: z.enum(['true', 'false']).default('false'),
+  TRUST_PROXY: trustProxy.default(false),
+  IDEMPOTENCY_SECRET: optionalString.pipe(
+    z.string().min(MIN_SECRET_LENGTH, `at least ${MIN_SECRET_LENGTH} characters (openssl rand -hex 32)`).optional(),
+  ),
   IMPORT_ALLOWED_HOSTS: hostNames.default(['cdn.discordapp.com', 'media.discordapp.net']),
   IMPORT_TIMEOUT_MS: wholeNumber(1000, 600_000).default(30_000),
   IMPORT_ALLOW_INSECURE_LOCAL_SOURCES: z.enum(['true', 'false']).default('false'),
@@ -162,10 +194,17 @@ export interface Config {
   metricsPort: number | undefined
   /** Seconds between usage scans of the bucket; 0: no scans. */
   usageScanIntervalS: number
+  /** The shortest time between two listings a client asks for (`?rescan=true`); sooner, the last scan answers. */
+  usageRescanIntervalS: number
   /** How long uploads in flight may go on after SIGTERM before they are aborted. */
   shutdownTimeoutMs: number
-  /** Behind a proxy (Fly.io): the client's address comes from X-Forwarded-For. */
-  trustProxy: boolean
+  /**
+   * The key of the HMAC that names Idempotency-Key records, the same on every instance: IDEMPOTENCY_SECRET,
+   * else derived from the R2 secret key (see idempotencySecretOf).
+   */
+  idempotencySecret: string
+  /** Where the client's address (per-address throttle, logs) comes from: see TrustProxy. */
+  trustProxy: TrustProxy
   imports: ImportSettings
   timeouts: {
     /** A whole request, body included. */
@@ -206,6 +245,19 @@ function checkCombinations(settings: Environment, context: z.RefinementCtx): voi
 
 const storageDriverOf = (settings: Environment) => settings.STORAGE_DRIVER ?? (settings.R2_ACCESS_KEY_ID ? 'r2' : 'fs')
 
+/**
+ * Records live beside the images, in a bucket served publicly on R2: their names must not be computable
+ * from what a client knows (a key's name, a Discord message id), and every instance must compute the
+ * same ones. Without IDEMPOTENCY_SECRET, the secret every instance already shares, R2's, gives the key
+ * (derived, so the R2 secret itself is never used for anything else). The local-disk driver never serves
+ * records (neither the API nor /files does), so there a fixed key does.
+ */
+function idempotencySecretOf(settings: Environment, storage: StorageConfig): string {
+  if (settings.IDEMPOTENCY_SECRET) return settings.IDEMPOTENCY_SECRET
+  const base = storage.driver === 'r2' ? storage.secretAccessKey : 'local disk'
+  return createHmac('sha256', base).update('image-upload-service idempotency record names').digest('hex')
+}
+
 /** Parses and checks the whole environment once; throws ConfigError naming every bad variable. */
 export function loadConfig(env: NodeJS.ProcessEnv): Config {
   const parsed = environmentSchema.superRefine(checkCombinations).safeParse(env)
@@ -242,8 +294,10 @@ export function loadConfig(env: NodeJS.ProcessEnv): Config {
     corsOrigins: settings.CORS_ORIGINS,
     metricsPort: settings.METRICS_PORT,
     usageScanIntervalS: settings.USAGE_SCAN_INTERVAL_S,
+    usageRescanIntervalS: settings.USAGE_RESCAN_INTERVAL_S,
     shutdownTimeoutMs: settings.SHUTDOWN_TIMEOUT_MS,
-    trustProxy: settings.TRUST_PROXY === 'true',
+    idempotencySecret: idempotencySecretOf(settings, storage),
+    trustProxy: settings.TRUST_PROXY,
     imports: {
       allowedHosts: settings.IMPORT_ALLOWED_HOSTS,
       timeoutMs: settings.IMPORT_TIMEOUT_MS,

@@ -59,6 +59,11 @@ const refusals: [string, NodeJS.ProcessEnv, RegExp][] = [
   ['MAX_IMAGE_PIXELS=-1', { MAX_IMAGE_PIXELS: '-1' }, /MAX_IMAGE_PIXELS/],
   ['an import host given as a URL', { IMPORT_ALLOWED_HOSTS: 'https://cdn.discordapp.com' }, /IMPORT_ALLOWED_HOSTS: "https:\/\/cdn.discordapp.com" is not a host name/],
   ['IMPORT_TIMEOUT_MS=10', { IMPORT_TIMEOUT_MS: '10' }, /IMPORT_TIMEOUT_MS/],
+  ['TRUST_PROXY=true, which trusted what the client writes', { TRUST_PROXY: 'true' }, /TRUST_PROXY: true is no longer accepted: it took the leftmost X-Forwarded-For entry.*Use fly/],
+  ['USAGE_RESCAN_INTERVAL_S=-1', { USAGE_RESCAN_INTERVAL_S: '-1' }, /USAGE_RESCAN_INTERVAL_S/],
+  ['a short IDEMPOTENCY_SECRET', { IDEMPOTENCY_SECRET: 'not-long-enough' }, /IDEMPOTENCY_SECRET: at least 32 characters/],
+  ['TRUST_PROXY=yes', { TRUST_PROXY: 'yes' }, /TRUST_PROXY: expected false, fly, or the number of proxies/],
+  ['TRUST_PROXY=11 proxies', { TRUST_PROXY: '11' }, /TRUST_PROXY/],
   [
     'the test-only import setting in production',
     { NODE_ENV: 'production', STORAGE_DRIVER: 'fs', API_KEYS: `bot:${'t'.repeat(32)}`, IMPORT_ALLOW_INSECURE_LOCAL_SOURCES: 'true' },
@@ -71,6 +76,25 @@ for (const [name, env, message] of refusals) {
     t.throws(() => loadConfig(env), { name: ConfigError.name, message })
   })
 }
+
+t.test('TRUST_PROXY: false by default, fly, or a number of proxies', async (t) => {
+  t.equal(loadConfig({}).trustProxy, false)
+  t.equal(loadConfig({ TRUST_PROXY: 'false' }).trustProxy, false)
+  t.equal(loadConfig({ TRUST_PROXY: ' Fly ' }).trustProxy, 'fly')
+  t.equal(loadConfig({ TRUST_PROXY: '2' }).trustProxy, 2)
+  t.equal(loadConfig({ TRUST_PROXY: '0' }).trustProxy, false, 'no proxy: the connection')
+})
+
+t.test('the key naming Idempotency-Key records: IDEMPOTENCY_SECRET, else derived from the R2 secret, never the R2 secret itself', async (t) => {
+  const r2 = (secret: string) => ({ R2_ENDPOINT: 'http://127.0.0.1:1', R2_ACCESS_KEY_ID: 'id', R2_SECRET_ACCESS_KEY: secret, R2_PUBLIC_URL: 'https://x.test' })
+  const secret = 's'.repeat(40)
+  t.equal(loadConfig({ ...r2('r2-secret'), IDEMPOTENCY_SECRET: secret }).idempotencySecret, secret, 'as set')
+  const derived = loadConfig(r2('r2-secret')).idempotencySecret
+  t.equal(loadConfig(r2('r2-secret')).idempotencySecret, derived, 'instances sharing the R2 secret derive the same key')
+  t.not(loadConfig(r2('another-r2-secret')).idempotencySecret, derived, 'another R2 secret, another key')
+  t.notMatch(derived, 'r2-secret', 'the R2 secret itself is not the key')
+  t.ok(loadConfig({}).idempotencySecret.length > 0, 'local disk has one too')
+})
 
 t.test('production may store on local disk only when asked explicitly', async (t) => {
   t.equal(loadConfig({ NODE_ENV: 'production', STORAGE_DRIVER: 'fs', API_KEYS: `bot:${'t'.repeat(32)}` }).storage.driver, 'fs')

@@ -278,15 +278,15 @@ function corpus(): Case[] {
     add('filename', `${image.kind}: a 10 KB percent-encoded non-UTF-8 filename (raw query)`, post(`/v1/images?filename=${'%FF'.repeat(3414)}`, [['Content-Type', image.type]], image.data), { statuses: [400], codes: ['invalid_request'] })
   }
 
-  // A multipart filename that is not UTF-8 is refused (400 invalid_request) before the content is looked at:
-  // the name the client meant is already lost. A raw ?filename= whose percent-encoding is not UTF-8 stays the
-  // literal text (the query parser keeps what it cannot decode), a valid name, so its content decides.
+  // A filename that is not UTF-8 is refused (400 invalid_request) before the content is looked at: the
+  // name the client meant is already lost. So is a raw ?filename= whose percent-encoding is not UTF-8 (the
+  // query parser would keep it as literal text).
   for (const [what, name] of NON_UTF8_NAMES) {
     add('filename', `a filename with ${what}, on a valid PNG`, post('/v1/images', [formType()], Buffer.concat([filePart(png(), { filename: name }), closing()])), { statuses: [400], codes: ['invalid_request'] })
     add('filename', `a filename with ${what}, content not an image`, post('/v1/images', [formType()], Buffer.concat([filePart(NOT_AN_IMAGE, { filename: name }), closing()])), { statuses: [400], codes: ['invalid_request'] })
     add('filename', `a filename with ${what}, empty file`, post('/v1/images', [formType()], Buffer.concat([filePart(Buffer.alloc(0), { filename: name }), closing()])), { statuses: [400], codes: ['invalid_request'] })
     const encoded = [...name].map((byte) => `%${byte.toString(16).padStart(2, '0').toUpperCase()}`).join('')
-    add('filename', `a raw query filename with ${what}, content not an image`, post(`/v1/images?filename=${encoded}`, [['Content-Type', 'image/png']], NOT_AN_IMAGE), { statuses: [415], codes: ['unsupported_media_type'] })
+    add('filename', `a raw query filename with ${what}, content not an image`, post(`/v1/images?filename=${encoded}`, [['Content-Type', 'image/png']], NOT_AN_IMAGE), { statuses: [400], codes: ['invalid_request'] })
     add('filename', `a filename with ${what} and a field after the file`, post('/v1/images', [formType()], Buffer.concat([filePart(png(), { filename: name }), fieldPart('x', 'y'), closing()])), { statuses: [400], codes: ['invalid_request'] })
   }
 

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
@@ -143,7 +144,7 @@ t.test('records last 24 hours; an expired one is replaced', async (t) => {
   t.teardown(() => rm(dataDir, { recursive: true, force: true }))
   const driver = await new FsDriver(dataDir).init()
   let now = Date.parse('2026-11-28T12:00:00Z')
-  const records = new IdempotencyRecords(driver, () => now)
+  const records = new IdempotencyRecords(driver, 'a secret the test chose', () => now)
   const recordKey = records.recordKey('bot', 'k1')
   const response = (key: string) => ({ key }) as StoredUpload
   const signal = new AbortController().signal
@@ -156,7 +157,7 @@ t.test('records last 24 hours; an expired one is replaced', async (t) => {
   t.equal(await records.find(recordKey), undefined, 'gone once 24 hours have passed')
   t.equal((await records.claim(recordKey, 'fp-2', response('second'), signal)).response.key, 'second', 'an expired record is replaced')
   t.equal((await records.find(recordKey))?.fingerprint, 'fp-2')
-  t.not(records.recordKey('ops', 'k1'), recordKey, 'another API key names another record')
+  t.not(records.recordKey('ops', 'k1').name, recordKey.name, 'another API key names another record')
 })
 
 t.test('R2: the record lives in the bucket, so a retry is replayed by another instance and after a restart', async (t) => {
@@ -222,4 +223,83 @@ t.test('a record write that fails: the bucket decides, and a record never names 
   t.equal(retried.statusCode, 201, 'the retry stores it')
   t.notOk(retried.headers['idempotent-replayed'])
   t.equal(imageKeys(await storedFiles(dataDir)).length, 3, 'once')
+})
+
+/** How records were named before: a plain SHA-256 of what a client knows, so anyone could name them. */
+const publicName = (keyName: string, idempotencyKey: string) =>
+  `${RECORDS_PREFIX}${createHash('sha256').update(`${keyName}\n${idempotencyKey}`).digest('hex')}.json`
+const SECRET_A = 'a'.repeat(32)
+const SECRET_B = 'b'.repeat(32)
+
+t.test('record names are keyed with the server secret: no one can compute them from the key name and the Idempotency-Key', async (t) => {
+  const dataDir = await mkdtemp(path.join(tmpdir(), 'keyed-records-'))
+  t.teardown(() => rm(dataDir, { recursive: true, force: true }))
+  const env = { DATA_DIR: dataDir, API_KEYS: `bot:${BOT_TOKEN}` }
+  const bot = { authorization: `Bearer ${BOT_TOKEN}`, 'idempotency-key': 'discord-message-1180000000000000001' }
+  const image = png(7, 7)
+  const records = async () => (await storedFiles(dataDir)).filter((key) => key.startsWith(RECORDS_PREFIX))
+
+  const { app: first } = await buildTestApp(t, { ...env, IDEMPOTENCY_SECRET: SECRET_A })
+  const original = await rawUpload(first, image, bot)
+  t.equal(original.statusCode, 201)
+  const [written] = await records()
+  t.comment(`record ${written}; SHA-256 of the public data: ${publicName('bot', bot['idempotency-key'])}`)
+  t.not(written, publicName('bot', bot['idempotency-key']), 'the name is not a hash of the public data')
+
+  const { app: sameSecret } = await buildTestApp(t, { ...env, IDEMPOTENCY_SECRET: SECRET_A })
+  const replayed = await rawUpload(sameSecret, image, bot)
+  t.equal(replayed.headers['idempotent-replayed'], 'true', 'an instance with the same secret finds the record')
+  t.same(replayed.json(), original.json())
+
+  const { app: otherSecret } = await buildTestApp(t, { ...env, IDEMPOTENCY_SECRET: SECRET_B })
+  const elsewhere = await rawUpload(otherSecret, image, bot)
+  t.notOk(elsewhere.headers['idempotent-replayed'], 'with another secret the name is another one')
+  t.equal((await records()).length, 2, 'two records, under two names')
+
+})
+
+t.test('R2 without IDEMPOTENCY_SECRET: every instance derives the same key from the R2 secret, and the names are still not public', async (t) => {
+  const s3 = await startS3()
+  t.teardown(() => s3.stop())
+  const image = pngOfSize(2048, 11)
+  const { app: instanceA } = await buildTestApp(t, r2Env(s3.endpoint))
+  const { app: instanceB } = await buildTestApp(t, r2Env(s3.endpoint))
+  const original = await rawUpload(instanceA, image, { 'idempotency-key': 'discord-message-77' })
+  t.equal(original.statusCode, 201)
+  t.equal(await s3.sha256Of(original.json().key), sha256(image), 'the image read back is byte-exact')
+  t.equal((await rawUpload(instanceB, image, { 'idempotency-key': 'discord-message-77' })).headers['idempotent-replayed'], 'true', 'another instance finds the record')
+  const names = await s3.keys(RECORDS_PREFIX)
+  t.equal(names.length, 1)
+  t.not(names[0], publicName('anonymous', 'discord-message-77'), 'its name is not a hash of the public data')
+})
+
+t.test('a record written before names were keyed is still replayed within its 24 h, and not after', async (t) => {
+  const dataDir = await mkdtemp(path.join(tmpdir(), 'legacy-records-'))
+  t.teardown(() => rm(dataDir, { recursive: true, force: true }))
+  const { app } = await buildTestApp(t, { DATA_DIR: dataDir, IDEMPOTENCY_SECRET: SECRET_A })
+  const driver = await new FsDriver(dataDir).init()
+  const image = png(9, 4)
+  /** Moves the record an upload just wrote to the name the previous release gave it, as if that release wrote it. */
+  const asLegacy = async (idempotencyKey: string, createdAt?: string) => {
+    const [name] = (await storedFiles(dataDir)).filter((key) => key.startsWith(RECORDS_PREFIX))
+    const record = JSON.parse((await driver.read(name!))!.toString('utf8')) as { created_at: string }
+    if (createdAt) record.created_at = createdAt
+    const body = Buffer.from(JSON.stringify(record))
+    await driver.put(publicName('anonymous', idempotencyKey), body, { contentType: 'application/json', cacheControl: 'no-store', metadata: {}, shared: true }, new AbortController().signal)
+    await driver.delete(name!)
+  }
+
+  const original = await rawUpload(app, image, { 'idempotency-key': 'before-the-upgrade' })
+  await asLegacy('before-the-upgrade')
+  const retry = await rawUpload(app, image, { 'idempotency-key': 'before-the-upgrade' })
+  t.equal(retry.headers['idempotent-replayed'], 'true', 'a retry across the upgrade is replayed from the old record')
+  t.same(retry.json(), original.json())
+  t.equal((await rawUpload(app, png(9, 5), { 'idempotency-key': 'before-the-upgrade' })).statusCode, 409, 'and a different upload with its key conflicts')
+  await driver.delete(publicName('anonymous', 'before-the-upgrade'))
+
+  await rawUpload(app, image, { 'idempotency-key': 'long-before' })
+  await asLegacy('long-before', new Date(Date.now() - IDEMPOTENCY_WINDOW_MS - 1000).toISOString())
+  const late = await rawUpload(app, image, { 'idempotency-key': 'long-before' })
+  t.equal(late.statusCode, 201)
+  t.notOk(late.headers['idempotent-replayed'], 'an old record past its 24 h is not')
 })

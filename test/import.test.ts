@@ -382,7 +382,7 @@ t.test('the request: JSON with source_url and context, optional filename and met
     ['a filename over 255 bytes', { source_url: url, context: 'portraits', filename: `${'n'.repeat(300)}.png` }, 'invalid_request', /longer than 255/],
     ['metadata that is not an object', { source_url: url, context: 'portraits', metadata: 'x' }, 'invalid_metadata', /object of string values/],
     ['a metadata value that is not a string', { source_url: url, context: 'portraits', metadata: { uploader_id: 1234 } }, 'invalid_metadata', /object of string values/],
-    ['migrated_from in the metadata', { source_url: url, context: 'portraits', metadata: { Migrated_From: 'x' } }, 'invalid_metadata', /set by the service on imports/],
+    ['migrated_from in the metadata', { source_url: url, context: 'portraits', metadata: { Migrated_From: 'x' } }, 'invalid_metadata', /set by the service and may not be sent/],
     ['a service-owned name', { source_url: url, context: 'portraits', metadata: { sha256: 'x' } }, 'invalid_metadata', /set by the service/],
     ['metadata that fits 2 KiB only without the source URL', { source_url: url, context: 'portraits', metadata: { notes: 'x'.repeat(2000) } }, 'invalid_metadata', /2048 bytes/],
   ]

@@ -605,7 +605,7 @@ t.test('answers conform to the document', async (t) => {
   })
 
   t.test('GET /v1/usage: the report, rescans, and 400 for a bad rescan', async (t) => {
-    const { app } = await buildTestApp(t, { API_KEYS })
+    const { app } = await buildTestApp(t, { API_KEYS, USAGE_RESCAN_INTERVAL_S: '0' }) // every rescan lists
     const auth = bearer(TOKEN)
     const first = await overSocket(app, requestFor('POST', '/v1/images', '', auth))
     t.equal(first.statusCode, 201, 'an upload')

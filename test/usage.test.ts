@@ -46,7 +46,7 @@ const gauge = async (app: FastifyInstance, name: 'storageBytes' | 'storageObject
 const currentMonth = () => new Date().toISOString().slice(0, 7)
 
 t.test('GET /v1/usage after uploads matches the bucket, states the limits and percentages, and rescans only when asked', async (t) => {
-  const { app } = await buildTestApp(t, { ...r2Env(s3.endpoint), API_KEYS: `ops:${T1}` })
+  const { app } = await buildTestApp(t, { ...r2Env(s3.endpoint), API_KEYS: `ops:${T1}`, USAGE_RESCAN_INTERVAL_S: '0' })
   const commands = recordCommands(r2DriverOf(app))
   const sent = () => commands.map((command) => command.name)
   const classA = () => sent().filter((name) => name === 'PutObject' || name === 'ListObjectsV2').length
@@ -205,7 +205,7 @@ t.test('the first scan runs when the app is ready, not one interval later', asyn
 })
 
 t.test('the local-disk driver: /v1/usage?rescan=true counts its stored files', async (t) => {
-  const { app, dataDir } = await buildTestApp(t)
+  const { app, dataDir } = await buildTestApp(t, { USAGE_RESCAN_INTERVAL_S: '0' })
   const sizes = [1234, 56_789, 200_000]
   const keys: string[] = []
   for (const [index, size] of sizes.entries()) {
@@ -235,4 +235,30 @@ t.test('the local-disk driver: /v1/usage?rescan=true counts its stored files', a
   t.equal(after.object_count, 2, 'a deleted file is no longer counted')
   t.equal(after.storage_bytes, sizes[0]! + sizes[2]!)
   t.same({ bytes: after.storage_bytes, objects: after.object_count }, await onDisk())
+})
+
+t.test('rescans are rate-limited per instance: one listing per USAGE_RESCAN_INTERVAL_S, the others answered from it', async (t) => {
+  const { app } = await buildTestApp(t, { ...r2Env(s3.endpoint), API_KEYS: `ops:${T1}` })
+  const commands = recordCommands(r2DriverOf(app))
+  const listings = () => commands.filter((command) => command.name === 'ListObjectsV2').length
+  const rescan = async () => (await app.inject({ url: '/v1/usage?rescan=true', headers: bearer })).json()
+  t.ok((await listBucket()).objects < 1000, 'the bucket lists in one page, so one listing is one ListObjectsV2')
+
+  const together = await Promise.all(Array.from({ length: 5 }, rescan))
+  const after = []
+  for (let i = 0; i < 5; i++) after.push(await rescan())
+  t.comment(`10 rescans in a row: ${listings()} listings`)
+  t.equal(listings(), 1, 'ten rescans within a minute, five of them at once, list the bucket once')
+  const scannedAt = new Set([...together, ...after].map((report) => report.scanned_at))
+  t.equal(scannedAt.size, 1, 'every answer gives that scan, and its time')
+  t.equal(after[4].storage_bytes, together[0].storage_bytes)
+
+  const other = await buildTestApp(t, { ...r2Env(s3.endpoint), API_KEYS: `ops:${T1}`, USAGE_RESCAN_INTERVAL_S: '1' })
+  const otherCommands = recordCommands(r2DriverOf(other.app))
+  const otherRescan = async () => (await other.app.inject({ url: '/v1/usage?rescan=true', headers: bearer })).json()
+  const first = await otherRescan()
+  t.equal((await otherRescan()).scanned_at, first.scanned_at, 'another instance lists for itself, then answers from that')
+  await new Promise((resolve) => setTimeout(resolve, 1100))
+  t.not((await otherRescan()).scanned_at, first.scanned_at, 'once USAGE_RESCAN_INTERVAL_S has passed, a rescan lists again')
+  t.equal(otherCommands.filter((command) => command.name === 'ListObjectsV2').length, 2)
 })

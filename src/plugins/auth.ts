@@ -54,7 +54,7 @@ export default fp(
       max: options.rateLimitPerMinute,
       timeWindow: 60_000,
       allowList: (request) => !needsKey(request),
-      keyGenerator: (request) => (request.apiKeyName ? `key:${request.apiKeyName}` : `address:${request.ip}`),
+      keyGenerator: (request) => (request.apiKeyName ? `key:${request.apiKeyName}` : `address:${request.clientAddress}`),
       errorResponseBuilder: (_request, context) =>
         new ApiError('rate_limited', `At most ${context.max} requests a minute per API key; retry in ${Math.ceil(context.ttl / 1000)} s.`),
     })
@@ -72,5 +72,5 @@ export default fp(
       throw new ApiError('unauthorized', request.headers.authorization ? 'The API key is not valid.' : 'Send Authorization: Bearer <token>.')
     })
   },
-  { name: 'auth' },
+  { name: 'auth', dependencies: ['client-address'] },
 )

@@ -17,6 +17,8 @@ declare module 'fastify' {
 
 /** How long to keep reading (and discarding) an unread request body after an early answer. */
 const LINGER_MS = 5000
+/** How long the client may pause meanwhile: one that trickles its body is not waited for. */
+const LINGER_IDLE_MS = 1000
 
 const FASTIFY_ERROR_CODES: Record<string, ApiError['code']> = {
   FST_ERR_CTP_INVALID_MEDIA_TYPE: 'unsupported_media_type',
@@ -39,8 +41,9 @@ const bodyRead = (incoming: IncomingMessage): boolean => incoming.complete || in
  * Answering before the body has been read: the connection must close, but closing while the client is
  * still sending makes the kernel reset it, which can destroy the answer before the client reads it. So
  * the answer is written in full at once (it has a Content-Length, so the client can act on it), and the
- * response is ended, which closes the connection, only once the client stopped sending: it finished or
- * hung up, or LINGER_MS passed. Meanwhile what it still sends is read and discarded.
+ * response is ended, which closes the connection, only once the client stopped sending: it finished,
+ * hung up, or paused for LINGER_IDLE_MS, or LINGER_MS passed. Meanwhile what it still sends is read and
+ * discarded.
  */
 function closeAfterAnswering(request: FastifyRequest, reply: FastifyReply): void {
   reply.header('connection', 'close')
@@ -57,14 +60,21 @@ function closeAfterAnswering(request: FastifyRequest, reply: FastifyReply): void
     if (chunk !== undefined && typeof chunk !== 'function') response.write(chunk)
     const finish = () => {
       clearTimeout(timer)
+      clearTimeout(idle)
+      incoming.off('data', stillSending)
       end()
     }
     const timer = setTimeout(finish, LINGER_MS)
+    const idle = setTimeout(finish, LINGER_IDLE_MS)
+    const stillSending = () => idle.refresh()
     if (bodyRead(incoming) || incoming.destroyed) finish()
-    else incoming.once('end', finish).once('close', finish)
+    else incoming.on('data', stillSending).once('end', finish).once('close', finish)
     return response
   }) as typeof response.end
 }
+
+export const routeNotFound = (request: FastifyRequest): ApiError =>
+  new ApiError('not_found', `There is no route ${request.method} ${request.url.split('?')[0]}.`)
 
 function problemOf(error: ApiError, requestId: string, fallbackUrl?: string) {
   return {
@@ -139,9 +149,7 @@ export default fp(
       const fallbackUrl = routeFlagsOf(request).offersFallback ? options.defaultPortraitUrl : undefined
       return sendProblem(request, reply, problem, fallbackUrl)
     })
-    app.setNotFoundHandler((request, reply) =>
-      sendProblem(request, reply, new ApiError('not_found', `There is no route ${request.method} ${request.url.split('?')[0]}.`)),
-    )
+    app.setNotFoundHandler((request, reply) => sendProblem(request, reply, routeNotFound(request)))
   },
   { name: 'problem-details' },
 )

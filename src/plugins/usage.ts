@@ -30,7 +30,7 @@ const percent = (used: number, limit: number) => Math.round((used / limit) * 10_
  * bytes and objects from a periodic scan of the bucket, exported as gauges.
  */
 export default fp(
-  async (app, options: { scanIntervalS: number }) => {
+  async (app, options: { scanIntervalS: number; rescanIntervalS: number }) => {
     const counted = { month: monthOf(new Date()), A: 0, B: 0 }
     /** This month's counts, started afresh when the month (UTC) has changed since the last look. */
     const thisMonth = () => {
@@ -44,12 +44,18 @@ export default fp(
     })
 
     let last: { bytes: number; objects: number; at: Date } | undefined
-    const scan = async () => {
+    /** The listing under way: requests that arrive meanwhile wait for it rather than start another. */
+    let scanning: Promise<void> | undefined
+    const list = async () => {
       const { bytes, objects } = await app.storage.usage()
       last = { bytes, objects, at: new Date() }
       app.metrics.storageBytes.set(bytes)
       app.metrics.storageObjects.set(objects)
     }
+    const scan = () => (scanning ??= list().finally(() => (scanning = undefined)))
+    // A listing costs a Class A operation per 1000 objects: any key asking for one on every request
+    // would spend the free tier, so a rescan sooner than this after the last scan gets that scan.
+    const rescanDue = (scannedAt: Date) => Date.now() - scannedAt.getTime() >= options.rescanIntervalS * 1000
     if (options.scanIntervalS > 0) {
       const scanQuietly = () => scan().catch((err: unknown) => app.log.warn({ err }, 'usage scan failed'))
       app.addHook('onReady', async () => {
@@ -61,7 +67,7 @@ export default fp(
 
     app.decorate('usage', {
       async report({ rescan }: { rescan: boolean }): Promise<UsageReport> {
-        if (rescan || !last) await scan()
+        if (!last || (rescan && rescanDue(last.at))) await scan()
         const { month, A, B } = thisMonth()
         const storageBytes = last?.bytes ?? 0
         return {

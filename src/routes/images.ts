@@ -6,6 +6,7 @@ import { ApiError, objectNotFound } from '../errors.js'
 import { IMAGES_PREFIX, STORING_ROUTE } from '../http/route-options.js'
 import { keyFromPath, publicUrlOf } from '../upload/keys.js'
 import {
+  assertQueryParameterDecodes,
   assertValidContext,
   checkedFilename,
   clientMetadata,
@@ -50,6 +51,7 @@ function rawUploadSource(request: FastifyRequest<{ Querystring: RawUploadQuery }
   if (declaredLength > maxBytes) {
     throw new ApiError('image_too_large', `The image is larger than the limit of ${maxBytes} bytes.`)
   }
+  assertQueryParameterDecodes(request.url, 'filename')
   return {
     filename: checkedFilename(request.query.filename),
     context: assertValidContext(request.query.context),

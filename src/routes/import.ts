@@ -10,8 +10,6 @@ import { storingRoute } from './storing-route.js'
 
 /** Long enough for any CDN URL with its signature; it is also stored, as `migrated_from`. */
 const MAX_SOURCE_URL_LENGTH = 2048
-/** The metadata entry naming where an imported image came from; set by the service only. */
-const MIGRATED_FROM = 'migrated_from'
 const MEMBERS = ['source_url', 'context', 'filename', 'metadata']
 /** The whole request is a small JSON object: the image itself comes from the source. */
 const MAX_REQUEST_BYTES = 16 * 1024
@@ -42,15 +40,12 @@ function importRequestOf(body: unknown): ImportRequest {
   if (!isObject(metadata) || Object.values(metadata).some((value) => typeof value !== 'string')) {
     throw new ApiError('invalid_metadata', 'metadata, when sent, is an object of string values.')
   }
-  if (Object.keys(metadata).some((name) => name.toLowerCase() === MIGRATED_FROM)) {
-    throw new ApiError('invalid_metadata', `Metadata "${MIGRATED_FROM}" is set by the service on imports and may not be sent.`)
-  }
   return {
     sourceUrl,
     context: assertValidContext(context),
     filename: checkedFilename(filename) || filenameInUrl(sourceUrl),
-    // The source URL counts against the client's metadata budget: it is the client's text, stored.
-    metadata: clientMetadata([...(Object.entries(metadata) as [string, string][]), [MIGRATED_FROM, sourceUrl]]),
+    // Where the image came from, set by the service (a client may not send it) from the client's text.
+    metadata: clientMetadata(Object.entries(metadata) as [string, string][], { migrated_from: sourceUrl }),
   }
 }
 
@@ -80,6 +75,9 @@ export default async function importRoutes(
   }
   if (rules.allowInsecureLocal) app.log.warn('IMPORT_ALLOW_INSECURE_LOCAL_SOURCES is on: imports may fetch http:// URLs from 127.0.0.1 (tests only)')
 
+  // The one body this context reads: a small JSON object (the default parser, prototype poisoning refused).
+  app.removeAllContentTypeParsers()
+  app.addContentTypeParser('application/json', { parseAs: 'string', bodyLimit: MAX_REQUEST_BYTES }, app.getDefaultJsonParser('error', 'error'))
   const route = {
     bodyLimit: MAX_REQUEST_BYTES,
     config: STORING_ROUTE,

@@ -1,6 +1,9 @@
 import type { FastifyInstance } from 'fastify'
 
-/** GET /v1/usage: storage and R2 operations against the free tier. `?rescan=true` lists the bucket first. */
+/**
+ * GET /v1/usage: storage and R2 operations against the free tier. `?rescan=true` lists the bucket first,
+ * unless it was listed less than USAGE_RESCAN_INTERVAL_S ago.
+ */
 export default async function usageRoutes(app: FastifyInstance) {
   app.get<{ Querystring: { rescan?: boolean } }>(
     '/v1/usage',

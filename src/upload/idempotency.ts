@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto'
+import { createHash, createHmac } from 'node:crypto'
 import type { IncomingHttpHeaders } from 'node:http'
 import { ApiError } from '../errors.js'
 import { KeyExistsError, type StorageDriver } from '../storage/driver.js'
@@ -39,21 +39,45 @@ export function fingerprintOf(request: Pick<UploadSource, 'context' | 'metadata'
   return createHash('sha256').update(JSON.stringify([content, request.context, filename ?? '', entries])).digest('hex')
 }
 
+/**
+ * Where one (API key name, Idempotency-Key) record is written, and where one written before names were
+ * keyed may still be: looked up too, until those records have expired (24 h after the upgrade), so that
+ * a retry across the upgrade is still replayed. The lookup of `legacy` can go in a later release.
+ */
+export interface RecordKey {
+  name: string
+  legacy: string
+}
+
 /** Idempotency records, one small JSON object per (API key name, Idempotency-Key), written once. */
 export class IdempotencyRecords {
   constructor(
     private readonly driver: Pick<StorageDriver, 'read' | 'put' | 'delete'>,
+    /** IDEMPOTENCY_SECRET, or what the configuration derived: the same on every instance. */
+    private readonly secret: string,
     private readonly now: () => number = Date.now,
   ) {}
 
-  /** Hashed, so the client's key needs no escaping and one API key cannot name another's records. */
-  recordKey(scope: string, idempotencyKey: string): string {
-    return `${RECORDS_PREFIX}${createHash('sha256').update(`${scope}\n${idempotencyKey}`).digest('hex')}.json`
+  /**
+   * An HMAC keyed with the server's secret, so no one can compute a record's name from the key's name
+   * and the Idempotency-Key (Discord message ids are public) and read it where the bucket is public; as
+   * a hash it needs no escaping, and one API key cannot name another's records.
+   */
+  recordKey(scope: string, idempotencyKey: string): RecordKey {
+    const identity = `${scope}\n${idempotencyKey}`
+    return {
+      name: `${RECORDS_PREFIX}${createHmac('sha256', this.secret).update(identity).digest('hex')}.json`,
+      legacy: `${RECORDS_PREFIX}${createHash('sha256').update(identity).digest('hex')}.json`,
+    }
   }
 
   /** The record if it is younger than the window; an expired or unreadable one counts as none. */
-  async find(recordKey: string): Promise<IdempotencyRecord | undefined> {
-    const bytes = await this.driver.read(recordKey)
+  async find(recordKey: RecordKey): Promise<IdempotencyRecord | undefined> {
+    return (await this.read(recordKey.name)) ?? (await this.read(recordKey.legacy))
+  }
+
+  private async read(name: string): Promise<IdempotencyRecord | undefined> {
+    const bytes = await this.driver.read(name)
     if (bytes === undefined) return undefined
     try {
       const record = JSON.parse(bytes.toString('utf8')) as IdempotencyRecord
@@ -68,21 +92,21 @@ export class IdempotencyRecords {
    * Writes the record unless a live one is there already, and returns whichever holds the key: this
    * one, or the earlier request's when two with one key raced (the write never overwrites).
    */
-  async claim(recordKey: string, fingerprint: string, response: StoredUpload, signal: AbortSignal): Promise<IdempotencyRecord> {
+  async claim(recordKey: RecordKey, fingerprint: string, response: StoredUpload, signal: AbortSignal): Promise<IdempotencyRecord> {
     const record: IdempotencyRecord = { created_at: new Date(this.now()).toISOString(), fingerprint, response }
     const body = Buffer.from(JSON.stringify(record))
     const sha256 = createHash('sha256').update(body).digest('hex')
     const write = { contentType: 'application/json', cacheControl: 'no-store', metadata: { uploaded_at: record.created_at, sha256 }, sha256, shared: true }
     for (let attempt = 1; ; attempt++) {
       try {
-        await this.driver.put(recordKey, body, write, signal)
+        await this.driver.put(recordKey.name, body, write, signal)
         return record
       } catch (error) {
         if (!(error instanceof KeyExistsError) || attempt > 1) throw error
         const earlier = await this.find(recordKey)
         if (earlier) return earlier
         // Expired or unreadable: replace it, once.
-        await this.driver.delete(recordKey)
+        await this.driver.delete(recordKey.name)
       }
     }
   }

@@ -7,8 +7,16 @@ const NAME_PATTERN = /^[a-z0-9][a-z0-9_]{0,63}$/
 const MAX_CLIENT_METADATA_BYTES = 2048
 const MAX_FILENAME_BYTES = 255
 const DEFAULT_CONTEXT = 'general'
-/** Metadata the service computes itself; a client may not send these. */
-const SERVICE_OWNED_METADATA = ['sha256', 'filename', 'width', 'height'] as const
+/** Metadata the service sets itself; a client may not send these (`migrated_from`: on imports only). */
+const SERVICE_OWNED_METADATA = ['sha256', 'filename', 'width', 'height', 'migrated_from'] as const
+type ServiceOwnedName = (typeof SERVICE_OWNED_METADATA)[number]
+/**
+ * What no filename may hold: controls, invisible format characters (bidirectional overrides and
+ * isolates such as U+202E, which make `a\u202Egnp.exe` display as `aexe.png`; zero-width characters;
+ * byte-order marks), line and paragraph separators, lone surrogates, and U+FFFD, which is what bytes
+ * that are not UTF-8 decode to: the name the client meant is already lost.
+ */
+const UNSHOWABLE_IN_FILENAME = /[\p{Cc}\p{Cf}\p{Cs}\p{Zl}\p{Zp}\ufffd]/u
 const ISO_8601 = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})$/
 const HEADER_PREFIX = 'x-meta-'
 
@@ -20,27 +28,62 @@ export function assertValidContext(context: string | undefined): string {
   return context
 }
 
-/** The client's filename without its directory part, refused when too long or not UTF-8 text. */
+/** The client's filename without its directory part, refused when too long or not text as it displays. */
 export function checkedFilename(filename: string | undefined): string | undefined {
   if (filename === undefined) return undefined
   const base = baseFilename(filename)
   if (Buffer.byteLength(base) > MAX_FILENAME_BYTES) {
     throw new ApiError('invalid_request', `The filename is longer than ${MAX_FILENAME_BYTES} bytes.`)
   }
-  // U+FFFD is what bytes that are not UTF-8 decode to: the name the client meant is already lost.
-  if (/[\u0000-\u001f\u007f\ufffd]/.test(base)) {
-    throw new ApiError('invalid_request', 'The filename must be UTF-8 text without control characters.')
+  if (UNSHOWABLE_IN_FILENAME.test(base)) {
+    throw new ApiError('invalid_request', 'The filename must be UTF-8 text without control, bidirectional or invisible format characters.')
   }
   return base
 }
 
 /**
- * Validates the client's metadata (names case-folded) and adds `uploaded_at` unless the client sent a
- * valid ISO 8601 one. The service-owned entries are added later, when the bytes have been seen.
+ * Refuses a query parameter whose percent-encoding does not decode to UTF-8 (`%zz`, `%FF`, a cut
+ * sequence): the query parser keeps such text as it was sent, which would be stored as a name the
+ * client never meant.
  */
-export function clientMetadata(entries: Iterable<[string, string]>, now = new Date()): Record<string, string> {
+export function assertQueryParameterDecodes(url: string, parameter: string): void {
+  const query = url.indexOf('?') < 0 ? '' : url.slice(url.indexOf('?') + 1)
+  const decodes = (text: string) => {
+    try {
+      return decodeURIComponent(text)
+    } catch {
+      return undefined
+    }
+  }
+  for (const pair of query.split('&')) {
+    const equals = pair.indexOf('=')
+    if (equals < 0 || decodes(pair.slice(0, equals)) !== parameter) continue
+    if (decodes(pair.slice(equals + 1)) === undefined) {
+      throw new ApiError('invalid_request', `The query parameter ${parameter} is not valid percent-encoded UTF-8.`)
+    }
+  }
+}
+
+/**
+ * Validates the client's metadata (names case-folded) and adds `uploaded_at` unless the client sent a
+ * valid ISO 8601 one. The service-owned entries are added later, when the bytes have been seen, except
+ * `serviceSet`: entries the service sets from the client's text (an import's `migrated_from`, its source
+ * URL), which count against the client's budget.
+ */
+export function clientMetadata(
+  entries: Iterable<[string, string]>,
+  serviceSet: Partial<Record<ServiceOwnedName, string>> = {},
+  now = new Date(),
+): Record<string, string> {
   const metadata: Record<string, string> = {}
   let bytes = 0
+  const add = (name: string, value: string) => {
+    bytes += Buffer.byteLength(name) + Buffer.byteLength(value)
+    if (bytes > MAX_CLIENT_METADATA_BYTES) {
+      throw new ApiError('invalid_metadata', `Metadata names and values total more than ${MAX_CLIENT_METADATA_BYTES} bytes of UTF-8.`)
+    }
+    metadata[name] = value
+  }
   for (const [rawName, value] of entries) {
     const name = rawName.toLowerCase()
     if (!NAME_PATTERN.test(name)) {
@@ -50,12 +93,9 @@ export function clientMetadata(entries: Iterable<[string, string]>, now = new Da
       throw new ApiError('invalid_metadata', `Metadata "${name}" is set by the service and may not be sent.`)
     }
     if (Object.hasOwn(metadata, name)) throw new ApiError('invalid_metadata', `Metadata "${name}" is sent twice.`)
-    bytes += Buffer.byteLength(name) + Buffer.byteLength(value)
-    if (bytes > MAX_CLIENT_METADATA_BYTES) {
-      throw new ApiError('invalid_metadata', `Metadata names and values total more than ${MAX_CLIENT_METADATA_BYTES} bytes of UTF-8.`)
-    }
-    metadata[name] = value
+    add(name, value)
   }
+  for (const [name, value] of Object.entries(serviceSet)) add(name, value)
   const sent = metadata.uploaded_at
   if (sent === undefined || !ISO_8601.test(sent) || Number.isNaN(Date.parse(sent))) {
     metadata.uploaded_at = now.toISOString()

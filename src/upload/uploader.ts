@@ -3,7 +3,7 @@ import type { Counter, Gauge, Histogram } from 'prom-client'
 import type { Config } from '../config.js'
 import { ApiError, type ErrorCode } from '../errors.js'
 import { provesNothingWritten, type StorageDriver } from '../storage/driver.js'
-import { IdempotencyRecords, fingerprintOf, idempotencyKeyOf, type IdempotencyRecord } from './idempotency.js'
+import { IdempotencyRecords, fingerprintOf, idempotencyKeyOf, type IdempotencyRecord, type RecordKey } from './idempotency.js'
 import { checkUpload, storeUpload, type StoredUpload, type UploadPolicy, type UploadSource } from './pipeline.js'
 
 /** What every stored image is held to, uploaded or imported. */
@@ -102,7 +102,7 @@ export class Uploader {
 
   constructor(private readonly options: UploaderOptions) {
     this.policy = uploadPolicyOf(options.config, options.driver)
-    this.records = new IdempotencyRecords(options.driver)
+    this.records = new IdempotencyRecords(options.driver, options.config.idempotencySecret)
     this.notAttempts = options.notAttempts ?? REFUSED_REQUESTS
   }
 
@@ -161,7 +161,7 @@ export class Uploader {
    * The record that holds the key once this upload has claimed it. The image is stored, so the claim is
    * not aborted when the client leaves or the service shuts down: the bookkeeping is finished.
    */
-  private async claimRecord(request: UploadRequest, recordKey: string, fingerprint: string, stored: StoredUpload) {
+  private async claimRecord(request: UploadRequest, recordKey: RecordKey, fingerprint: string, stored: StoredUpload) {
     try {
       return await this.records.claim(recordKey, fingerprint, stored, NEVER_ABORTED)
     } catch (error) {

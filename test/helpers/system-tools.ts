@@ -2,6 +2,9 @@ import { spawnSync } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import type { Test } from 'tap'
 
+/** Debian's curl, as operators use it; .ci/run installs it. */
+export const CURL = '/usr/bin/curl'
+
 /** Debian's promtool (package prometheus); .ci/run installs it. */
 export const PROMTOOL = '/usr/bin/promtool'
 
@@ -30,4 +33,8 @@ export function havePromtool(t: Test): boolean {
 export function havePythonAiohttp(t: Test): boolean {
   const imported = spawnSync(PYTHON, ['-c', 'import aiohttp'], { stdio: 'ignore' }).status === 0
   return haveTool(t, imported, `${PYTHON} cannot import aiohttp: install Debian's python3-aiohttp package (apt-get install -y python3-aiohttp)`)
+}
+
+export function haveCurl(t: Test): boolean {
+  return haveTool(t, existsSync(CURL), `${CURL} is missing: install Debian's curl package (apt-get install -y curl)`)
 }
