@@ -47,7 +47,7 @@ import { DeleteObjectsCommand, PutObjectCommand } from '@aws-sdk/client-s3'
 import { loadConfig } from '../src/config.js'
 import { R2Driver } from '../src/storage/r2.js'
 import { pngOfSize, sha256 } from '../test/helpers/images.js'
-import { TEST_BUCKET, r2Env, startS3 } from '../test/helpers/s3.js'
+import { r2Env, startS3, TEST_BUCKET } from '../test/helpers/s3.js'
 import { startService as startServiceProcess } from '../test/helpers/service-process.js'
 
 const KB = 1000
@@ -259,12 +259,22 @@ function pythonLoad(baseUrl: string, imagePath: string, concurrency: number): Lo
       let ended: Promise<void> | undefined
       try {
         for await (const text of createInterface({ input: child.stdout! })) {
-          const line = JSON.parse(text) as { event?: string; seconds?: number; ms?: number; key?: string; error?: string; python?: string; aiohttp?: string }
+          const line = JSON.parse(text) as {
+            event?: string
+            seconds?: number
+            ms?: number
+            key?: string
+            error?: string
+            python?: string
+            aiohttp?: string
+          }
           if (line.event === 'start') versions.python = `Python ${line.python}, aiohttp ${line.aiohttp}`
           else if (line.event === 'measuring') began = begin()
           else if (line.event === 'done') {
             measured.seconds = line.seconds!
-            ended = Promise.resolve(began).then(end).finally(() => child.stdin!.end())
+            ended = Promise.resolve(began)
+              .then(end)
+              .finally(() => child.stdin!.end())
           } else if (line.error !== undefined) measured.failures.push(line.error)
           else {
             measured.latenciesMs.push(line.ms!)
@@ -345,7 +355,8 @@ const startService = (s3: S3) =>
     ...SERVICE_ENV,
   })
 
-const startNaiveRoute = (s3: S3) => startSut('bench/naive-route.mjs', { ...r2Env(s3.endpoint), AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true' })
+const startNaiveRoute = (s3: S3) =>
+  startSut('bench/naive-route.mjs', { ...r2Env(s3.endpoint), AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true' })
 
 /** Reads the service's memory metrics every 250 ms until stopped; keeps the sample with the highest RSS. */
 function sampleMemory(port: number) {
@@ -356,12 +367,15 @@ function sampleMemory(port: number) {
     while (sampling) {
       const text = await new Promise<string>((resolve, reject) => {
         http
-          .get({ host: '127.0.0.1', port, path: '/metrics', agent: false, headers: { authorization: `Bearer ${API_TOKEN}` } }, (response) => {
-            let body = ''
-            response.setEncoding('utf8')
-            response.on('data', (chunk: string) => (body += chunk))
-            response.on('end', () => resolve(body))
-          })
+          .get(
+            { host: '127.0.0.1', port, path: '/metrics', agent: false, headers: { authorization: `Bearer ${API_TOKEN}` } },
+            (response) => {
+              let body = ''
+              response.setEncoding('utf8')
+              response.on('data', (chunk: string) => (body += chunk))
+              response.on('end', () => resolve(body))
+            },
+          )
           .on('error', reject)
       })
       const sample = {
@@ -434,7 +448,11 @@ async function measure(scenario: Scenario, load: Load, sut?: Sut): Promise<Resul
 const md5 = (data: Buffer) => createHash('md5').update(data).digest('hex')
 
 /** Sends one upload with Node's fetch (undici) and checks its 201 answer; resolves with the stored key. */
-async function post(url: string, init: RequestInit, check: (answer: { key: string; sha256?: string; etag?: string }) => string | undefined): Promise<string> {
+async function post(
+  url: string,
+  init: RequestInit,
+  check: (answer: { key: string; sha256?: string; etag?: string }) => string | undefined,
+): Promise<string> {
   const response = await fetch(url, { ...init, method: 'POST' })
   const text = await response.text()
   if (response.status !== 201) throw new Error(`${response.status} ${text.slice(0, 300)}`)
@@ -482,7 +500,9 @@ async function runScenario(s3: S3, scenario: Scenario, image: Buffer): Promise<R
       let next = 0
       load = closedLoops(scenario.concurrency, async () => {
         const key = `direct/${next++}.png`
-        const stored = await client.send(new PutObjectCommand({ Bucket: TEST_BUCKET, Key: key, Body: image, ContentLength: image.length, ContentType: 'image/png' }))
+        const stored = await client.send(
+          new PutObjectCommand({ Bucket: TEST_BUCKET, Key: key, Body: image, ContentLength: image.length, ContentType: 'image/png' }),
+        )
         const wrong = sameEtag({ etag: stored.ETag })
         if (wrong) throw new Error(wrong)
         return key
@@ -495,12 +515,18 @@ async function runScenario(s3: S3, scenario: Scenario, image: Buffer): Promise<R
       break
     case 'form':
       sut = await startService(s3)
-      load = closedLoops(scenario.concurrency, () => post(`http://127.0.0.1:${sut!.port}/v1/images`, { headers: { authorization }, body: form() }, sameSha256))
+      load = closedLoops(scenario.concurrency, () =>
+        post(`http://127.0.0.1:${sut!.port}/v1/images`, { headers: { authorization }, body: form() }, sameSha256),
+      )
       break
     case 'raw':
       sut = await startService(s3)
       load = closedLoops(scenario.concurrency, () =>
-        post(`http://127.0.0.1:${sut!.port}/v1/images?filename=bench.png`, { headers: { authorization, 'content-type': 'image/png' }, body: blob }, sameSha256),
+        post(
+          `http://127.0.0.1:${sut!.port}/v1/images?filename=bench.png`,
+          { headers: { authorization, 'content-type': 'image/png' }, body: blob },
+          sameSha256,
+        ),
       )
       break
     case 'python':
@@ -533,13 +559,20 @@ async function emptyBucket(s3: S3): Promise<void> {
 
 /** The functions a system spent the most CPU in, by self time, over its newest profile. */
 async function cpuProfile(dir: string, scenario: string): Promise<string[]> {
-  const newest = (await readdir(dir)).filter((file) => file.endsWith('.cpuprofile')).sort().at(-1)
+  const newest = (await readdir(dir))
+    .filter((file) => file.endsWith('.cpuprofile'))
+    .sort()
+    .at(-1)
   if (!newest) return []
   interface ProfileNode {
     id: number
     callFrame: { functionName: string; url: string; lineNumber: number }
   }
-  const profile = JSON.parse(await readFile(path.join(dir, newest), 'utf8')) as { nodes: ProfileNode[]; samples: number[]; timeDeltas: number[] }
+  const profile = JSON.parse(await readFile(path.join(dir, newest), 'utf8')) as {
+    nodes: ProfileNode[]
+    samples: number[]
+    timeDeltas: number[]
+  }
   const nodes = new Map(profile.nodes.map((node) => [node.id, node]))
   const byFunction = new Map<string, number>()
   const byPackage = new Map<string, number>()
@@ -558,7 +591,10 @@ async function cpuProfile(dir: string, scenario: string): Promise<string[]> {
     totalUs += delta
   })
   const top = (totals: Map<string, number>) =>
-    [...totals].sort((a, b) => b[1] - a[1]).slice(0, 12).map(([name, us]) => `  ${((100 * us) / totalUs).toFixed(1).padStart(5)} %  ${name}`)
+    [...totals]
+      .sort((a, b) => b[1] - a[1])
+      .slice(0, 12)
+      .map(([name, us]) => `  ${((100 * us) / totalUs).toFixed(1).padStart(5)} %  ${name}`)
   return [
     `CPU profile, ${scenario} (${newest}): ${(totalUs / 1e6).toFixed(1)} s sampled, start-up and warm-up included`,
     'By self time:',
@@ -574,28 +610,40 @@ const fixed = (value: number | undefined, digits: number) => (value === undefine
 const mibPerSecond = (result: Result) => (result.uploads * result.scenario.bytes) / MiB / result.seconds
 const uploadsPerSecond = (result: Result) => result.uploads / result.seconds
 const cpuMsPerUpload = (result: Result) => (result.sutCpuSeconds === undefined ? undefined : (1000 * result.sutCpuSeconds) / result.uploads)
-const cpuSecondsPerGiB = (result: Result) => (result.sutCpuSeconds === undefined ? undefined : result.sutCpuSeconds / ((result.uploads * result.scenario.bytes) / GiB))
+const cpuSecondsPerGiB = (result: Result) =>
+  result.sutCpuSeconds === undefined ? undefined : result.sutCpuSeconds / ((result.uploads * result.scenario.bytes) / GiB)
 const peakRssMiB = (result: Result) => (result.peakRssBytes === undefined ? undefined : result.peakRssBytes / MiB)
 /** A share of one core as a percentage; the rest of a busy core, other processes'. */
 const percent = (share: number | undefined) => fixed(share === undefined ? undefined : 100 * share, 0)
 
 function markdownTable(header: string[], rows: string[][]): string[] {
   const widths = header.map((title, column) => Math.max(title.length, ...rows.map((row) => (row[column] ?? '').length)))
-  const line = (cells: string[]) => `| ${widths.map((width, column) => (column === 0 ? (cells[column] ?? '').padEnd(width) : (cells[column] ?? '').padStart(width))).join(' | ')} |`
-  return [line(header), `|${widths.map((width, column) => (column === 0 ? '-' : '') + '-'.repeat(width + 1) + (column === 0 ? '' : ':')).join('|')}|`, ...rows.map(line)]
+  const line = (cells: string[]) =>
+    `| ${widths.map((width, column) => (column === 0 ? (cells[column] ?? '').padEnd(width) : (cells[column] ?? '').padStart(width))).join(' | ')} |`
+  return [
+    line(header),
+    `|${widths.map((width, column) => (column === 0 ? '-' : '') + '-'.repeat(width + 1) + (column === 0 ? '' : ':')).join('|')}|`,
+    ...rows.map(line),
+  ]
 }
 
 function resultsTable(results: Result[]): string[] {
   const rows = results.map((result) => {
-    if (result.error) return [result.scenario.name, `not measured: ${result.error.replaceAll('|', '/').replaceAll('\n', ' ').slice(0, 200)}`]
+    if (result.error)
+      return [result.scenario.name, `not measured: ${result.error.replaceAll('|', '/').replaceAll('\n', ' ').slice(0, 200)}`]
     const sorted = [...result.latenciesMs].sort((a, b) => a - b)
     const direct = results.find(
-      (other) => !other.error && other.scenario.system === 'direct' && other.scenario.bytes === result.scenario.bytes && other.scenario.concurrency === result.scenario.concurrency,
+      (other) =>
+        !other.error &&
+        other.scenario.system === 'direct' &&
+        other.scenario.bytes === result.scenario.bytes &&
+        other.scenario.concurrency === result.scenario.concurrency,
     )
     const sutSeconds = result.seconds
     const sutShare = result.sutCpuSeconds === undefined ? undefined : result.sutCpuSeconds / sutSeconds
     const loadShare = result.loadCpuSeconds / sutSeconds
-    const others = (busy: number | undefined, ours: number | undefined) => (busy === undefined ? '—' : `${percent(ours ?? 0)} / ${percent(Math.max(0, busy - (ours ?? 0)))}`)
+    const others = (busy: number | undefined, ours: number | undefined) =>
+      busy === undefined ? '—' : `${percent(ours ?? 0)} / ${percent(Math.max(0, busy - (ours ?? 0)))}`
     return [
       result.scenario.name,
       String(result.uploads),
@@ -637,7 +685,9 @@ function resultsTable(results: Result[]): string[] {
 /** The issue's targets, each judged from this run's figures. */
 function targetsTable(results: Result[]): string[] {
   const find = (system: System, bytes: number, concurrency: number) =>
-    results.find((result) => result.scenario.system === system && result.scenario.bytes === bytes && result.scenario.concurrency === concurrency)
+    results.find(
+      (result) => result.scenario.system === system && result.scenario.bytes === bytes && result.scenario.concurrency === concurrency,
+    )
   /** A target over some scenarios: the figure shown, and whether it was met; unsettled if any scenario is missing or had failures. */
   const target = (text: string, scenarios: (Result | undefined)[], judge: (...results: Result[]) => { figure: string; met: boolean }) => {
     if (scenarios.some((result) => !result || result.error)) return [text, '—', 'not measured in this run']
@@ -658,34 +708,50 @@ function targetsTable(results: Result[]): string[] {
   }
   for (const system of ['form', 'raw'] as const) {
     rows.push(
-      target(`500 KB ×16, ${system}: ≥ 0.90 × direct (uploads/s)`, [find(system, 500 * KB, 16), find('direct', 500 * KB, 16)], (sut, direct) => {
-        const ratio = uploadsPerSecond(sut) / uploadsPerSecond(direct)
-        return { figure: `${ratio.toFixed(2)} ×`, met: ratio >= 0.9 }
-      }),
+      target(
+        `500 KB ×16, ${system}: ≥ 0.90 × direct (uploads/s)`,
+        [find(system, 500 * KB, 16), find('direct', 500 * KB, 16)],
+        (sut, direct) => {
+          const ratio = uploadsPerSecond(sut) / uploadsPerSecond(direct)
+          return { figure: `${ratio.toFixed(2)} ×`, met: ratio >= 0.9 }
+        },
+      ),
     )
   }
   for (const system of ['form', 'raw'] as const) {
     rows.push(
-      target(`500 KB ×16, ${system}: more uploads/s than the naive route`, [find(system, 500 * KB, 16), find('naive', 500 * KB, 16)], (sut, naive) => ({
-        figure: `${uploadsPerSecond(sut).toFixed(1)} vs ${uploadsPerSecond(naive).toFixed(1)}`,
-        met: uploadsPerSecond(sut) > uploadsPerSecond(naive),
-      })),
+      target(
+        `500 KB ×16, ${system}: more uploads/s than the naive route`,
+        [find(system, 500 * KB, 16), find('naive', 500 * KB, 16)],
+        (sut, naive) => ({
+          figure: `${uploadsPerSecond(sut).toFixed(1)} vs ${uploadsPerSecond(naive).toFixed(1)}`,
+          met: uploadsPerSecond(sut) > uploadsPerSecond(naive),
+        }),
+      ),
     )
   }
   for (const system of ['form', 'raw'] as const) {
     rows.push(
-      target(`CPU per 500 KB upload, ${system}: ≤ the naive route's`, [find(system, 500 * KB, 16), find('naive', 500 * KB, 16)], (sut, naive) => ({
-        figure: `${cpuMsPerUpload(sut)!.toFixed(2)} vs ${cpuMsPerUpload(naive)!.toFixed(2)} ms`,
-        met: cpuMsPerUpload(sut)! <= cpuMsPerUpload(naive)!,
-      })),
+      target(
+        `CPU per 500 KB upload, ${system}: ≤ the naive route's`,
+        [find(system, 500 * KB, 16), find('naive', 500 * KB, 16)],
+        (sut, naive) => ({
+          figure: `${cpuMsPerUpload(sut)!.toFixed(2)} vs ${cpuMsPerUpload(naive)!.toFixed(2)} ms`,
+          met: cpuMsPerUpload(sut)! <= cpuMsPerUpload(naive)!,
+        }),
+      ),
     )
   }
   for (const system of ['form', 'raw'] as const) {
     rows.push(
-      target(`CPU per GiB (50 MiB ×4), ${system}: ≤ the naive route's`, [find(system, 50 * MiB, 4), find('naive', 50 * MiB, 4)], (sut, naive) => ({
-        figure: `${cpuSecondsPerGiB(sut)!.toFixed(2)} vs ${cpuSecondsPerGiB(naive)!.toFixed(2)} s`,
-        met: cpuSecondsPerGiB(sut)! <= cpuSecondsPerGiB(naive)!,
-      })),
+      target(
+        `CPU per GiB (50 MiB ×4), ${system}: ≤ the naive route's`,
+        [find(system, 50 * MiB, 4), find('naive', 50 * MiB, 4)],
+        (sut, naive) => ({
+          figure: `${cpuSecondsPerGiB(sut)!.toFixed(2)} vs ${cpuSecondsPerGiB(naive)!.toFixed(2)} s`,
+          met: cpuSecondsPerGiB(sut)! <= cpuSecondsPerGiB(naive)!,
+        }),
+      ),
     )
   }
   for (const system of ['form', 'raw'] as const) {
@@ -708,7 +774,10 @@ const git = (...args: string[]) => {
     return undefined
   }
 }
-const loadAverage = () => loadavg().map((value) => value.toFixed(1)).join(', ')
+const loadAverage = () =>
+  loadavg()
+    .map((value) => value.toFixed(1))
+    .join(', ')
 
 function command(): string {
   const options = Object.keys(process.env)
@@ -760,7 +829,16 @@ try {
       if (result.failures > 0) process.stderr.write(`  ${result.failures} failed, the first with: ${result.firstFailure}\n`)
     } catch (error) {
       process.stderr.write(`  not measured: ${error instanceof Error ? error.stack : String(error)}\n`)
-      results.push({ scenario: candidate, error: error instanceof Error ? error.message : String(error), uploads: 0, failures: 0, seconds: 0, latenciesMs: [], loadCpuSeconds: 0, loadCpus: '' })
+      results.push({
+        scenario: candidate,
+        error: error instanceof Error ? error.message : String(error),
+        uploads: 0,
+        failures: 0,
+        seconds: 0,
+        latenciesMs: [],
+        loadCpuSeconds: 0,
+        loadCpus: '',
+      })
     }
     if (CPU_PROF_DIR && candidate.system !== 'direct') profiles.push(...(await cpuProfile(CPU_PROF_DIR, candidate.name)))
     await emptyBucket(s3)
@@ -787,10 +865,14 @@ const report = [
   '',
 ]
 const notes = [
-  ...results.filter((result) => result.failures > 0).map((result) => `${result.scenario.name}: ${result.failures} failed, the first with: ${result.firstFailure}`),
+  ...results
+    .filter((result) => result.failures > 0)
+    .map((result) => `${result.scenario.name}: ${result.failures} failed, the first with: ${result.firstFailure}`),
   ...results.flatMap(({ scenario, memoryAtPeak: memory }) =>
     memory
-      ? [`${scenario.name}: at the highest RSS sampled (${(memory.rss / MiB).toFixed(0)} MiB), V8 heap ${(memory.heapUsed / MiB).toFixed(0)} MiB used of ${(memory.heapTotal / MiB).toFixed(0)} MiB, external (Buffers) ${(memory.external / MiB).toFixed(0)} MiB`]
+      ? [
+          `${scenario.name}: at the highest RSS sampled (${(memory.rss / MiB).toFixed(0)} MiB), V8 heap ${(memory.heapUsed / MiB).toFixed(0)} MiB used of ${(memory.heapTotal / MiB).toFixed(0)} MiB, external (Buffers) ${(memory.external / MiB).toFixed(0)} MiB`,
+        ]
       : [],
   ),
   ...profiles,

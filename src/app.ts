@@ -1,15 +1,15 @@
-import Fastify, { LogController, type FastifyServerOptions } from 'fastify'
+import Fastify, { type FastifyServerOptions, LogController } from 'fastify'
 import type { Registry } from 'prom-client'
 import type { Config } from './config.js'
 import { ApiError } from './errors.js'
-import { SYSTEM_NETWORK, type ImportNetwork } from './import/source.js'
+import { type ImportNetwork, SYSTEM_NETWORK } from './import/source.js'
 import auth from './plugins/auth.js'
 import clientAddress from './plugins/client-address.js'
 import httpHardening from './plugins/http-hardening.js'
 import metrics, { serveMetrics } from './plugins/metrics.js'
 import problemDetails, { answerFrameworkError, answerUnparsableRequest } from './plugins/problem-details.js'
-import requestIds, { requestIdOf } from './plugins/request-ids.js'
 import requestBodies from './plugins/request-bodies.js'
+import requestIds, { requestIdOf } from './plugins/request-ids.js'
 import requestLog, { loggerOptions } from './plugins/request-log.js'
 import requestPolicy from './plugins/request-policy.js'
 import storagePlugin from './plugins/storage.js'
@@ -20,7 +20,7 @@ import imageRoutes from './routes/images.js'
 import importRoutes from './routes/import.js'
 import openapiRoutes from './routes/openapi.js'
 import usageRoutes from './routes/usage.js'
-import { servesFiles, type StorageDriver } from './storage/driver.js'
+import { type StorageDriver, servesFiles } from './storage/driver.js'
 import { createDriver } from './storage/index.js'
 import { UploadSlots } from './upload/uploader.js'
 
@@ -57,7 +57,12 @@ export async function buildApp(config: Config, options: BuildOptions = {}) {
     connectionTimeout: config.timeouts.idleMs,
     keepAliveTimeout: config.timeouts.idleMs,
     // requireHostHeader off: Node would answer a missing Host with a bare 400; request-policy says why.
-    http: { headersTimeout: config.timeouts.headersMs, maxHeaderSize: MAX_HTTP_HEADER_BYTES, connectionsCheckingInterval: 1000, requireHostHeader: false },
+    http: {
+      headersTimeout: config.timeouts.headersMs,
+      maxHeaderSize: MAX_HTTP_HEADER_BYTES,
+      connectionsCheckingInterval: 1000,
+      requireHostHeader: false,
+    },
     clientErrorHandler: answerUnparsableRequest,
     frameworkErrors: answerFrameworkError,
     // Honour the caller's X-Request-Id when it is sane, so one id follows a request across services.
@@ -87,7 +92,12 @@ export async function buildApp(config: Config, options: BuildOptions = {}) {
   await app.register(openapiRoutes)
   const uploadSlots = new UploadSlots(config.maxConcurrentUploads, app.metrics.uploadsInFlight)
   await app.register(imageRoutes, { config, shutdown: shutdown.signal, uploadSlots })
-  await app.register(importRoutes, { config, shutdown: shutdown.signal, uploadSlots, network: { ...SYSTEM_NETWORK, ...options.importNetwork } })
+  await app.register(importRoutes, {
+    config,
+    shutdown: shutdown.signal,
+    uploadSlots,
+    network: { ...SYSTEM_NETWORK, ...options.importNetwork },
+  })
   await app.register(usageRoutes)
   if (servesFiles(driver)) await app.register(fileRoutes, { driver })
   if (config.metricsPort === undefined) serveMetrics(app, app.metricsRegistry, true)

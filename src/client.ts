@@ -69,7 +69,9 @@ export interface ImageMetadata {
 }
 
 /** What uploadWithFallback gives: the URL to use, and either the stored image or the error. */
-export type UploadOutcome = { url: string; image: StoredImage; error?: undefined } | { url: string; image?: undefined; error: ImageServiceError | ImageServiceUnreachableError }
+export type UploadOutcome =
+  | { url: string; image: StoredImage; error?: undefined }
+  | { url: string; image?: undefined; error: ImageServiceError | ImageServiceUnreachableError }
 
 /** The service answered with an error: `code` is the problem's, or `unexpected_response` for an answer that is not a problem. */
 export class ImageServiceError extends Error {
@@ -110,7 +112,9 @@ const isBytes = (body: UploadBody): body is Uint8Array => body instanceof Uint8A
 
 /** `character_name` → `X-Meta-character-name`, the value percent-encoded (the contract's header form). */
 function metadataHeaders(metadata: Record<string, string>): Record<string, string> {
-  return Object.fromEntries(Object.entries(metadata).map(([name, value]) => [`x-meta-${name.replaceAll('_', '-')}`, encodeURIComponent(value)]))
+  return Object.fromEntries(
+    Object.entries(metadata).map(([name, value]) => [`x-meta-${name.replaceAll('_', '-')}`, encodeURIComponent(value)]),
+  )
 }
 
 export class ImageServiceClient {
@@ -177,8 +181,16 @@ export class ImageServiceClient {
    */
   async import(sourceUrl: string, options: ImportOptions = {}): Promise<StoredImage> {
     const { context = DEFAULT_CONTEXT, filename, metadata, idempotencyKey, signal } = options
-    const body = JSON.stringify({ source_url: sourceUrl, context, ...(filename !== undefined && { filename }), ...(metadata !== undefined && { metadata }) })
-    const headers: Record<string, string> = { 'content-type': 'application/json', ...(idempotencyKey !== undefined && { 'idempotency-key': idempotencyKey }) }
+    const body = JSON.stringify({
+      source_url: sourceUrl,
+      context,
+      ...(filename !== undefined && { filename }),
+      ...(metadata !== undefined && { metadata }),
+    })
+    const headers: Record<string, string> = {
+      'content-type': 'application/json',
+      ...(idempotencyKey !== undefined && { 'idempotency-key': idempotencyKey }),
+    }
     return (await this.#call('POST', '/v1/images/import', { headers, body }, signal)) as StoredImage
   }
 
@@ -200,11 +212,17 @@ export class ImageServiceClient {
     let response: Response
     let text: string
     try {
-      response = await fetch(`${this.#baseUrl}${path}`, { ...init, method, headers, signal: signal ? AbortSignal.any([signal, timeout]) : timeout })
+      response = await fetch(`${this.#baseUrl}${path}`, {
+        ...init,
+        method,
+        headers,
+        signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
+      })
       text = await response.text()
     } catch (error) {
       if (signal?.aborted) throw signal.reason
-      if (timeout.aborted) throw new ImageServiceUnreachableError(`No answer from ${this.#baseUrl} within ${this.#timeoutMs} ms.`, true, { cause: error })
+      if (timeout.aborted)
+        throw new ImageServiceUnreachableError(`No answer from ${this.#baseUrl} within ${this.#timeoutMs} ms.`, true, { cause: error })
       const reason = error instanceof Error && error.cause instanceof Error ? error.cause.message : String(error)
       throw new ImageServiceUnreachableError(`Could not reach ${this.#baseUrl}: ${reason}.`, false, { cause: error })
     }

@@ -1,7 +1,7 @@
 import { createHmac } from 'node:crypto'
 import path from 'node:path'
 import { z } from 'zod'
-import { DEFAULT_ALLOWED_TYPES, SUPPORTED_IMAGE_TYPES, type ImageType } from './image-types.js'
+import { DEFAULT_ALLOWED_TYPES, type ImageType, SUPPORTED_IMAGE_TYPES } from './image-types.js'
 
 /** Thrown when the environment does not describe a service that can start; the message names the variable. */
 export class ConfigError extends Error {
@@ -15,26 +15,23 @@ const optionalString = z
   .optional()
 
 const wholeNumber = (min: number, max: number) =>
-  z
-    .string()
-    .trim()
-    .regex(/^\d+$/, 'expected a whole number')
-    .transform(Number)
-    .pipe(z.number().int().min(min).max(max))
+  z.string().trim().regex(/^\d+$/, 'expected a whole number').transform(Number).pipe(z.number().int().min(min).max(max))
 
-const httpUrl = z
-  .url({ protocol: /^https?$/, error: 'expected an http(s) URL' })
-  .transform((url) => url.replace(/\/+$/, ''))
+const httpUrl = z.url({ protocol: /^https?$/, error: 'expected an http(s) URL' }).transform((url) => url.replace(/\/+$/, ''))
 
 const allowedTypes = z
   .string()
-  .transform((list) => list.split(',').map((type) => type.trim().toLowerCase()).filter(Boolean))
+  .transform((list) =>
+    list
+      .split(',')
+      .map((type) => type.trim().toLowerCase())
+      .filter(Boolean),
+  )
   .pipe(
     z
       .array(
         z.enum(SUPPORTED_IMAGE_TYPES, {
-          error: (issue) =>
-            `${String(issue.input)} is not a supported type (one of ${SUPPORTED_IMAGE_TYPES.join(', ')})`,
+          error: (issue) => `${String(issue.input)} is not a supported type (one of ${SUPPORTED_IMAGE_TYPES.join(', ')})`,
         }),
       )
       .min(1, 'expected at least one type'),
@@ -52,14 +49,20 @@ export interface ApiKey {
 /** `name:token,name:token`: several live keys at once, so one can be rotated without downtime. */
 const apiKeys = z.string().transform((list, context): ApiKey[] => {
   const keys: ApiKey[] = []
-  for (const entry of list.split(',').map((item) => item.trim()).filter(Boolean)) {
+  for (const entry of list
+    .split(',')
+    .map((item) => item.trim())
+    .filter(Boolean)) {
     const colon = entry.indexOf(':')
     const name = colon < 0 ? entry : entry.slice(0, colon)
     const token = colon < 0 ? '' : entry.slice(colon + 1)
     // Never echo a token back: configuration errors end up in logs.
     if (!API_KEY_NAME.test(name)) context.addIssue({ code: 'custom', message: `a key name must match ${API_KEY_NAME.source}` })
     else if (token.length < MIN_TOKEN_LENGTH || /\s/.test(token)) {
-      context.addIssue({ code: 'custom', message: `the token of "${name}" must be at least ${MIN_TOKEN_LENGTH} characters, without spaces` })
+      context.addIssue({
+        code: 'custom',
+        message: `the token of "${name}" must be at least ${MIN_TOKEN_LENGTH} characters, without spaces`,
+      })
     } else if (keys.some((key) => key.name === name || key.token === token)) {
       context.addIssue({ code: 'custom', message: `"${name}" repeats a name or a token` })
     } else keys.push({ name, token })
@@ -69,15 +72,27 @@ const apiKeys = z.string().transform((list, context): ApiKey[] => {
 
 const origins = z
   .string()
-  .transform((list) => list.split(',').map((item) => item.trim()).filter(Boolean))
-  .pipe(z.array(z.url({ protocol: /^https?$/, error: 'expected origins such as https://app.example.com' }).transform((url) => new URL(url).origin)))
+  .transform((list) =>
+    list
+      .split(',')
+      .map((item) => item.trim())
+      .filter(Boolean),
+  )
+  .pipe(
+    z.array(
+      z.url({ protocol: /^https?$/, error: 'expected origins such as https://app.example.com' }).transform((url) => new URL(url).origin),
+    ),
+  )
 
 /** Host names as a URL carries them (lower case, no port); an IPv4 literal such as 127.0.0.1 fits too. */
 const HOST_NAME = /^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/
 
 /** Empty: every import is refused. */
 const hostNames = z.string().transform((list, context): string[] => {
-  const names = list.split(',').map((item) => item.trim().toLowerCase()).filter(Boolean)
+  const names = list
+    .split(',')
+    .map((item) => item.trim().toLowerCase())
+    .filter(Boolean)
   for (const name of names.filter((name) => !HOST_NAME.test(name))) {
     context.addIssue({ code: 'custom', message: `"${name.slice(0, 64)}" is not a host name such as cdn.discordapp.com` })
   }
@@ -119,7 +134,12 @@ const environmentSchema = z.object({
   LOG_LEVEL: z.enum(LOG_LEVELS).default('info'),
   STORAGE_DRIVER: z.enum(['fs', 'r2']).optional(),
   DATA_DIR: z.string().trim().min(1).default('./data'),
-  R2_ACCOUNT_ID: optionalString.pipe(z.string().regex(/^[a-f0-9]{32}$/, 'expected 32 hex characters').optional()),
+  R2_ACCOUNT_ID: optionalString.pipe(
+    z
+      .string()
+      .regex(/^[a-f0-9]{32}$/, 'expected 32 hex characters')
+      .optional(),
+  ),
   R2_ACCESS_KEY_ID: optionalString,
   R2_SECRET_ACCESS_KEY: optionalString,
   R2_BUCKET_NAME: z.string().trim().min(3).max(63).default('azeroth-bound-images'),
@@ -224,7 +244,10 @@ function checkCombinations(settings: Environment, context: z.RefinementCtx): voi
     report('API_KEYS', 'required under NODE_ENV=production (name:token entries); the service never runs open in production')
   }
   if (production && settings.IMPORT_ALLOW_INSECURE_LOCAL_SOURCES === 'true') {
-    report('IMPORT_ALLOW_INSECURE_LOCAL_SOURCES', 'a test-only setting (http and 127.0.0.1 import sources), refused under NODE_ENV=production')
+    report(
+      'IMPORT_ALLOW_INSECURE_LOCAL_SOURCES',
+      'a test-only setting (http and 127.0.0.1 import sources), refused under NODE_ENV=production',
+    )
   }
   if (storageDriverOf(settings) === 'fs') {
     if (production && settings.STORAGE_DRIVER !== 'fs') {

@@ -23,7 +23,10 @@ async function start() {
 
   const address = await app.listen({ port: config.port, host: config.host })
   if (metricsApp) await metricsApp.listen({ port: config.metricsPort, host: config.host })
-  app.log.info({ address, storage: config.storage.driver, publicUrl: config.publicUrl, metricsPort: config.metricsPort }, 'image-upload-service ready')
+  app.log.info(
+    { address, storage: config.storage.driver, publicUrl: config.publicUrl, metricsPort: config.metricsPort },
+    'image-upload-service ready',
+  )
 }
 
 try {

@@ -31,7 +31,10 @@ t.test('API keys: several live at once, rotation by restart, 401 with WWW-Authen
     'the rotated-out token': authedUpload(T1),
     'no token': authedUpload(undefined),
     'a wrong token of the right length': authedUpload('x'.repeat(T2.length)),
-    'the right token in another scheme': { ...authedUpload(undefined), headers: { ...authedUpload(undefined).headers, authorization: `Basic ${T2}` } },
+    'the right token in another scheme': {
+      ...authedUpload(undefined),
+      headers: { ...authedUpload(undefined).headers, authorization: `Basic ${T2}` },
+    },
   }
   for (const [what, request] of Object.entries(refusals)) {
     const response = await after.app.inject(request)
@@ -40,7 +43,11 @@ t.test('API keys: several live at once, rotation by restart, 401 with WWW-Authen
     t.match(response.headers['www-authenticate'], /^Bearer/)
     t.equal(response.json().code, 'unauthorized')
   }
-  for (const [method, url] of [['GET', '/v1/images/a/b.png'], ['HEAD', '/v1/images/a/b.png'], ['DELETE', '/v1/images/a/b.png']] as const) {
+  for (const [method, url] of [
+    ['GET', '/v1/images/a/b.png'],
+    ['HEAD', '/v1/images/a/b.png'],
+    ['DELETE', '/v1/images/a/b.png'],
+  ] as const) {
     t.equal((await after.app.inject({ method, url })).statusCode, 401, `${method} needs a key`)
   }
   const { key } = (await after.app.inject(authedUpload(T2))).json()
@@ -66,10 +73,22 @@ t.test('the log names the key and never holds the token', async (t) => {
   t.notMatch(logged, T1, 'the first token never appears')
   t.notMatch(logged, T2, 'the second token never appears')
   t.notMatch(logged, 'z'.repeat(40), 'a wrong token never appears either')
-  const lines = logged.trim().split('\n').map((line) => JSON.parse(line) as Record<string, unknown>)
-  t.ok(lines.some((line) => line.apiKey === 'bot' && line.msg === 'image stored'), 'the upload line names the key')
-  t.ok(lines.some((line) => line.apiKey === 'bot' && line.msg === 'request'), 'the request line names the key')
-  t.ok(lines.some((line) => line.apiKey === 'ops'), 'the other key is named on its requests')
+  const lines = logged
+    .trim()
+    .split('\n')
+    .map((line) => JSON.parse(line) as Record<string, unknown>)
+  t.ok(
+    lines.some((line) => line.apiKey === 'bot' && line.msg === 'image stored'),
+    'the upload line names the key',
+  )
+  t.ok(
+    lines.some((line) => line.apiKey === 'bot' && line.msg === 'request'),
+    'the request line names the key',
+  )
+  t.ok(
+    lines.some((line) => line.apiKey === 'ops'),
+    'the other key is named on its requests',
+  )
 })
 
 t.test('rate limit per key: 429 rate_limited with Retry-After, other keys and public routes unaffected', async (t) => {
@@ -95,11 +114,14 @@ t.test('an encoded path is the same route, and needs the same key', async (t) =>
   for (const path of ['/%761/images', '/v%31/images', '/%76%31/%69mages']) {
     const { payload, headers } = multipartBody([{ name: 'file', filename: 'p.png', data: png() }])
     const response = await new Promise<{ status: number; body: string }>((resolve, reject) => {
-      const request = http.request({ ...server, method: 'POST', path, headers: { ...headers, 'content-length': payload.length }, agent: false }, (res) => {
-        let body = ''
-        res.on('data', (chunk: Buffer) => (body += chunk))
-        res.on('end', () => resolve({ status: res.statusCode!, body }))
-      })
+      const request = http.request(
+        { ...server, method: 'POST', path, headers: { ...headers, 'content-length': payload.length }, agent: false },
+        (res) => {
+          let body = ''
+          res.on('data', (chunk: Buffer) => (body += chunk))
+          res.on('end', () => resolve({ status: res.statusCode!, body }))
+        },
+      )
       request.on('error', reject)
       request.end(payload)
     })
@@ -156,7 +178,13 @@ t.test('a 50,000 × 50,000 PNG header is 422 image_too_many_pixels and nothing i
 })
 
 t.test('slow clients are cut off within the documented timeouts, and what they held is released', async (t) => {
-  const { app } = await buildTestApp(t, { API_KEYS: `bot:${T1}`, MAX_CONCURRENT_UPLOADS: '1', REQUEST_TIMEOUT_MS: '2000', HEADERS_TIMEOUT_MS: '1000', IDLE_TIMEOUT_MS: '1500' })
+  const { app } = await buildTestApp(t, {
+    API_KEYS: `bot:${T1}`,
+    MAX_CONCURRENT_UPLOADS: '1',
+    REQUEST_TIMEOUT_MS: '2000',
+    HEADERS_TIMEOUT_MS: '1000',
+    IDLE_TIMEOUT_MS: '1500',
+  })
   const server = await listen(app)
   const connections = () => new Promise<number>((resolve) => app.server.getConnections((_error, count) => resolve(count)))
 
@@ -204,22 +232,37 @@ t.test('security headers on every response; CORS only for the listed origins', a
     t.equal(response.headers['x-frame-options'], 'DENY')
   }
   const preflight = (origin: string) =>
-    app.inject({ method: 'OPTIONS', url: '/v1/images', headers: { origin, 'access-control-request-method': 'POST', 'access-control-request-headers': 'authorization' } })
+    app.inject({
+      method: 'OPTIONS',
+      url: '/v1/images',
+      headers: { origin, 'access-control-request-method': 'POST', 'access-control-request-headers': 'authorization' },
+    })
   const allowed = await preflight('https://app.example.com')
   t.equal(allowed.headers['access-control-allow-origin'], 'https://app.example.com', 'a listed origin is allowed')
   t.notOk((await preflight('https://evil.example')).headers['access-control-allow-origin'], 'another origin is not')
   const closed = await buildTestApp(t)
-  t.notOk((await closed.app.inject({ url: '/healthz', headers: { origin: 'https://app.example.com' } })).headers['access-control-allow-origin'], 'no CORS by default')
+  t.notOk(
+    (await closed.app.inject({ url: '/healthz', headers: { origin: 'https://app.example.com' } })).headers['access-control-allow-origin'],
+    'no CORS by default',
+  )
 })
 
 t.test('pixel bombs that fool a lenient header reader are still 422', async (t) => {
   const { app, dataDir } = await buildTestApp(t)
-  const sof = (width: number, height: number) => Buffer.from([0xc0, 0x00, 0x11, 0x08, height >> 8, height & 0xff, width >> 8, width & 0xff, 3, 1, 0x22, 0, 2, 0x11, 1, 3, 0x11, 1])
+  const sof = (width: number, height: number) =>
+    Buffer.from([0xc0, 0x00, 0x11, 0x08, height >> 8, height & 0xff, width >> 8, width & 0xff, 3, 1, 0x22, 0, 2, 0x11, 1, 3, 0x11, 1])
   const app0 = Buffer.from([0xff, 0xe0, 0x00, 0x10, 0x4a, 0x46, 0x49, 0x46, 0x00, 0x01, 0x01, 0x00, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00])
   // A fill byte before the real frame header (60000 × 60000), and a fake 1 × 1 one hidden in an APP15
   // segment that a resynchronising reader lands on.
   const fake = Buffer.concat([Buffer.from([0xff, 0xef, 0xc0, 0x02]), Buffer.alloc(0xc000 - 2), Buffer.from([0xff]), sof(1, 1)])
-  const jpegBomb = Buffer.concat([Buffer.from([0xff, 0xd8]), app0, Buffer.from([0xff, 0xff]), sof(60_000, 60_000), fake, Buffer.from([0xff, 0xd9])])
+  const jpegBomb = Buffer.concat([
+    Buffer.from([0xff, 0xd8]),
+    app0,
+    Buffer.from([0xff, 0xff]),
+    sof(60_000, 60_000),
+    fake,
+    Buffer.from([0xff, 0xd9]),
+  ])
   // A GIF whose screen says 1 × 1 and whose first frame says 60000 × 60000.
   const gifBomb = Buffer.concat([
     Buffer.from('GIF89a', 'ascii'),
@@ -227,7 +270,10 @@ t.test('pixel bombs that fool a lenient header reader are still 422', async (t) 
     Buffer.from([0x2c, 0, 0, 0, 0, 0x60, 0xea, 0x60, 0xea, 0]),
     Buffer.from([0x02, 0x02, 0x44, 0x01, 0x00, 0x3b]),
   ])
-  for (const [what, bomb] of [['JPEG', jpegBomb], ['GIF', gifBomb]] as const) {
+  for (const [what, bomb] of [
+    ['JPEG', jpegBomb],
+    ['GIF', gifBomb],
+  ] as const) {
     const response = await app.inject(authedUpload(undefined, bomb))
     t.equal(response.statusCode, 422, `${what}: 422`)
     t.equal(response.json().code, 'image_too_many_pixels')
@@ -257,13 +303,17 @@ t.test('a body where none is read is refused at once; idle keep-alive connection
   idle.resume() // read the answer, or the close behind it is never seen
   const idleStarted = Date.now()
   await new Promise((resolve) => idle.once('close', resolve))
-  t.ok(Date.now() - idleStarted < 1000 + 2500, `a kept-alive connection left idle closes after ${Date.now() - idleStarted} ms (IDLE_TIMEOUT_MS=1000)`)
+  t.ok(
+    Date.now() - idleStarted < 1000 + 2500,
+    `a kept-alive connection left idle closes after ${Date.now() - idleStarted} ms (IDLE_TIMEOUT_MS=1000)`,
+  )
 })
 
 t.test('guessing tokens on paths that match no route is throttled too', async (t) => {
   const { app } = await buildTestApp(t, { API_KEYS: `bot:${T1}`, RATE_LIMIT_PER_MINUTE: '3' })
   const statuses = []
-  for (let i = 0; i < 4; i++) statuses.push((await app.inject({ url: '/v1/nope', headers: bearer(`guess-${i}`.padEnd(40, 'g')) })).statusCode)
+  for (let i = 0; i < 4; i++)
+    statuses.push((await app.inject({ url: '/v1/nope', headers: bearer(`guess-${i}`.padEnd(40, 'g')) })).statusCode)
   t.same(statuses, [401, 401, 401, 429])
   t.equal((await app.inject({ url: '/v1/nope', headers: bearer(T1) })).statusCode, 404, 'a valid key gets the 404')
 })

@@ -1,7 +1,7 @@
 import { spawnSync } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import t, { type Test } from 'tap'
-import { PROMTOOL, havePromtool } from './helpers/system-tools.js'
+import { havePromtool, PROMTOOL } from './helpers/system-tools.js'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const RULES = fileURLToPath(new URL('../prometheus/alerts.yml', import.meta.url))

@@ -40,7 +40,11 @@ const logStream = new Writable({
   },
 })
 // One instance for the whole file: it must keep serving after every abort, with no slot held.
-const { app } = await buildTestApp(t, { ...r2Env(recorder.endpoint), MAX_CONCURRENT_UPLOADS: String(MAX_CONCURRENT_UPLOADS) }, { logger: { level: 'info', stream: logStream } })
+const { app } = await buildTestApp(
+  t,
+  { ...r2Env(recorder.endpoint), MAX_CONCURRENT_UPLOADS: String(MAX_CONCURRENT_UPLOADS) },
+  { logger: { level: 'info', stream: logStream } },
+)
 const service = await listen(app)
 
 async function inFlight(): Promise<number> {
@@ -60,7 +64,10 @@ async function abortsCounted(): Promise<number> {
 async function unansweredUploadsMeasured(): Promise<number> {
   const { values } = await app.metrics.httpDuration.get()
   const count = values.find(
-    (sample) => sample.metricName === 'http_request_duration_seconds_count' && sample.labels.route === '/v1/images' && sample.labels.status_code === '499',
+    (sample) =>
+      sample.metricName === 'http_request_duration_seconds_count' &&
+      sample.labels.route === '/v1/images' &&
+      sample.labels.status_code === '499',
   )
   return count?.value ?? 0
 }
@@ -83,7 +90,8 @@ async function sendAndCut(head: string, body: Buffer, cutAt: number, beforeCut: 
   socket.setEncoding('utf8')
   socket.on('data', (chunk: string) => (answered += chunk))
   await new Promise<void>((resolve, reject) => socket.once('connect', resolve).once('error', reject))
-  const write = (data: string | Buffer) => new Promise<void>((resolve, reject) => socket.write(data, (error) => (error ? reject(error) : resolve())))
+  const write = (data: string | Buffer) =>
+    new Promise<void>((resolve, reject) => socket.write(data, (error) => (error ? reject(error) : resolve())))
   await write(head)
   for (let offset = 0; offset < cutAt; offset += WIRE_CHUNK) await write(body.subarray(offset, Math.min(offset + WIRE_CHUNK, cutAt)))
   await beforeCut()
@@ -96,7 +104,13 @@ async function* piecesOf(payload: Buffer): AsyncGenerator<Buffer> {
 }
 
 const requestHead = (path: string, headers: Record<string, string | number>) =>
-  [`POST ${path} HTTP/1.1`, `Host: ${service.host}:${service.port}`, ...Object.entries(headers).map(([name, value]) => `${name}: ${value}`), '', ''].join('\r\n')
+  [
+    `POST ${path} HTTP/1.1`,
+    `Host: ${service.host}:${service.port}`,
+    ...Object.entries(headers).map(([name, value]) => `${name}: ${value}`),
+    '',
+    '',
+  ].join('\r\n')
 
 const CHUNKED_FORM = 'multipart/form-data, chunked'
 
@@ -112,7 +126,11 @@ function chunkedEncoding(payload: Buffer): Buffer {
 
 /** How a file goes up: the body with its headers, sent whole or cut by the callers. */
 const ENCODINGS = {
-  'raw body': (data: Buffer) => ({ path: '/v1/images?filename=portrait.png', headers: { 'content-type': 'image/png', 'content-length': data.length }, body: data }),
+  'raw body': (data: Buffer) => ({
+    path: '/v1/images?filename=portrait.png',
+    headers: { 'content-type': 'image/png', 'content-length': data.length },
+    body: data,
+  }),
   'multipart/form-data': (data: Buffer) => {
     const { payload, headers } = multipartBody([{ name: 'file', filename: 'portrait.png', contentType: 'image/png', data }])
     return { path: '/v1/images', headers: { ...headers, 'content-length': payload.length }, body: payload }
@@ -162,7 +180,9 @@ for (const [sizeName, size] of Object.entries(SIZES)) {
         await until('the abort counted', async () => (await uploadErrors()).client_closed === closedAfter && (await inFlight()) === 0)
         await recorder.idle()
         const sent = sentToS3()
-        t.comment(`sent to S3: ${sent.map((r) => `${r.operation}${r.partNumber ? ` #${r.partNumber}` : ''} → ${r.status ?? 'cut'}`).join(', ') || 'nothing'}`)
+        t.comment(
+          `sent to S3: ${sent.map((r) => `${r.operation}${r.partNumber ? ` #${r.partNumber}` : ''} → ${r.status ?? 'cut'}`).join(', ') || 'nothing'}`,
+        )
 
         // s3rver keeps the bytes of a PUT cut short (R2 does not): the service deletes the key after any
         // failed write, in the background, which is waited for here.
@@ -170,15 +190,33 @@ for (const [sizeName, size] of Object.entries(SIZES)) {
         t.same(await s3.keys(), keysBefore, 'no new object in the bucket')
         t.same(await spool.files(), [], 'no spool file left')
         t.same(recorder.unfinishedMultipartUploads(), [], 'every multipart upload started was completed or aborted')
-        const committed = (r: (typeof sent)[number]) => (r.operation === 'PutObject' || r.operation === 'CompleteMultipartUpload') && r.status === 200
+        const committed = (r: (typeof sent)[number]) =>
+          (r.operation === 'PutObject' || r.operation === 'CompleteMultipartUpload') && r.status === 200
         t.notOk(sent.some(committed), 'nothing was committed')
-        if (streamed) t.equal(sent.filter((r) => r.operation === 'PutObject').length, percent === 0 ? 0 : 1, 'the body was being streamed in one PutObject, cut short')
-        else t.notOk(sent.some((r) => r.operation === 'PutObject'), 'no PutObject was sent before the whole body was in')
+        if (streamed)
+          t.equal(
+            sent.filter((r) => r.operation === 'PutObject').length,
+            percent === 0 ? 0 : 1,
+            'the body was being streamed in one PutObject, cut short',
+          )
+        else
+          t.notOk(
+            sent.some((r) => r.operation === 'PutObject'),
+            'no PutObject was sent before the whole body was in',
+          )
         const aborts = sent.filter((r) => r.operation === 'AbortMultipartUpload')
-        t.same(sent.filter((r) => r.operation === 'CreateMultipartUpload'), [], 'no multipart upload was started')
+        t.same(
+          sent.filter((r) => r.operation === 'CreateMultipartUpload'),
+          [],
+          'no multipart upload was started',
+        )
         t.same(aborts, [], 'so none to abort')
         t.equal(await abortsCounted(), abortsBefore + aborts.length, 'r2_operations_total counts the abort sent')
-        t.same(await uploadErrors(), { ...errorsBefore, client_closed: closedAfter }, 'r2_upload_errors_total{error_type="client_closed"} + 1, nothing else')
+        t.same(
+          await uploadErrors(),
+          { ...errorsBefore, client_closed: closedAfter },
+          'r2_upload_errors_total{error_type="client_closed"} + 1, nothing else',
+        )
         t.equal(await unansweredUploadsMeasured(), unansweredBefore + 1, 'http_request_duration_seconds{status_code="499"} + 1')
         const requestLines = logLines.slice(firstLogLine).filter((line) => line.msg === 'request')
         t.same(

@@ -41,14 +41,26 @@ t.test('upload (multipart), metadata and delete', async (t) => {
     context: 'portraits',
     metadata: { character_name: CHARACTER, uploader_id: '1234567890' },
   })
-  t.match(image, { size: data.length, filename: 'Thorgar Ø portrait.png', content_type: 'image/png', width: 16, height: 16, sha256: sha256(data) })
+  t.match(image, {
+    size: data.length,
+    filename: 'Thorgar Ø portrait.png',
+    content_type: 'image/png',
+    width: 16,
+    height: 16,
+    sha256: sha256(data),
+  })
   t.match(image.key, /^portraits\/\d{4}\/\d{2}\/[a-z]{20}_Thorgar___portrait\.png$/)
   t.equal(image.url, `https://images.example.test/${image.key}`)
   t.equal(await s3.sha256Of(image.key), sha256(data), 'the stored bytes are the bytes sent')
 
   const described = await client.metadata(image.key)
   t.match(described, { key: image.key, url: image.url, size: data.length, content_type: 'image/png' })
-  t.match(described.metadata, { character_name: CHARACTER, uploader_id: '1234567890', filename: 'Thorgar Ø portrait.png', sha256: sha256(data) })
+  t.match(described.metadata, {
+    character_name: CHARACTER,
+    uploader_id: '1234567890',
+    filename: 'Thorgar Ø portrait.png',
+    sha256: sha256(data),
+  })
   t.ok(Date.parse(described.last_modified), 'last_modified is a date')
 
   t.equal(await client.delete(image.key), undefined)
@@ -86,8 +98,15 @@ t.test('problems become ImageServiceError with the contract code', async (t) => 
   const anonymous = await rejection(t, new ImageServiceClient({ baseUrl }).upload(pngOfSize(1024), 'a.png'))
   t.match(anonymous, { status: 401, code: 'unauthorized', fallbackUrl: SERVICE_FALLBACK })
 
-  t.match(await rejection(t, client.upload(pngOfSize(1024), 'a.png', { context: 'Not A Context' })), { status: 400, code: 'invalid_context' })
-  t.match(await rejection(t, client.metadata('general/2025/01/x y.png')), { status: 400, code: 'invalid_key' }, 'the service judges the key as given')
+  t.match(await rejection(t, client.upload(pngOfSize(1024), 'a.png', { context: 'Not A Context' })), {
+    status: 400,
+    code: 'invalid_context',
+  })
+  t.match(
+    await rejection(t, client.metadata('general/2025/01/x y.png')),
+    { status: 400, code: 'invalid_key' },
+    'the service judges the key as given',
+  )
   // A dot segment would be resolved away by the URL and name another object: refused before sending.
   const dotted = await rejection(t, client.delete('general/../portraits/2025/01/abcdefghijklmnop_a.png'))
   t.match(dotted, { status: 400, code: 'invalid_key', requestId: undefined })
@@ -95,8 +114,14 @@ t.test('problems become ImageServiceError with the contract code', async (t) => 
 })
 
 t.test('a backend failure is 503 storage_unavailable with Retry-After and the service fallback', async (t) => {
-  const { app: broken } = await buildTestApp(t, { ...r2Env(`http://127.0.0.1:${await closedPort()}`), DEFAULT_PORTRAIT_URL: SERVICE_FALLBACK })
-  const brokenClient = new ImageServiceClient({ baseUrl: `http://127.0.0.1:${(await listen(broken)).port}`, defaultFallbackUrl: CLIENT_FALLBACK })
+  const { app: broken } = await buildTestApp(t, {
+    ...r2Env(`http://127.0.0.1:${await closedPort()}`),
+    DEFAULT_PORTRAIT_URL: SERVICE_FALLBACK,
+  })
+  const brokenClient = new ImageServiceClient({
+    baseUrl: `http://127.0.0.1:${(await listen(broken)).port}`,
+    defaultFallbackUrl: CLIENT_FALLBACK,
+  })
   const outcome = await brokenClient.uploadWithFallback(pngOfSize(1024), 'a.png')
   t.equal(outcome.url, SERVICE_FALLBACK, "the service's fallback_url comes first")
   t.equal(outcome.image, undefined)
@@ -112,19 +137,43 @@ t.test('import: the service fetches the image from an allowed source and stores 
     else res.writeHead(404).end()
   })
   // The shared app allows no source; this one fetches from the local source server (the test-only setting).
-  const { app: importer } = await buildTestApp(t, { ...r2Env(s3.endpoint), ...LOCAL_SOURCE_ENV, API_KEYS: `bot:${TOKEN}`, DEFAULT_PORTRAIT_URL: SERVICE_FALLBACK }, {
-    importNetwork: spyNetwork({ loopback: true }).network,
+  const { app: importer } = await buildTestApp(
+    t,
+    { ...r2Env(s3.endpoint), ...LOCAL_SOURCE_ENV, API_KEYS: `bot:${TOKEN}`, DEFAULT_PORTRAIT_URL: SERVICE_FALLBACK },
+    {
+      importNetwork: spyNetwork({ loopback: true }).network,
+    },
+  )
+  const importClient = new ImageServiceClient({
+    baseUrl: `http://127.0.0.1:${(await listen(importer)).port}`,
+    apiKey: TOKEN,
+    timeoutMs: 10_000,
   })
-  const importClient = new ImageServiceClient({ baseUrl: `http://127.0.0.1:${(await listen(importer)).port}`, apiKey: TOKEN, timeoutMs: 10_000 })
   const sourceUrl = source.url('/cdn/portrait.png')
 
-  const image = await importClient.import(sourceUrl, { context: 'portraits', metadata: { character_name: CHARACTER }, idempotencyKey: 'import-portrait-1' })
-  t.match(image, { size: data.length, filename: 'portrait.png', content_type: 'image/png', width: 16, height: 16, sha256: sha256(data) }, 'the filename is the URL\'s')
+  const image = await importClient.import(sourceUrl, {
+    context: 'portraits',
+    metadata: { character_name: CHARACTER },
+    idempotencyKey: 'import-portrait-1',
+  })
+  t.match(
+    image,
+    { size: data.length, filename: 'portrait.png', content_type: 'image/png', width: 16, height: 16, sha256: sha256(data) },
+    "the filename is the URL's",
+  )
   t.match(image.key, /^portraits\/\d{4}\/\d{2}\/[a-z]{20}_portrait\.png$/)
-  t.equal(await s3.sha256Of(image.key), sha256(data), 'the stored bytes are the source\'s')
-  t.match((await importClient.metadata(image.key)).metadata, { character_name: CHARACTER, migrated_from: sourceUrl }, 'metadata, and migrated_from set by the service')
+  t.equal(await s3.sha256Of(image.key), sha256(data), "the stored bytes are the source's")
+  t.match(
+    (await importClient.metadata(image.key)).metadata,
+    { character_name: CHARACTER, migrated_from: sourceUrl },
+    'metadata, and migrated_from set by the service',
+  )
 
-  const replayed = await importClient.import(sourceUrl, { context: 'portraits', metadata: { character_name: CHARACTER }, idempotencyKey: 'import-portrait-1' })
+  const replayed = await importClient.import(sourceUrl, {
+    context: 'portraits',
+    metadata: { character_name: CHARACTER },
+    idempotencyKey: 'import-portrait-1',
+  })
   t.same(replayed, image, 'the same Idempotency-Key: the first answer again')
   t.same(fetched, ['/cdn/portrait.png'], 'and the source was fetched once')
 
@@ -142,7 +191,10 @@ t.test('import: the service fetches the image from an allowed source and stores 
   // What goes on the wire, and the timeout: a service that never answers.
   const hung = await silentServer(t)
   const slowClient = new ImageServiceClient({ baseUrl: `http://127.0.0.1:${hung.port}`, apiKey: TOKEN, timeoutMs: 300 })
-  const unanswered = await rejection(t, slowClient.import(sourceUrl, { context: 'portraits', filename: 'a.png', metadata: { uploader_id: '7' }, idempotencyKey: 'import-2' }))
+  const unanswered = await rejection(
+    t,
+    slowClient.import(sourceUrl, { context: 'portraits', filename: 'a.png', metadata: { uploader_id: '7' }, idempotencyKey: 'import-2' }),
+  )
   t.ok(unanswered instanceof ImageServiceUnreachableError)
   t.match(unanswered, { timedOut: true })
   const request = hung.received().toString('utf8')
@@ -150,7 +202,12 @@ t.test('import: the service fetches the image from an allowed source and stores 
   t.match(request, /\r\ncontent-type: application\/json\r\n/i)
   t.match(request, /\r\nauthorization: Bearer client-test-token-0123456789abcdef0123\r\n/i)
   t.match(request, /\r\nidempotency-key: import-2\r\n/i)
-  t.same(JSON.parse(request.slice(request.indexOf('\r\n\r\n') + 4)), { source_url: sourceUrl, context: 'portraits', filename: 'a.png', metadata: { uploader_id: '7' } })
+  t.same(JSON.parse(request.slice(request.indexOf('\r\n\r\n') + 4)), {
+    source_url: sourceUrl,
+    context: 'portraits',
+    filename: 'a.png',
+    metadata: { uploader_id: '7' },
+  })
 })
 
 t.test('uploadWithFallback', async (t) => {
@@ -171,12 +228,20 @@ t.test('uploadWithFallback', async (t) => {
   t.match(unreachable.error, { timedOut: false })
 
   const withoutDefault = new ImageServiceClient({ baseUrl: `http://127.0.0.1:${await closedPort()}` })
-  t.ok((await rejection(t, withoutDefault.uploadWithFallback(data, 'a.png'))) instanceof ImageServiceUnreachableError, 'no fallback at all: the error is thrown')
+  t.ok(
+    (await rejection(t, withoutDefault.uploadWithFallback(data, 'a.png'))) instanceof ImageServiceUnreachableError,
+    'no fallback at all: the error is thrown',
+  )
 })
 
 t.test('a service that never answers: the timeout, the caller signal, and what the client sent', async (t) => {
   const hung = await silentServer(t)
-  const slowClient = new ImageServiceClient({ baseUrl: `http://127.0.0.1:${hung.port}`, apiKey: TOKEN, timeoutMs: 300, defaultFallbackUrl: CLIENT_FALLBACK })
+  const slowClient = new ImageServiceClient({
+    baseUrl: `http://127.0.0.1:${hung.port}`,
+    apiKey: TOKEN,
+    timeoutMs: 300,
+    defaultFallbackUrl: CLIENT_FALLBACK,
+  })
   const started = performance.now()
   const outcome = await slowClient.uploadWithFallback(pngOfSize(1024, 24), 'hung.png', {
     context: 'portraits',
@@ -201,6 +266,9 @@ t.test('a service that never answers: the timeout, the caller signal, and what t
   const caller = new AbortController()
   const reason = new Error('the caller gave up')
   setTimeout(() => caller.abort(reason), 50)
-  const aborted = await rejection(t, new ImageServiceClient({ baseUrl: `http://127.0.0.1:${hung.port}` }).metadata('general/a.png', { signal: caller.signal }))
+  const aborted = await rejection(
+    t,
+    new ImageServiceClient({ baseUrl: `http://127.0.0.1:${hung.port}` }).metadata('general/a.png', { signal: caller.signal }),
+  )
   t.equal(aborted, reason, "the caller's abort reason is thrown as it is")
 })

@@ -15,7 +15,11 @@ t.test('defaults give the local-disk driver on port 3000', async (t) => {
   t.equal(config.publicUrl, 'http://localhost:3000/files')
   t.equal(config.maxUploadBytes, 104_857_600)
   t.same(config.allowedTypes, ['image/jpeg', 'image/png', 'image/gif', 'image/webp'])
-  t.same(config.imports, { allowedHosts: ['cdn.discordapp.com', 'media.discordapp.net'], timeoutMs: 30_000, allowInsecureLocalSources: false })
+  t.same(config.imports, {
+    allowedHosts: ['cdn.discordapp.com', 'media.discordapp.net'],
+    timeoutMs: 30_000,
+    allowInsecureLocalSources: false,
+  })
 })
 
 t.test('import hosts are case-folded; an empty list refuses every import', async (t) => {
@@ -31,9 +35,19 @@ t.test('R2 settings select the r2 driver and its endpoint', async (t) => {
     R2_SECRET_ACCESS_KEY: 'secret',
     R2_PUBLIC_URL: 'https://images.example.com/',
   })
-  t.match(config.storage, { driver: 'r2', endpoint: `https://${account}.r2.cloudflarestorage.com`, forcePathStyle: false, bucket: 'azeroth-bound-images' })
+  t.match(config.storage, {
+    driver: 'r2',
+    endpoint: `https://${account}.r2.cloudflarestorage.com`,
+    forcePathStyle: false,
+    bucket: 'azeroth-bound-images',
+  })
   t.equal(config.publicUrl, 'https://images.example.com', 'trailing slash dropped')
-  const custom = loadConfig({ R2_ENDPOINT: 'http://127.0.0.1:9000', R2_ACCESS_KEY_ID: 'id', R2_SECRET_ACCESS_KEY: 's', R2_PUBLIC_URL: 'https://x.test' })
+  const custom = loadConfig({
+    R2_ENDPOINT: 'http://127.0.0.1:9000',
+    R2_ACCESS_KEY_ID: 'id',
+    R2_SECRET_ACCESS_KEY: 's',
+    R2_PUBLIC_URL: 'https://x.test',
+  })
   t.match(custom.storage, { endpoint: 'http://127.0.0.1:9000', forcePathStyle: true })
 })
 
@@ -46,7 +60,11 @@ const refusals: [string, NodeJS.ProcessEnv, RegExp][] = [
   ['ALLOWED_TYPES with an unknown type', { ALLOWED_TYPES: 'image/png,image/tiff' }, /ALLOWED_TYPES.*image\/tiff/],
   ['DEFAULT_PORTRAIT_URL not a URL', { DEFAULT_PORTRAIT_URL: 'portrait.png' }, /DEFAULT_PORTRAIT_URL/],
   ['R2_ACCOUNT_ID malformed', { R2_ACCOUNT_ID: 'nope' }, /R2_ACCOUNT_ID/],
-  ['r2 without any setting, naming each', { STORAGE_DRIVER: 'r2' }, /R2_ACCOUNT_ID.*\n.*R2_ACCESS_KEY_ID.*\n.*R2_SECRET_ACCESS_KEY.*\n.*R2_PUBLIC_URL/],
+  [
+    'r2 without any setting, naming each',
+    { STORAGE_DRIVER: 'r2' },
+    /R2_ACCOUNT_ID.*\n.*R2_ACCESS_KEY_ID.*\n.*R2_SECRET_ACCESS_KEY.*\n.*R2_PUBLIC_URL/,
+  ],
   ['r2 without a public URL', { R2_ENDPOINT: 'http://127.0.0.1:1', R2_ACCESS_KEY_ID: 'id', R2_SECRET_ACCESS_KEY: 's' }, /R2_PUBLIC_URL/],
   ['production without R2 settings', { NODE_ENV: 'production' }, /NODE_ENV=production needs the R2 settings/],
   ['production without API keys', { NODE_ENV: 'production', STORAGE_DRIVER: 'fs' }, /API_KEYS: required under NODE_ENV=production/],
@@ -57,9 +75,17 @@ const refusals: [string, NodeJS.ProcessEnv, RegExp][] = [
   ['a CORS origin that is not a URL', { CORS_ORIGINS: 'example.com' }, /CORS_ORIGINS/],
   ['RATE_LIMIT_PER_MINUTE=0', { RATE_LIMIT_PER_MINUTE: '0' }, /RATE_LIMIT_PER_MINUTE/],
   ['MAX_IMAGE_PIXELS=-1', { MAX_IMAGE_PIXELS: '-1' }, /MAX_IMAGE_PIXELS/],
-  ['an import host given as a URL', { IMPORT_ALLOWED_HOSTS: 'https://cdn.discordapp.com' }, /IMPORT_ALLOWED_HOSTS: "https:\/\/cdn.discordapp.com" is not a host name/],
+  [
+    'an import host given as a URL',
+    { IMPORT_ALLOWED_HOSTS: 'https://cdn.discordapp.com' },
+    /IMPORT_ALLOWED_HOSTS: "https:\/\/cdn.discordapp.com" is not a host name/,
+  ],
   ['IMPORT_TIMEOUT_MS=10', { IMPORT_TIMEOUT_MS: '10' }, /IMPORT_TIMEOUT_MS/],
-  ['TRUST_PROXY=true, which trusted what the client writes', { TRUST_PROXY: 'true' }, /TRUST_PROXY: true is no longer accepted: it took the leftmost X-Forwarded-For entry.*Use fly/],
+  [
+    'TRUST_PROXY=true, which trusted what the client writes',
+    { TRUST_PROXY: 'true' },
+    /TRUST_PROXY: true is no longer accepted: it took the leftmost X-Forwarded-For entry.*Use fly/,
+  ],
   ['USAGE_RESCAN_INTERVAL_S=-1', { USAGE_RESCAN_INTERVAL_S: '-1' }, /USAGE_RESCAN_INTERVAL_S/],
   ['a short IDEMPOTENCY_SECRET', { IDEMPOTENCY_SECRET: 'not-long-enough' }, /IDEMPOTENCY_SECRET: at least 32 characters/],
   ['TRUST_PROXY=yes', { TRUST_PROXY: 'yes' }, /TRUST_PROXY: expected false, fly, or the number of proxies/],
@@ -85,16 +111,24 @@ t.test('TRUST_PROXY: false by default, fly, or a number of proxies', async (t) =
   t.equal(loadConfig({ TRUST_PROXY: '0' }).trustProxy, false, 'no proxy: the connection')
 })
 
-t.test('the key naming Idempotency-Key records: IDEMPOTENCY_SECRET, else derived from the R2 secret, never the R2 secret itself', async (t) => {
-  const r2 = (secret: string) => ({ R2_ENDPOINT: 'http://127.0.0.1:1', R2_ACCESS_KEY_ID: 'id', R2_SECRET_ACCESS_KEY: secret, R2_PUBLIC_URL: 'https://x.test' })
-  const secret = 's'.repeat(40)
-  t.equal(loadConfig({ ...r2('r2-secret'), IDEMPOTENCY_SECRET: secret }).idempotencySecret, secret, 'as set')
-  const derived = loadConfig(r2('r2-secret')).idempotencySecret
-  t.equal(loadConfig(r2('r2-secret')).idempotencySecret, derived, 'instances sharing the R2 secret derive the same key')
-  t.not(loadConfig(r2('another-r2-secret')).idempotencySecret, derived, 'another R2 secret, another key')
-  t.notMatch(derived, 'r2-secret', 'the R2 secret itself is not the key')
-  t.ok(loadConfig({}).idempotencySecret.length > 0, 'local disk has one too')
-})
+t.test(
+  'the key naming Idempotency-Key records: IDEMPOTENCY_SECRET, else derived from the R2 secret, never the R2 secret itself',
+  async (t) => {
+    const r2 = (secret: string) => ({
+      R2_ENDPOINT: 'http://127.0.0.1:1',
+      R2_ACCESS_KEY_ID: 'id',
+      R2_SECRET_ACCESS_KEY: secret,
+      R2_PUBLIC_URL: 'https://x.test',
+    })
+    const secret = 's'.repeat(40)
+    t.equal(loadConfig({ ...r2('r2-secret'), IDEMPOTENCY_SECRET: secret }).idempotencySecret, secret, 'as set')
+    const derived = loadConfig(r2('r2-secret')).idempotencySecret
+    t.equal(loadConfig(r2('r2-secret')).idempotencySecret, derived, 'instances sharing the R2 secret derive the same key')
+    t.not(loadConfig(r2('another-r2-secret')).idempotencySecret, derived, 'another R2 secret, another key')
+    t.notMatch(derived, 'r2-secret', 'the R2 secret itself is not the key')
+    t.ok(loadConfig({}).idempotencySecret.length > 0, 'local disk has one too')
+  },
+)
 
 t.test('production may store on local disk only when asked explicitly', async (t) => {
   t.equal(loadConfig({ NODE_ENV: 'production', STORAGE_DRIVER: 'fs', API_KEYS: `bot:${'t'.repeat(32)}` }).storage.driver, 'fs')
@@ -112,10 +146,21 @@ t.test('the server exits non-zero, naming the variable, on a bad value', async (
 
 t.test('API keys, origins and limits are parsed; tokens never appear in configuration errors', async (t) => {
   const token = 'x'.repeat(40)
-  const config = loadConfig({ API_KEYS: `bot:${token}, ops:${'y'.repeat(32)}`, CORS_ORIGINS: 'https://app.example.com/, http://localhost:5173' })
-  t.same(config.apiKeys, [{ name: 'bot', token }, { name: 'ops', token: 'y'.repeat(32) }])
+  const config = loadConfig({
+    API_KEYS: `bot:${token}, ops:${'y'.repeat(32)}`,
+    CORS_ORIGINS: 'https://app.example.com/, http://localhost:5173',
+  })
+  t.same(config.apiKeys, [
+    { name: 'bot', token },
+    { name: 'ops', token: 'y'.repeat(32) },
+  ])
   t.same(config.corsOrigins, ['https://app.example.com', 'http://localhost:5173'])
-  t.match(config, { rateLimitPerMinute: 120, maxConcurrentUploads: 16, maxImagePixels: 50_000_000, timeouts: { requestMs: 300_000, headersMs: 10_000, idleMs: 60_000 } })
+  t.match(config, {
+    rateLimitPerMinute: 120,
+    maxConcurrentUploads: 16,
+    maxImagePixels: 50_000_000,
+    timeouts: { requestMs: 300_000, headersMs: 10_000, idleMs: 60_000 },
+  })
   const secret = 'secret-but-short'
   const refusal = t.throws(() => loadConfig({ API_KEYS: `bot:${secret}` })) as Error
   t.match(refusal.message, /API_KEYS/)

@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process'
-import { cp, mkdir, mkdtemp, readFile, readdir, rm, stat, symlink } from 'node:fs/promises'
+import { cp, mkdir, mkdtemp, readdir, readFile, rm, stat, symlink } from 'node:fs/promises'
 import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
@@ -85,7 +85,18 @@ function parseDockerfile(text: string): Stage[] {
     const instruction = keyword.toUpperCase()
     if (instruction === 'FROM') {
       const name = /\sAS\s+(\S+)$/i.exec(rest)?.[1]
-      stages.push({ name, image: rest.split(/\s+/)[0]!, workdir: '/', env: {}, copies: [], runs: [], expose: [], healthcheck: undefined, cmd: undefined, steps: [] })
+      stages.push({
+        name,
+        image: rest.split(/\s+/)[0]!,
+        workdir: '/',
+        env: {},
+        copies: [],
+        runs: [],
+        expose: [],
+        healthcheck: undefined,
+        cmd: undefined,
+        steps: [],
+      })
       continue
     }
     const stage = stages.at(-1)
@@ -98,7 +109,12 @@ function parseDockerfile(text: string): Stage[] {
       const from = words.find((word) => word.startsWith('--from='))?.slice('--from='.length)
       const paths = words.filter((word) => !word.startsWith('--'))
       const dest = paths.at(-1)!
-      const copy = { from, sources: paths.slice(0, -1), dest: path.posix.resolve(stage.workdir, dest), intoDirectory: dest.endsWith('/') || paths.length > 2 }
+      const copy = {
+        from,
+        sources: paths.slice(0, -1),
+        dest: path.posix.resolve(stage.workdir, dest),
+        intoDirectory: dest.endsWith('/') || paths.length > 2,
+      }
       stage.copies.push(copy)
       stage.steps.push({ kind: 'copy', copy })
     } else if (instruction === 'RUN') {
@@ -119,7 +135,15 @@ const ignorePatterns = (await readFile(path.join(ROOT, '.dockerignore'), 'utf8')
   .split('\n')
   .map((line) => line.trim())
   .filter((line) => line && !line.startsWith('#'))
-  .map((pattern) => new RegExp(`^${pattern.replace(/\/+$/, '').replace(/[.+^${}()|[\]\\]/g, '\\$&').replaceAll('*', '[^/]*')}(/|$)`))
+  .map(
+    (pattern) =>
+      new RegExp(
+        `^${pattern
+          .replace(/\/+$/, '')
+          .replace(/[.+^${}()|[\]\\]/g, '\\$&')
+          .replaceAll('*', '[^/]*')}(/|$)`,
+      ),
+  )
 const dockerignored = (contextPath: string) => ignorePatterns.some((pattern) => pattern.test(path.posix.normalize(contextPath)))
 
 // ---- (6) the runtime stage, reproduced ------------------------------------------------------------
@@ -130,10 +154,18 @@ async function filesUnder(directory: string): Promise<string[]> {
   return entries.filter((entry) => entry.isFile()).map((entry) => path.relative(directory, path.join(entry.parentPath, entry.name)))
 }
 
-const exists = (file: string) => stat(file).then(() => true, () => false)
+const exists = (file: string) =>
+  stat(file).then(
+    () => true,
+    () => false,
+  )
 
 /** A package name from an import specifier: `@scope/name/sub` → `@scope/name`, `name/sub` → `name`. */
-const packageOf = (specifier: string) => specifier.split('/').slice(0, specifier.startsWith('@') ? 2 : 1).join('/')
+const packageOf = (specifier: string) =>
+  specifier
+    .split('/')
+    .slice(0, specifier.startsWith('@') ? 2 : 1)
+    .join('/')
 
 t.test('the Dockerfile runtime stage, reproduced: production dependencies only, and the built server stores an upload', async (t) => {
   t.setTimeout(180_000)
@@ -207,7 +239,8 @@ t.test('the Dockerfile runtime stage, reproduced: production dependencies only, 
     t.notOk(await exists(path.join(app, 'node_modules', name)), `${name} is not installed`)
   }
   const missing = []
-  for (const name of Object.keys(packageJson.dependencies)) if (!(await exists(path.join(app, 'node_modules', name, 'package.json')))) missing.push(name)
+  for (const name of Object.keys(packageJson.dependencies))
+    if (!(await exists(path.join(app, 'node_modules', name, 'package.json')))) missing.push(name)
   t.same(missing, [], 'every dependency is installed')
   t.notOk(await exists(path.join(app, 'src')), 'no TypeScript source in the runtime stage')
 
@@ -243,9 +276,15 @@ t.test('the Dockerfile runtime stage, reproduced: production dependencies only, 
   const base = `http://127.0.0.1:${port}`
   const environ = (await readFile(`/proc/${service.pid}/environ`, 'utf8')).split('\0')
   t.ok(environ.includes('NODE_ENV=production'), 'the server runs under NODE_ENV=production')
-  t.notOk(environ.some((entry) => entry.startsWith('NODE_OPTIONS=')), 'and nothing preloaded through NODE_OPTIONS')
+  t.notOk(
+    environ.some((entry) => entry.startsWith('NODE_OPTIONS=')),
+    'and nothing preloaded through NODE_OPTIONS',
+  )
   t.ok(
-    service.stdout.split('\n').filter(Boolean).every((line) => line.startsWith('{')),
+    service.stdout
+      .split('\n')
+      .filter(Boolean)
+      .every((line) => line.startsWith('{')),
     'it logs JSON lines (production logger)',
   )
 
@@ -253,12 +292,20 @@ t.test('the Dockerfile runtime stage, reproduced: production dependencies only, 
   t.equal(healthz.status, 200, '/healthz answers 200')
   t.same(await healthz.json(), { status: 'ok' })
   const readyz = await fetch(`${base}/readyz`)
-  t.same({ status: readyz.status, body: await readyz.json() }, { status: 200, body: { status: 'ready', storage: 'r2' } }, '/readyz: the local S3 server answers')
+  t.same(
+    { status: readyz.status, body: await readyz.json() },
+    { status: 200, body: { status: 'ready', storage: 'r2' } },
+    '/readyz: the local S3 server answers',
+  )
   const contract = await fetch(`${base}/openapi.yaml`)
   t.equal(contract.status, 200, 'openapi.yaml is where the compiled code reads it')
   t.match(await contract.text(), /^openapi: /m)
 
-  const refused = await fetch(`${base}/v1/images`, { method: 'POST', headers: { 'content-type': 'image/png' }, body: new Uint8Array(png()) })
+  const refused = await fetch(`${base}/v1/images`, {
+    method: 'POST',
+    headers: { 'content-type': 'image/png' },
+    body: new Uint8Array(png()),
+  })
   t.equal(refused.status, 401, 'without a key an upload is refused (API keys enforced)')
   await refused.arrayBuffer()
 
@@ -275,8 +322,15 @@ t.test('the Dockerfile runtime stage, reproduced: production dependencies only, 
 
   // Over 5 MiB, as a form: the multipart parser, the spool file, then one PutObject of exact length.
   const large = pngOfSize(6 * MiB, 5)
-  const form = multipartBody([{ name: 'context', value: 'portraits' }, { name: 'file', filename: 'large.png', contentType: 'image/png', data: large }])
-  const streamed = await fetch(`${base}/v1/images`, { method: 'POST', headers: { ...form.headers, authorization: `Bearer ${TOKEN}` }, body: new Uint8Array(form.payload) })
+  const form = multipartBody([
+    { name: 'context', value: 'portraits' },
+    { name: 'file', filename: 'large.png', contentType: 'image/png', data: large },
+  ])
+  const streamed = await fetch(`${base}/v1/images`, {
+    method: 'POST',
+    headers: { ...form.headers, authorization: `Bearer ${TOKEN}` },
+    body: new Uint8Array(form.payload),
+  })
   const streamedBody = (await streamed.json()) as StoredImage
   t.equal(streamed.status, 201, `a 6 MiB form upload is stored: ${JSON.stringify(streamedBody).slice(0, 200)}`)
   t.equal(await s3.sha256Of(streamedBody.key), sha256(large), 'byte-exact in the bucket (spooled upload)')
@@ -295,7 +349,11 @@ t.test('the Dockerfile runtime stage, reproduced: production dependencies only, 
 
   t.equal((await service.stop('SIGTERM')).code, 0, 'SIGTERM: exit 0')
   const errors = service.stderr
-  t.notMatch(errors, /ERR_MODULE_NOT_FOUND|Cannot find (module|package)/, `nothing missing at run time${errors ? `: ${errors.slice(0, 500)}` : ''}`)
+  t.notMatch(
+    errors,
+    /ERR_MODULE_NOT_FOUND|Cannot find (module|package)/,
+    `nothing missing at run time${errors ? `: ${errors.slice(0, 500)}` : ''}`,
+  )
 })
 
 t.test('every stage runs the Node the suite is also tested on (the LTS .ci/run pins), a major engines names', async (t) => {
@@ -336,11 +394,21 @@ t.test('fly.toml agrees with the code and the Dockerfile: ports, health check, m
   const fly = parseToml(await readFile(path.join(ROOT, 'fly.toml'), 'utf8')) as FlyToml
   const env = fly.env ?? {}
   // The secrets are set with `fly secrets set` (docs/deploy.md); placeholders stand in for them.
-  const secrets = { R2_ACCOUNT_ID: '0123456789abcdef0123456789abcdef', R2_ACCESS_KEY_ID: 'id', R2_SECRET_ACCESS_KEY: 'secret', R2_PUBLIC_URL: 'https://images.example.com', API_KEYS }
+  const secrets = {
+    R2_ACCOUNT_ID: '0123456789abcdef0123456789abcdef',
+    R2_ACCESS_KEY_ID: 'id',
+    R2_SECRET_ACCESS_KEY: 'secret',
+    R2_PUBLIC_URL: 'https://images.example.com',
+    API_KEYS,
+  }
   const config = loadConfig({ ...env, ...secrets })
 
   t.equal(env.NODE_ENV, 'production', 'NODE_ENV=production')
-  t.throws(() => loadConfig({ ...env, ...secrets, API_KEYS: '' }), { message: /API_KEYS: required under NODE_ENV=production/ }, 'the production rules apply')
+  t.throws(
+    () => loadConfig({ ...env, ...secrets, API_KEYS: '' }),
+    { message: /API_KEYS: required under NODE_ENV=production/ },
+    'the production rules apply',
+  )
   t.equal(config.storage.driver, 'r2', 'it stores on R2')
   t.notMatch(config.host, /^(127\.|localhost$|::1$)/, `HOST ${config.host} is reachable by Fly's proxy (not loopback)`)
 
@@ -365,7 +433,11 @@ t.test('fly.toml agrees with the code and the Dockerfile: ports, health check, m
   const scraped = await metricsApp.inject({ method: 'GET', url: fly.metrics!.path! })
   t.equal(scraped.statusCode, 200, 'the metrics server answers a scrape without a key')
   t.match(scraped.body, /^# TYPE r2_uploads_total counter$/m)
-  t.equal((await app.inject({ method: 'GET', url: '/metrics', headers: { authorization: `Bearer ${TOKEN}` } })).statusCode, 404, 'and the API port does not serve them')
+  t.equal(
+    (await app.inject({ method: 'GET', url: '/metrics', headers: { authorization: `Bearer ${TOKEN}` } })).statusCode,
+    404,
+    'and the API port does not serve them',
+  )
 
   // The health check.
   const checks = fly.http_service?.checks ?? []

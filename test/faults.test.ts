@@ -5,12 +5,12 @@ import type { BuildOptions } from '../src/app.js'
 import { loadConfig } from '../src/config.js'
 import { R2Driver, type R2Timeouts } from '../src/storage/r2.js'
 import { buildTestApp } from './helpers/app.js'
-import { piecesOf, streamUpload, type StreamedUploadResult } from './helpers/client.js'
+import { piecesOf, type StreamedUploadResult, streamUpload } from './helpers/client.js'
 import { listen } from './helpers/http.js'
 import { pngOfSize, sha256 } from './helpers/images.js'
 import { PROBLEM_JSON } from './helpers/problem.js'
 import { r2Env, startS3 } from './helpers/s3.js'
-import { FaultProxy, seededRandom, type Fault, type FaultPolicy } from './helpers/tcp-proxy.js'
+import { type Fault, type FaultPolicy, FaultProxy, seededRandom } from './helpers/tcp-proxy.js'
 
 // The service stores through a TCP proxy that injects network faults between it and the S3 server. Whatever
 // the fault, an upload ends in a 201 whose object reads back byte-exact (read from the S3 server directly,
@@ -130,7 +130,12 @@ const SIZES = [
 const FAULTS: { name: string; context: string; fault: Fault; expected: string }[] = [
   { name: 'refused connections', context: 'refuse', fault: { kind: 'refuse' }, expected: '503 storage_unavailable' },
   { name: '200 ms of latency each way', context: 'latency', fault: { kind: 'latency', ms: 200 }, expected: '201' },
-  { name: 'a reset 100 KiB into a request', context: 'reset', fault: { kind: 'reset', afterBytes: 100 * KiB }, expected: '503 storage_unavailable' },
+  {
+    name: 'a reset 100 KiB into a request',
+    context: 'reset',
+    fault: { kind: 'reset', afterBytes: 100 * KiB },
+    expected: '503 storage_unavailable',
+  },
   {
     name: 'a stall of the request 100 KiB in',
     context: 'stall-request',
@@ -146,35 +151,39 @@ const FAULTS: { name: string; context: string; fault: Fault; expected: string }[
   },
 ]
 
-t.test('each fault, with the driver’s own timeouts: a storage problem (or 201), nothing stored, then recovery', { jobs: FAULTS.length }, async (t) => {
-  for (const { name, context, fault, expected } of FAULTS) {
-    t.test(name, async (t) => {
-      const service = await serviceBehindProxy(t, context)
-      service.proxy.inject(fault)
-      const stored = await Promise.all(
-        SIZES.map(async ([label, size]) => {
-          const image = pngOfSize(size, size)
-          const started = Date.now()
-          const judged = await judge(await service.upload(image, 30_000), image)
-          const elapsed = Date.now() - started
-          t.equal(labelOf(judged), expected, `${label}: ${expected} (in ${elapsed} ms)`)
-          // A stall costs the idle timeout (5 s) twice, as the SDK retries once; the rest is room for a busy machine.
-          t.ok(elapsed < 20_000, `${label}: answered in ${elapsed} ms`)
-          return 'key' in judged ? judged.key : undefined
-        }),
-      )
-      service.proxy.lift()
-      const acknowledged = stored.filter((key) => key !== undefined)
-      t.same(await service.keysSettle(acknowledged), acknowledged.sort(), 'the bucket holds the acknowledged uploads and nothing else')
+t.test(
+  'each fault, with the driver’s own timeouts: a storage problem (or 201), nothing stored, then recovery',
+  { jobs: FAULTS.length },
+  async (t) => {
+    for (const { name, context, fault, expected } of FAULTS) {
+      t.test(name, async (t) => {
+        const service = await serviceBehindProxy(t, context)
+        service.proxy.inject(fault)
+        const stored = await Promise.all(
+          SIZES.map(async ([label, size]) => {
+            const image = pngOfSize(size, size)
+            const started = Date.now()
+            const judged = await judge(await service.upload(image, 30_000), image)
+            const elapsed = Date.now() - started
+            t.equal(labelOf(judged), expected, `${label}: ${expected} (in ${elapsed} ms)`)
+            // A stall costs the idle timeout (5 s) twice, as the SDK retries once; the rest is room for a busy machine.
+            t.ok(elapsed < 20_000, `${label}: answered in ${elapsed} ms`)
+            return 'key' in judged ? judged.key : undefined
+          }),
+        )
+        service.proxy.lift()
+        const acknowledged = stored.filter((key) => key !== undefined)
+        t.same(await service.keysSettle(acknowledged), acknowledged.sort(), 'the bucket holds the acknowledged uploads and nothing else')
 
-      for (const [label, size] of SIZES) {
-        const image = pngOfSize(size, size + 1)
-        t.equal(labelOf(await judge(await service.upload(image, 30_000), image)), '201', `fault lifted: ${label} is stored byte-exact`)
-      }
-      await checkNothingLeaks(t, service.app)
-    })
-  }
-})
+        for (const [label, size] of SIZES) {
+          const image = pngOfSize(size, size + 1)
+          t.equal(labelOf(await judge(await service.upload(image, 30_000), image)), '201', `fault lifted: ${label} is stored byte-exact`)
+        }
+        await checkNothingLeaks(t, service.app)
+      })
+    }
+  },
+)
 
 t.test('an object the backend never lets the driver delete is logged with its key when the app closes', async (t) => {
   const logged: { msg: string; key?: string }[] = []
@@ -258,11 +267,24 @@ t.test('a seeded random run of 1000 uploads, faults picked per backend connectio
   const { stats } = service.proxy
   const multipart = plan.filter((item) => item.size > 5 * MiB).length
   t.comment(`${UPLOADS} uploads (${multipart} multipart) in ${(elapsed / 1000).toFixed(1)} s over ${stats.connections} backend connections`)
-  t.comment(`outcomes: ${[...counts].sort().map(([outcome, n]) => `${outcome}: ${n}`).join(', ')}`)
-  t.comment(`faults injected: ${Object.entries(stats.injected).map(([kind, n]) => `${kind}: ${n}`).join(', ')}`)
+  t.comment(
+    `outcomes: ${[...counts]
+      .sort()
+      .map(([outcome, n]) => `${outcome}: ${n}`)
+      .join(', ')}`,
+  )
+  t.comment(
+    `faults injected: ${Object.entries(stats.injected)
+      .map(([kind, n]) => `${kind}: ${n}`)
+      .join(', ')}`,
+  )
 
   t.same(wrong, [], 'every answer is a 201 with a byte-exact object or a 502/503 storage problem')
-  t.equal([...counts.values()].reduce((sum, n) => sum + n, wrong.length), UPLOADS, 'every upload was answered')
+  t.equal(
+    [...counts.values()].reduce((sum, n) => sum + n, wrong.length),
+    UPLOADS,
+    'every upload was answered',
+  )
   const stored = (counts.get('single 201') ?? 0) + (counts.get('multipart 201') ?? 0)
   t.ok(stored > UPLOADS / 2, 'most uploads succeed')
   t.ok(stored < UPLOADS, 'some uploads met a fault they could not get past')

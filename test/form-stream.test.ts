@@ -13,7 +13,7 @@ import { pngOfSize, sha256 } from './helpers/images.js'
 import { CLIENT_FRAMINGS, clientForm, multipartBody } from './helpers/multipart.js'
 import { r2DriverOf, r2Env, recordCommands, startS3 } from './helpers/s3.js'
 import { startS3Recorder } from './helpers/s3-recorder.js'
-import { PYTHON, havePythonAiohttp } from './helpers/system-tools.js'
+import { havePythonAiohttp, PYTHON } from './helpers/system-tools.js'
 
 // A form with Content-Length whose file is the last part goes to storage as a raw body of declared length
 // does: one PutObject of the file's exact length, sent as the body arrives. Its length is worked out from
@@ -62,7 +62,7 @@ async function settledKeys(keys: string[]): Promise<string[]> {
   return s3.imageKeys()
 }
 
-t.test('the framing of each mainstream client gives the file\'s exact length, however the bytes arrive', async (t) => {
+t.test("the framing of each mainstream client gives the file's exact length, however the bytes arrive", async (t) => {
   const file = { ...FILE, data: pngOfSize(300, 5) }
   for (const client of Object.keys(CLIENT_FRAMINGS)) {
     const { payload, boundary } = clientForm(client, FIELDS, file)
@@ -70,7 +70,10 @@ t.test('the framing of each mainstream client gives the file\'s exact length, ho
     // Known once the file's data has begun (as many bytes as the parser needs to see that no delimiter
     // follows the headers), exact however the body is split: at every position, or a byte at a time.
     const seen = payload.subarray(0, fileStart + `\r\n--${boundary}`.length)
-    const splits = [...Array.from({ length: seen.length + 1 }, (_, at) => [seen.subarray(0, at), seen.subarray(at)]), [...seen].map((byte) => Buffer.from([byte]))]
+    const splits = [
+      ...Array.from({ length: seen.length + 1 }, (_, at) => [seen.subarray(0, at), seen.subarray(at)]),
+      [...seen].map((byte) => Buffer.from([byte])),
+    ]
     const lengths = new Set<number | undefined>()
     for (const pieces of splits) {
       const framing = new FormFraming(boundary, payload.length)
@@ -84,7 +87,7 @@ t.test('the framing of each mainstream client gives the file\'s exact length, ho
   }
 })
 
-t.test('a 6 MiB form from each mainstream client goes up in one PutObject of the file\'s length, byte-exact', async (t) => {
+t.test("a 6 MiB form from each mainstream client goes up in one PutObject of the file's length, byte-exact", async (t) => {
   for (const [index, client] of Object.keys(CLIENT_FRAMINGS).entries()) {
     const data = pngOfSize(6 * MiB, 60 + index)
     const { payload, headers } = clientForm(client, FIELDS, { ...FILE, data })
@@ -95,7 +98,11 @@ t.test('a 6 MiB form from each mainstream client goes up in one PutObject of the
     t.equal(body.sha256, sha256(data), `${client}: the 201's sha256 is the file's`)
     t.equal(await s3.sha256Of(body.key), sha256(data), `${client}: stored byte-exact`)
     t.match(body.key, /^portraits\//, `${client}: the fields before the file were read`)
-    t.same(sent.map((command) => command.name), ['PutObject'], `${client}: one PutObject`)
+    t.same(
+      sent.map((command) => command.name),
+      ['PutObject'],
+      `${client}: one PutObject`,
+    )
     t.equal(sent[0]?.input.ContentLength, data.length, `${client}: of the file's exact length`)
   }
 })
@@ -140,7 +147,11 @@ print(requests.post(sys.argv[1], data={'context': 'portraits'}, files={'file': (
     const body = JSON.parse(await send(file, data))
     t.equal(body.sha256, sha256(data), `${client}: 201 with the file's sha256 (${JSON.stringify(body).slice(0, 200)})`)
     t.equal(await s3.sha256Of(body.key), sha256(data), `${client}: stored byte-exact`)
-    t.same(sent.map((command) => command.name), ['PutObject'], `${client}: one PutObject`)
+    t.same(
+      sent.map((command) => command.name),
+      ['PutObject'],
+      `${client}: one PutObject`,
+    )
     t.equal(sent[0]?.input.ContentLength, data.length, `${client}: of the file's exact length`)
   }
 })
@@ -154,19 +165,31 @@ function oddForms(data: Buffer) {
   return {
     stored: {
       'a preamble before the first boundary': { headers, payload: form(`This is a preamble.\r\n${opening}`, `\r\n--${boundary}--\r\n`) },
-      'a quoted boundary parameter': { headers: { 'content-type': `multipart/form-data; boundary="${boundary}"` }, payload: form(opening, `\r\n--${boundary}--\r\n`) },
+      'a quoted boundary parameter': {
+        headers: { 'content-type': `multipart/form-data; boundary="${boundary}"` },
+        payload: form(opening, `\r\n--${boundary}--\r\n`),
+      },
     },
     // busboy reads no headers after a boundary line with transport padding, so it finds no file part.
     unread: {
-      'transport padding after the opening boundary': { headers, payload: form(opening.replace(`--${boundary}\r\n`, `--${boundary} \t \r\n`), `\r\n--${boundary}--\r\n`) },
+      'transport padding after the opening boundary': {
+        headers,
+        payload: form(opening.replace(`--${boundary}\r\n`, `--${boundary} \t \r\n`), `\r\n--${boundary}--\r\n`),
+      },
     },
     refused: {
       'an epilogue after the close delimiter': { headers, payload: form(opening, `\r\n--${boundary}--\r\nThis is an epilogue.\r\n`) },
       'no CRLF after the close delimiter': { headers, payload: form(opening, `\r\n--${boundary}--`) },
       'transport padding after the close delimiter': { headers, payload: form(opening, `\r\n--${boundary}--  \r\n`) },
       'trailing garbage after the close delimiter': { headers, payload: form(opening, `\r\n--${boundary}--\r\n\0\0garbage`) },
-      'a field after the file': { headers, payload: form(opening, `\r\n--${boundary}\r\nContent-Disposition: form-data; name="late"\r\n\r\nx\r\n--${boundary}--\r\n`) },
-      'a part without Content-Disposition after the file': { headers, payload: form(opening, `\r\n--${boundary}\r\nX-Note: skipped by the parser\r\n\r\nx\r\n--${boundary}--\r\n`) },
+      'a field after the file': {
+        headers,
+        payload: form(opening, `\r\n--${boundary}\r\nContent-Disposition: form-data; name="late"\r\n\r\nx\r\n--${boundary}--\r\n`),
+      },
+      'a part without Content-Disposition after the file': {
+        headers,
+        payload: form(opening, `\r\n--${boundary}\r\nX-Note: skipped by the parser\r\n\r\nx\r\n--${boundary}--\r\n`),
+      },
     },
   }
 }
@@ -189,7 +212,10 @@ t.test('odd framings over 5 MiB are stored byte-exact, or refused with 400 and n
     t.same(await settledKeys(keysBefore), keysBefore, `${name}: nothing stored`)
     const puts = recorder.requests.slice(firstRequest).filter((request) => request.operation === 'PutObject')
     t.equal(puts.length, 1, `${name}: the PutObject had started`)
-    t.notOk(puts.some((request) => request.status === 200), `${name}: and was never completed (s3rver answered ${puts.map((put) => put.status ?? 'nothing').join(', ')})`)
+    t.notOk(
+      puts.some((request) => request.status === 200),
+      `${name}: and was never completed (s3rver answered ${puts.map((put) => put.status ?? 'nothing').join(', ')})`,
+    )
   }
 })
 
@@ -215,14 +241,20 @@ t.test('a form over the size limit is refused with 413 before its file is read',
   const res = await streamUpload(await listen(app), '/v1/images', { ...headers, 'content-length': payload.length }, piecesOf(payload))
   t.equal(res.status, 413)
   t.equal(JSON.parse(res.body).code, 'image_too_large')
-  t.ok(res.sentWhenAnswered < 16 * MiB, `answered after ${(res.sentWhenAnswered / MiB).toFixed(1)} MiB of ${(payload.length / MiB).toFixed(1)} MiB`)
+  t.ok(
+    res.sentWhenAnswered < 16 * MiB,
+    `answered after ${(res.sentWhenAnswered / MiB).toFixed(1)} MiB of ${(payload.length / MiB).toFixed(1)} MiB`,
+  )
   t.same(limited, [], 'nothing sent to storage')
 })
 
 t.test('a form or raw body of declared length costs exactly one Class A operation: 1 KiB, 6 MiB and 50 MiB', async (t) => {
   for (const size of [KiB, 6 * MiB, 50 * MiB]) {
     const data = pngOfSize(size, 90 + (size % 7))
-    const form = multipartBody([...FIELDS.map(([name, value]) => ({ name, value })), { name: 'file', ...FILE, contentType: 'image/png', data }])
+    const form = multipartBody([
+      ...FIELDS.map(([name, value]) => ({ name, value })),
+      { name: 'file', ...FILE, contentType: 'image/png', data },
+    ])
     const bodies = {
       form: () => post(form.payload, form.headers),
       raw: () => post(data, { 'content-type': 'image/png' }, '/v1/images?filename=portrait.png'),
@@ -234,7 +266,11 @@ t.test('a form or raw body of declared length costs exactly one Class A operatio
       t.equal(res.status, 201, `${kind}, ${size} bytes: ${res.body.slice(0, 200)}`)
       t.equal(await s3.sha256Of(res.json().key), sha256(data), `${kind}, ${size} bytes: stored byte-exact`)
       t.equal((await classAOperations()) - before, 1, `${kind}, ${size} bytes: one Class A operation`)
-      t.same(sent.map((command) => command.name), ['PutObject'], `${kind}, ${size} bytes: one PutObject`)
+      t.same(
+        sent.map((command) => command.name),
+        ['PutObject'],
+        `${kind}, ${size} bytes: one PutObject`,
+      )
     }
   }
 })

@@ -1,11 +1,15 @@
 import t from 'tap'
 import { ApiError } from '../src/errors.js'
 import { GifFrameInspector, gifFrameSize } from '../src/upload/gif.js'
-import { animatedGif, gif, type GifFrame } from './helpers/images.js'
+import { animatedGif, type GifFrame, gif } from './helpers/images.js'
 
 const MAX_PIXELS = 10_000
 const SCREEN = { width: 40, height: 30 }
-const FRAMES: GifFrame[] = [{ width: 40, height: 30 }, { width: 10, height: 8, left: 5, top: 4, localColours: true }, { width: 40, height: 30 }]
+const FRAMES: GifFrame[] = [
+  { width: 40, height: 30 },
+  { width: 10, height: 8, left: 5, top: 4, localColours: true },
+  { width: 40, height: 30 },
+]
 
 /** Feeds `data` in pieces of `size` bytes; returns the inspector, or the error with how many bytes were fed. */
 function feed(data: Buffer, size: number, maxPixels = MAX_PIXELS) {
@@ -37,13 +41,23 @@ t.test('a later frame over the limit is refused from its descriptor, naming the 
   const descriptorEnd = bomb.indexOf(Buffer.from([0x2c, 0, 0, 0, 0, 200, 0, 100, 0])) + 10
   for (const size of [1, 64, bomb.length]) {
     const { error, fed } = feed(bomb, size)
-    t.match(error, { code: 'image_too_many_pixels', detail: /^Frame 4 of the GIF \(200 × 100 at 0, 0\) needs a canvas of 200 × 100 pixels; at most 10000/ }, `in ${size}-byte chunks`)
+    t.match(
+      error,
+      {
+        code: 'image_too_many_pixels',
+        detail: /^Frame 4 of the GIF \(200 × 100 at 0, 0\) needs a canvas of 200 × 100 pixels; at most 10000/,
+      },
+      `in ${size}-byte chunks`,
+    )
     if (size === 1) t.equal(fed, descriptorEnd, 'as soon as the descriptor has passed, before its image data')
   }
   // A small frame placed far out grows the canvas a decoder draws on.
   const far = feed(animatedGif(SCREEN, [FRAMES[0]!, { width: 2, height: 2, left: 60_000, top: 60_000 }]), 16)
   t.match(far.error, { code: 'image_too_many_pixels', detail: /Frame 2 .* needs a canvas of 60002 × 60002 pixels/ })
-  t.match(feed(animatedGif({ width: 101, height: 100 }, FRAMES), 5).error, { code: 'image_too_many_pixels', detail: /logical screen is 101 × 100 pixels/ })
+  t.match(feed(animatedGif({ width: 101, height: 100 }, FRAMES), 5).error, {
+    code: 'image_too_many_pixels',
+    detail: /logical screen is 101 × 100 pixels/,
+  })
   t.match(feed(animatedGif(SCREEN, [{ width: 101, height: 100 }]), 5).error, { code: 'image_too_many_pixels', detail: /^Frame 1 / })
 })
 
@@ -52,7 +66,11 @@ t.test('a corrupt structure is refused where it breaks', async (t) => {
   const trailer = animation.length - 1
   const cases: [string, Buffer, RegExp][] = [
     ['another signature', Buffer.concat([Buffer.from('GIF88a'), animation.subarray(6)]), /does not start with GIF87a or GIF89a/],
-    ['an unknown block', Buffer.concat([animation.subarray(0, trailer), Buffer.from([0x99, 0x3b])]), new RegExp(`an unknown block at offset ${trailer}`)],
+    [
+      'an unknown block',
+      Buffer.concat([animation.subarray(0, trailer), Buffer.from([0x99, 0x3b])]),
+      new RegExp(`an unknown block at offset ${trailer}`),
+    ],
     ['no frame', Buffer.concat([animation.subarray(0, 13 + 12), Buffer.from([0x3b])]), /ends before any frame/],
   ]
   for (const [name, data, detail] of cases) {

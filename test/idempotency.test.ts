@@ -20,45 +20,53 @@ const MiB = 1024 * 1024
 const BOT_TOKEN = 'b'.repeat(40)
 const OPS_TOKEN = 'o'.repeat(40)
 
-function rawUpload(app: FastifyInstance, body: Buffer | Readable, headers: Record<string, string> = {}, query = 'filename=hero.png&context=portraits') {
+function rawUpload(
+  app: FastifyInstance,
+  body: Buffer | Readable,
+  headers: Record<string, string> = {},
+  query = 'filename=hero.png&context=portraits',
+) {
   return app.inject({ method: 'POST', url: `/v1/images?${query}`, headers: { 'content-type': 'image/png', ...headers }, payload: body })
 }
 
 const imageKeys = (keys: string[]) => keys.filter((key) => !key.startsWith(RECORDS_PREFIX))
 
-t.test('local disk: a retry with the same Idempotency-Key gets the first 201 body and stores nothing new, also after a restart', async (t) => {
-  const dataDir = await mkdtemp(path.join(tmpdir(), 'idempotency-'))
-  t.teardown(() => rm(dataDir, { recursive: true, force: true }))
-  const image = png(12, 9)
+t.test(
+  'local disk: a retry with the same Idempotency-Key gets the first 201 body and stores nothing new, also after a restart',
+  async (t) => {
+    const dataDir = await mkdtemp(path.join(tmpdir(), 'idempotency-'))
+    t.teardown(() => rm(dataDir, { recursive: true, force: true }))
+    const image = png(12, 9)
 
-  const { app: first } = await buildTestApp(t, { DATA_DIR: dataDir })
-  const original = await rawUpload(first, image, { 'idempotency-key': 'portrait-7f3a' })
-  t.equal(original.statusCode, 201)
-  t.notOk(original.headers['idempotent-replayed'], 'the first answer is no replay')
-  const retry = await rawUpload(first, image, { 'idempotency-key': 'portrait-7f3a' })
-  t.equal(retry.statusCode, 201, 'the retry is answered 201')
-  t.same(retry.json(), original.json(), 'with the first upload’s body, key included')
-  t.equal(retry.headers['idempotent-replayed'], 'true', 'and says it is a replay')
-  t.equal(retry.headers.location, original.headers.location)
-  await first.close()
+    const { app: first } = await buildTestApp(t, { DATA_DIR: dataDir })
+    const original = await rawUpload(first, image, { 'idempotency-key': 'portrait-7f3a' })
+    t.equal(original.statusCode, 201)
+    t.notOk(original.headers['idempotent-replayed'], 'the first answer is no replay')
+    const retry = await rawUpload(first, image, { 'idempotency-key': 'portrait-7f3a' })
+    t.equal(retry.statusCode, 201, 'the retry is answered 201')
+    t.same(retry.json(), original.json(), 'with the first upload’s body, key included')
+    t.equal(retry.headers['idempotent-replayed'], 'true', 'and says it is a replay')
+    t.equal(retry.headers.location, original.headers.location)
+    await first.close()
 
-  // A new process on the same data directory: the record is in storage, not in memory.
-  const { app: restarted } = await buildTestApp(t, { DATA_DIR: dataDir })
-  const afterRestart = await rawUpload(restarted, image, { 'idempotency-key': 'portrait-7f3a' })
-  t.equal(afterRestart.statusCode, 201)
-  t.same(afterRestart.json(), original.json(), 'after a restart the retry still gets the first body')
-  const other = await rawUpload(restarted, image, { 'idempotency-key': 'portrait-other' })
-  t.not(other.json().key, original.json().key, 'another Idempotency-Key is another upload')
-  const images = imageKeys(await storedFiles(dataDir))
-  t.same(images.sort(), [original.json().key, other.json().key].sort(), 'two images stored in all: the retries stored nothing')
+    // A new process on the same data directory: the record is in storage, not in memory.
+    const { app: restarted } = await buildTestApp(t, { DATA_DIR: dataDir })
+    const afterRestart = await rawUpload(restarted, image, { 'idempotency-key': 'portrait-7f3a' })
+    t.equal(afterRestart.statusCode, 201)
+    t.same(afterRestart.json(), original.json(), 'after a restart the retry still gets the first body')
+    const other = await rawUpload(restarted, image, { 'idempotency-key': 'portrait-other' })
+    t.not(other.json().key, original.json().key, 'another Idempotency-Key is another upload')
+    const images = imageKeys(await storedFiles(dataDir))
+    t.same(images.sort(), [original.json().key, other.json().key].sort(), 'two images stored in all: the retries stored nothing')
 
-  const recordKey = (await storedFiles(dataDir)).find((key) => key.startsWith(RECORDS_PREFIX))!
-  t.ok(recordKey, 'the record is an object in storage')
-  for (const url of [`/v1/images/${recordKey}`, `/files/${recordKey}`]) {
-    const response = await restarted.inject({ method: 'GET', url })
-    t.equal(response.statusCode, 404, `${url.startsWith('/files') ? '/files' : '/v1/images'} does not serve the service’s own records`)
-  }
-})
+    const recordKey = (await storedFiles(dataDir)).find((key) => key.startsWith(RECORDS_PREFIX))!
+    t.ok(recordKey, 'the record is an object in storage')
+    for (const url of [`/v1/images/${recordKey}`, `/files/${recordKey}`]) {
+      const response = await restarted.inject({ method: 'GET', url })
+      t.equal(response.statusCode, 404, `${url.startsWith('/files') ? '/files' : '/v1/images'} does not serve the service’s own records`)
+    }
+  },
+)
 
 t.test('the same Idempotency-Key with a different upload is 409 idempotency_conflict, and stores nothing', async (t) => {
   const { app, dataDir } = await buildTestApp(t)
@@ -70,7 +78,12 @@ t.test('the same Idempotency-Key with a different upload is 409 idempotency_conf
   const conflicts = {
     'other bytes': rawUpload(app, png(13, 9), { ...key, 'x-meta-character-name': 'Thorgar' }),
     'another context': rawUpload(app, png(12, 9), { ...key, 'x-meta-character-name': 'Thorgar' }, 'filename=hero.png&context=maps'),
-    'another filename': rawUpload(app, png(12, 9), { ...key, 'x-meta-character-name': 'Thorgar' }, 'filename=villain.png&context=portraits'),
+    'another filename': rawUpload(
+      app,
+      png(12, 9),
+      { ...key, 'x-meta-character-name': 'Thorgar' },
+      'filename=villain.png&context=portraits',
+    ),
     'other metadata': rawUpload(app, png(12, 9), { ...key, 'x-meta-character-name': 'Brunhild' }),
   }
   for (const [what, pending] of Object.entries(conflicts)) {
@@ -79,7 +92,11 @@ t.test('the same Idempotency-Key with a different upload is 409 idempotency_conf
     t.match(response.headers['content-type'], /^application\/problem\+json/)
     t.equal(response.json().code, 'idempotency_conflict', `${what}: idempotency_conflict`)
   }
-  const restamped = await rawUpload(app, png(12, 9), { ...key, 'x-meta-character-name': 'Thorgar', 'x-meta-uploaded-at': '2026-11-28T10:00:00Z' })
+  const restamped = await rawUpload(app, png(12, 9), {
+    ...key,
+    'x-meta-character-name': 'Thorgar',
+    'x-meta-uploaded-at': '2026-11-28T10:00:00Z',
+  })
   t.equal(restamped.statusCode, 201, 'a retry that only stamps uploaded_at anew is the same upload')
   t.same(restamped.json(), original.json())
   t.same(await storedFiles(dataDir), before, 'nothing new was stored')
@@ -129,7 +146,10 @@ t.test('two requests with one key racing: both get the same answer and one image
         yield image
       })(),
     )
-  const [a, b] = await Promise.all([rawUpload(app, slowBody(), { 'idempotency-key': 'race' }), rawUpload(app, slowBody(), { 'idempotency-key': 'race' })])
+  const [a, b] = await Promise.all([
+    rawUpload(app, slowBody(), { 'idempotency-key': 'race' }),
+    rawUpload(app, slowBody(), { 'idempotency-key': 'race' }),
+  ])
   t.equal(a.statusCode, 201)
   t.equal(b.statusCode, 201)
   t.same(a.json(), b.json(), 'both answers name the same stored image')
@@ -255,23 +275,29 @@ t.test('record names are keyed with the server secret: no one can compute them f
   const elsewhere = await rawUpload(otherSecret, image, bot)
   t.notOk(elsewhere.headers['idempotent-replayed'], 'with another secret the name is another one')
   t.equal((await records()).length, 2, 'two records, under two names')
-
 })
 
-t.test('R2 without IDEMPOTENCY_SECRET: every instance derives the same key from the R2 secret, and the names are still not public', async (t) => {
-  const s3 = await startS3()
-  t.teardown(() => s3.stop())
-  const image = pngOfSize(2048, 11)
-  const { app: instanceA } = await buildTestApp(t, r2Env(s3.endpoint))
-  const { app: instanceB } = await buildTestApp(t, r2Env(s3.endpoint))
-  const original = await rawUpload(instanceA, image, { 'idempotency-key': 'discord-message-77' })
-  t.equal(original.statusCode, 201)
-  t.equal(await s3.sha256Of(original.json().key), sha256(image), 'the image read back is byte-exact')
-  t.equal((await rawUpload(instanceB, image, { 'idempotency-key': 'discord-message-77' })).headers['idempotent-replayed'], 'true', 'another instance finds the record')
-  const names = await s3.keys(RECORDS_PREFIX)
-  t.equal(names.length, 1)
-  t.not(names[0], publicName('anonymous', 'discord-message-77'), 'its name is not a hash of the public data')
-})
+t.test(
+  'R2 without IDEMPOTENCY_SECRET: every instance derives the same key from the R2 secret, and the names are still not public',
+  async (t) => {
+    const s3 = await startS3()
+    t.teardown(() => s3.stop())
+    const image = pngOfSize(2048, 11)
+    const { app: instanceA } = await buildTestApp(t, r2Env(s3.endpoint))
+    const { app: instanceB } = await buildTestApp(t, r2Env(s3.endpoint))
+    const original = await rawUpload(instanceA, image, { 'idempotency-key': 'discord-message-77' })
+    t.equal(original.statusCode, 201)
+    t.equal(await s3.sha256Of(original.json().key), sha256(image), 'the image read back is byte-exact')
+    t.equal(
+      (await rawUpload(instanceB, image, { 'idempotency-key': 'discord-message-77' })).headers['idempotent-replayed'],
+      'true',
+      'another instance finds the record',
+    )
+    const names = await s3.keys(RECORDS_PREFIX)
+    t.equal(names.length, 1)
+    t.not(names[0], publicName('anonymous', 'discord-message-77'), 'its name is not a hash of the public data')
+  },
+)
 
 t.test('a record written before names were keyed is still replayed within its 24 h, and not after', async (t) => {
   const dataDir = await mkdtemp(path.join(tmpdir(), 'legacy-records-'))
@@ -285,7 +311,12 @@ t.test('a record written before names were keyed is still replayed within its 24
     const record = JSON.parse((await driver.read(name!))!.toString('utf8')) as { created_at: string }
     if (createdAt) record.created_at = createdAt
     const body = Buffer.from(JSON.stringify(record))
-    await driver.put(publicName('anonymous', idempotencyKey), body, { contentType: 'application/json', cacheControl: 'no-store', metadata: {}, shared: true }, new AbortController().signal)
+    await driver.put(
+      publicName('anonymous', idempotencyKey),
+      body,
+      { contentType: 'application/json', cacheControl: 'no-store', metadata: {}, shared: true },
+      new AbortController().signal,
+    )
     await driver.delete(name!)
   }
 
@@ -294,7 +325,11 @@ t.test('a record written before names were keyed is still replayed within its 24
   const retry = await rawUpload(app, image, { 'idempotency-key': 'before-the-upgrade' })
   t.equal(retry.headers['idempotent-replayed'], 'true', 'a retry across the upgrade is replayed from the old record')
   t.same(retry.json(), original.json())
-  t.equal((await rawUpload(app, png(9, 5), { 'idempotency-key': 'before-the-upgrade' })).statusCode, 409, 'and a different upload with its key conflicts')
+  t.equal(
+    (await rawUpload(app, png(9, 5), { 'idempotency-key': 'before-the-upgrade' })).statusCode,
+    409,
+    'and a different upload with its key conflicts',
+  )
   await driver.delete(publicName('anonymous', 'before-the-upgrade'))
 
   await rawUpload(app, image, { 'idempotency-key': 'long-before' })

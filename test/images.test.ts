@@ -3,12 +3,17 @@ import type { InjectOptions } from 'fastify'
 import t from 'tap'
 import { FsDriver } from '../src/storage/fs.js'
 import { buildTestApp, storedFiles } from './helpers/app.js'
-import { gif, jpeg, png, pngOfSize, sha256, webp } from './helpers/images.js'
 import { listen, rawRequest } from './helpers/http.js'
-import { multipartBody, type FormPart } from './helpers/multipart.js'
+import { gif, jpeg, png, pngOfSize, sha256, webp } from './helpers/images.js'
+import { type FormPart, multipartBody } from './helpers/multipart.js'
 
 const KEY_PATTERN = /^(?<context>[a-z0-9][a-z0-9_-]*)\/\d{4}\/\d{2}\/[a-z]{20}_(?<stem>[A-Za-z0-9_-]{1,50})\.(?<ext>jpg|png|gif|webp)$/
-const filePart = (data: Buffer, filename = 'portrait.png', contentType = 'image/png'): FormPart => ({ name: 'file', filename, contentType, data })
+const filePart = (data: Buffer, filename = 'portrait.png', contentType = 'image/png'): FormPart => ({
+  name: 'file',
+  filename,
+  contentType,
+  data,
+})
 const form = (...parts: FormPart[]) => ({ method: 'POST' as const, url: '/v1/images', ...multipartBody(parts) })
 
 t.test('type is decided by content, not by the name or the declared type', async (t) => {
@@ -24,7 +29,12 @@ t.test('type is decided by content, not by the name or the declared type', async
   t.equal(body.url, `http://localhost:3000/files/${body.key}`)
   t.equal(multipart.headers.location, body.url)
 
-  const raw = await app.inject({ method: 'POST', url: '/v1/images?filename=x.jpg', headers: { 'content-type': 'image/jpeg' }, payload: image })
+  const raw = await app.inject({
+    method: 'POST',
+    url: '/v1/images?filename=x.jpg',
+    headers: { 'content-type': 'image/jpeg' },
+    payload: image,
+  })
   t.equal(raw.statusCode, 201)
   t.match(raw.json(), { content_type: 'image/png', key: /_x\.png$/ })
 
@@ -103,7 +113,12 @@ t.test('keys follow {context}/{yyyy}/{mm}/{id}_{name}.{ext}', async (t) => {
   }
   t.equal(keys.size, cases.length, 'every upload gets a new key')
 
-  const unnamed = await app.inject({ method: 'POST', url: '/v1/images?context=bot', headers: { 'content-type': 'application/octet-stream' }, payload: png() })
+  const unnamed = await app.inject({
+    method: 'POST',
+    url: '/v1/images?context=bot',
+    headers: { 'content-type': 'application/octet-stream' },
+    payload: png(),
+  })
   t.equal(unnamed.statusCode, 201)
   t.match(unnamed.json(), { key: /^bot\/\d{4}\/\d{2}\/[a-z]{20}_image\.png$/, filename: 'image.png' })
 
@@ -271,7 +286,12 @@ t.test('invalid keys are refused before storage is touched', async (t) => {
   const server = await listen(app)
   const keys = ['a/../b', 'a/%2e%2e/b', '..', 'a//b', 'a/./b', 'a%2Fb', 'a%00b', 'a\\b', 'k'.repeat(1025), 'sp%20ace.png', '%C3%BC.png']
   for (const key of keys) {
-    for (const [method, prefix] of [['GET', '/v1/images/'], ['HEAD', '/v1/images/'], ['DELETE', '/v1/images/'], ['GET', '/files/']] as const) {
+    for (const [method, prefix] of [
+      ['GET', '/v1/images/'],
+      ['HEAD', '/v1/images/'],
+      ['DELETE', '/v1/images/'],
+      ['GET', '/files/'],
+    ] as const) {
       const response = await rawRequest(server, method, prefix + key)
       t.equal(response.status, 400, `${method} ${prefix}${key}`)
       if (method !== 'HEAD') t.equal(JSON.parse(response.body).code, 'invalid_key')
@@ -313,7 +333,12 @@ t.test('health, readiness, request ids and unknown routes', async (t) => {
 
 t.test('edge cases of the request a careful client may send', async (t) => {
   const { app } = await buildTestApp(t)
-  const twice = await app.inject({ method: 'POST', url: '/v1/images?filename=a.png&filename=b.png', headers: { 'content-type': 'image/png' }, payload: png() })
+  const twice = await app.inject({
+    method: 'POST',
+    url: '/v1/images?filename=a.png&filename=b.png',
+    headers: { 'content-type': 'image/png' },
+    payload: png(),
+  })
   t.equal(twice.statusCode, 400, 'a repeated query parameter is a client error, not a crash')
   t.equal(twice.json().code, 'invalid_request')
 
@@ -343,10 +368,20 @@ t.test('what the review found: prefixes, prototype names, raw UTF-8, long JPEG h
   t.equal((await app.inject({ method: 'DELETE', url: '/v1/images/portraits' })).statusCode, 204, 'a prefix is no object: 204')
   t.equal((await app.inject({ method: 'GET', url: '/v1/images/portraits' })).statusCode, 404)
 
-  const constructorName = await app.inject({ method: 'POST', url: '/v1/images', headers: { 'content-type': 'image/png', 'x-meta-constructor': 'x' }, payload: png() })
+  const constructorName = await app.inject({
+    method: 'POST',
+    url: '/v1/images',
+    headers: { 'content-type': 'image/png', 'x-meta-constructor': 'x' },
+    payload: png(),
+  })
   t.equal(constructorName.statusCode, 201, 'a metadata name shared with Object.prototype is an ordinary name')
 
-  const rawUtf8 = await app.inject({ method: 'POST', url: '/v1/images', headers: { 'content-type': 'image/png', 'x-meta-name': 'Thorgar Ø' }, payload: png() })
+  const rawUtf8 = await app.inject({
+    method: 'POST',
+    url: '/v1/images',
+    headers: { 'content-type': 'image/png', 'x-meta-name': 'Thorgar Ø' },
+    payload: png(),
+  })
   t.equal(rawUtf8.statusCode, 400, 'an unencoded non-ASCII header value is refused, not stored garbled')
   t.equal(rawUtf8.json().code, 'invalid_metadata')
 
@@ -360,11 +395,14 @@ t.test('what the review found: prefixes, prototype names, raw UTF-8, long JPEG h
 
   const server = await listen(app)
   const huge = await new Promise<{ status: number; type: string | undefined; body: string }>((resolve, reject) => {
-    const request = http.request({ ...server, method: 'GET', path: '/healthz', headers: { 'x-filler': 'a'.repeat(20_000) }, agent: false }, (response) => {
-      let body = ''
-      response.on('data', (chunk: Buffer) => (body += chunk))
-      response.on('end', () => resolve({ status: response.statusCode!, type: response.headers['content-type'], body }))
-    })
+    const request = http.request(
+      { ...server, method: 'GET', path: '/healthz', headers: { 'x-filler': 'a'.repeat(20_000) }, agent: false },
+      (response) => {
+        let body = ''
+        response.on('data', (chunk: Buffer) => (body += chunk))
+        response.on('end', () => resolve({ status: response.statusCode!, type: response.headers['content-type'], body }))
+      },
+    )
     request.on('error', reject)
     request.end()
   })

@@ -89,7 +89,16 @@ t.test('the address policy refuses every address that is not public unicast', as
     ['cdn.discordapp.com', /not a plain IP/],
   ]
   for (const [address, reason] of refused) t.match(addressRefusal(address), reason, `${address} is refused`)
-  for (const address of ['1.2.3.4', '162.159.128.233', '8.8.8.8', '100.63.255.255', '100.128.0.0', '2606:4700::6810:1', '::ffff:8.8.8.8', '64:ff9b::808:808']) {
+  for (const address of [
+    '1.2.3.4',
+    '162.159.128.233',
+    '8.8.8.8',
+    '100.63.255.255',
+    '100.128.0.0',
+    '2606:4700::6810:1',
+    '::ffff:8.8.8.8',
+    '64:ff9b::808:808',
+  ]) {
     t.equal(addressRefusal(address), undefined, `${address} is allowed`)
   }
 })
@@ -101,7 +110,11 @@ t.test('with the default settings, a refused URL is 400 import_refused before an
     ['http://', 'http://cdn.discordapp.com/portrait.png', /Only https/],
     ['file:', 'file:///etc/passwd', /Only https/],
     ['a host outside the allow-list', 'https://images.example.com/portrait.png', /not a host imports may fetch from/],
-    ['an allowed host as a subdomain of another', 'https://cdn.discordapp.com.evil.example/portrait.png', /not a host imports may fetch from/],
+    [
+      'an allowed host as a subdomain of another',
+      'https://cdn.discordapp.com.evil.example/portrait.png',
+      /not a host imports may fetch from/,
+    ],
     ['IPv4 loopback', 'https://127.0.0.1/', /127\.0\.0\.1 is a loopback address/],
     ['IPv6 loopback', 'https://[::1]/', /::1 is a loopback address/],
     ['the cloud metadata service', 'https://169.254.169.254/latest/meta-data/', /cloud metadata/],
@@ -122,9 +135,25 @@ t.test('with the default settings, an allowed name that resolves to a refused ad
   const spy = spyNetwork({ names: { 'cdn.discordapp.com': [LOOPBACK], 'media.discordapp.net': [CDN_ADDRESS, '::1'] } })
   const { app } = await buildTestApp(t, {}, { importNetwork: spy.network })
   await refusedWith(t, app, 'https://cdn.discordapp.com/portrait.png', /cdn\.discordapp\.com resolves to a loopback address/)
-  await refusedWith(t, app, 'https://media.discordapp.net/portrait.png', /resolves to a loopback address/, 'one loopback address among public ones')
-  await refusedWith(t, app, 'https://CDN.DISCORDAPP.COM./portrait.png', /resolves to a loopback address/, 'the name in capitals with a trailing dot')
-  t.same(spy.resolved, ['cdn.discordapp.com', 'media.discordapp.net', 'cdn.discordapp.com'], 'each name resolved through the injected resolver')
+  await refusedWith(
+    t,
+    app,
+    'https://media.discordapp.net/portrait.png',
+    /resolves to a loopback address/,
+    'one loopback address among public ones',
+  )
+  await refusedWith(
+    t,
+    app,
+    'https://CDN.DISCORDAPP.COM./portrait.png',
+    /resolves to a loopback address/,
+    'the name in capitals with a trailing dot',
+  )
+  t.same(
+    spy.resolved,
+    ['cdn.discordapp.com', 'media.discordapp.net', 'cdn.discordapp.com'],
+    'each name resolved through the injected resolver',
+  )
   t.same(spy.connections, [], 'no connection was attempted')
 })
 
@@ -160,7 +189,10 @@ t.test('with the default settings, redirects are followed at most 3 times and ea
   ]
   for (const [from, detail] of refusals) await refusedWith(t, app, `https://cdn.discordapp.com${from}`, detail, `a redirect ${from}`)
   t.equal(spy.connections.length, refusals.length, 'one connection per import: the first hop')
-  t.ok(spy.connections.every((target) => target.address === CDN_ADDRESS), 'and only ever to the checked public address')
+  t.ok(
+    spy.connections.every((target) => target.address === CDN_ADDRESS),
+    'and only ever to the checked public address',
+  )
 
   const threeHops = await importImage(app, { source_url: 'https://cdn.discordapp.com/hop/1', context: 'portraits' })
   t.equal(threeHops.statusCode, 201, 'three redirects are followed')
@@ -180,10 +212,17 @@ t.test('the connection goes to the checked address, with the original name as Ho
   // DNS rebinding: the first answer is public, every later one loopback. Only the first may be used.
   spy.network.resolve = async () => [{ address: resolutions++ === 0 ? CDN_ADDRESS : LOOPBACK, family: 4 }]
   const { app } = await buildTestApp(t, {}, { importNetwork: spy.network })
-  const res = await importImage(app, { source_url: 'https://cdn.discordapp.com/attachments/1/2/portrait.png?ex=67&hm=ab', context: 'portraits' })
+  const res = await importImage(app, {
+    source_url: 'https://cdn.discordapp.com/attachments/1/2/portrait.png?ex=67&hm=ab',
+    context: 'portraits',
+  })
   t.equal(res.statusCode, 201)
   t.equal(resolutions, 1, 'the name is resolved once')
-  t.same(spy.connections, [{ address: CDN_ADDRESS, port: 443, servername: 'cdn.discordapp.com', tls: true }], 'one TLS connection, to the checked address')
+  t.same(
+    spy.connections,
+    [{ address: CDN_ADDRESS, port: 443, servername: 'cdn.discordapp.com', tls: true }],
+    'one TLS connection, to the checked address',
+  )
   t.match(spy.requests[0], /^GET \/attachments\/1\/2\/portrait\.png\?ex=67&hm=ab HTTP\/1\.1\r\n/, 'the path and query as given')
   t.match(spy.requests[0], /\r\nhost: cdn\.discordapp\.com\r\n/i, 'Host is the original name')
 })
@@ -195,7 +234,27 @@ t.test('the system connector speaks TLS with the original name as SNI and refuse
   }
   const dir = t.testdir()
   const [key, cert] = [path.join(dir, 'key.pem'), path.join(dir, 'cert.pem')]
-  execFileSync('/usr/bin/openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '2', '-subj', '/CN=cdn.discordapp.com', '-addext', 'subjectAltName=DNS:cdn.discordapp.com'], { stdio: 'ignore' })
+  execFileSync(
+    '/usr/bin/openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-keyout',
+      key,
+      '-out',
+      cert,
+      '-days',
+      '2',
+      '-subj',
+      '/CN=cdn.discordapp.com',
+      '-addext',
+      'subjectAltName=DNS:cdn.discordapp.com',
+    ],
+    { stdio: 'ignore' },
+  )
   const context = tls.createSecureContext({ key: readFileSync(key), cert: readFileSync(cert) })
   const serverNames: string[] = []
   const server = tls.createServer({
@@ -216,7 +275,7 @@ t.test('the system connector speaks TLS with the original name as SNI and refuse
   const res = await importImage(app, { source_url: `https://cdn.discordapp.com:${port}/portrait.png`, context: 'portraits' })
   t.equal(res.statusCode, 502, 'a self-signed certificate is not trusted')
   t.match(res.json(), { code: 'import_failed', detail: /SELF_SIGNED/ })
-  t.same(serverNames, ['cdn.discordapp.com'], 'the TLS server name is the URL\'s host name, not the address')
+  t.same(serverNames, ['cdn.discordapp.com'], "the TLS server name is the URL's host name, not the address")
 })
 
 t.test('imports from a local source are stored like uploads, read back byte-exact from the local S3 server', async (t) => {
@@ -233,7 +292,8 @@ t.test('imports from a local source are stored like uploads, read back byte-exac
       '/missing.png': () => res.writeHead(404, { 'content-type': 'text/html' }).end('<h1>Not found</h1>'),
       '/error.png': () => res.writeHead(500).end(),
       '/notes.png': () => res.writeHead(200, { 'content-type': 'image/png' }).end('just some text, not an image'),
-      '/cut-short.png': () => res.writeHead(200, { 'content-type': 'image/png', 'content-length': '300000' }).end(portrait.subarray(0, 1000)),
+      '/cut-short.png': () =>
+        res.writeHead(200, { 'content-type': 'image/png', 'content-length': '300000' }).end(portrait.subarray(0, 1000)),
     }
     const route = routes[req.url ?? '']
     if (route) route()
@@ -243,20 +303,38 @@ t.test('imports from a local source are stored like uploads, read back byte-exac
   const { app } = await buildTestApp(t, { ...r2Env(s3.endpoint), ...LOCAL_SOURCE_ENV }, { importNetwork: spy.network })
 
   const sourceUrl = source.url('/attachments/1/portrait.png?ex=1')
-  const res = await importImage(app, { source_url: sourceUrl, context: 'portraits', metadata: { character_name: 'Thorgar Ø 永久', uploader_id: '1234' } })
+  const res = await importImage(app, {
+    source_url: sourceUrl,
+    context: 'portraits',
+    metadata: { character_name: 'Thorgar Ø 永久', uploader_id: '1234' },
+  })
   t.equal(res.statusCode, 201, 'a PNG is imported')
-  const stored = res.json() as { key: string; url: string; size: number; sha256: string; filename: string; content_type: string; width: number }
+  const stored = res.json() as {
+    key: string
+    url: string
+    size: number
+    sha256: string
+    filename: string
+    content_type: string
+    width: number
+  }
   t.match(stored, { size: portrait.length, sha256: sha256(portrait), filename: 'portrait.png', content_type: 'image/png', width: 16 })
   t.match(stored.key, /^portraits\/\d{4}\/\d{2}\/[a-z]{16,}_portrait\.png$/, 'the key an upload would get')
   t.equal(res.headers.location, stored.url, 'Location is the url')
   t.equal(await s3.sha256Of(stored.key), sha256(portrait), 'the stored object is byte-exact')
   const metadata = (await app.inject({ url: `/v1/images/${stored.key}` })).json().metadata as Record<string, string>
-  t.match(metadata, { migrated_from: sourceUrl, character_name: 'Thorgar Ø 永久', uploader_id: '1234', filename: 'portrait.png', sha256: sha256(portrait) })
+  t.match(metadata, {
+    migrated_from: sourceUrl,
+    character_name: 'Thorgar Ø 永久',
+    uploader_id: '1234',
+    filename: 'portrait.png',
+    sha256: sha256(portrait),
+  })
 
   const largeRes = await importImage(app, { source_url: source.url('/large.png'), context: 'portraits', filename: 'Thorgar the Large.png' })
   t.equal(largeRes.statusCode, 201, 'a 6 MiB PNG is imported')
   const largeStored = largeRes.json() as { key: string; sha256: string; filename: string }
-  t.equal(largeStored.filename, 'Thorgar the Large.png', 'the filename sent wins over the URL\'s')
+  t.equal(largeStored.filename, 'Thorgar the Large.png', "the filename sent wins over the URL's")
   t.equal(await s3.sha256Of(largeStored.key), sha256(large), 'streamed to storage byte-exact')
 
   const moved = await importImage(app, { source_url: source.url('/moved'), context: 'portraits' })
@@ -280,7 +358,10 @@ t.test('imports from a local source are stored like uploads, read back byte-exac
   t.match(closed.json(), { code: 'import_failed', detail: /could not be reached \(ECONNREFUSED\)/ })
 
   t.same((await s3.keys()).sort(), [stored.key, largeStored.key, moved.json().key].sort(), 'only the imports that succeeded are stored')
-  t.ok(spy.connections.every((target) => target.address === LOOPBACK), 'every connection went to 127.0.0.1')
+  t.ok(
+    spy.connections.every((target) => target.address === LOOPBACK),
+    'every connection went to 127.0.0.1',
+  )
 
   const metrics = await app.metricsRegistry.metrics()
   t.match(metrics, /^r2_uploads_total 3$/m, 'stored imports count as uploads')
@@ -290,7 +371,11 @@ t.test('imports from a local source are stored like uploads, read back byte-exac
 
 t.test('the test-only setting allows http and 127.0.0.1, and nothing more', async (t) => {
   const spy = spyNetwork({ names: { 'cdn.discordapp.com': [CDN_ADDRESS], 'media.discordapp.net': ['10.0.0.8'] }, loopback: true })
-  const { app } = await buildTestApp(t, { ...LOCAL_SOURCE_ENV, IMPORT_ALLOWED_HOSTS: '127.0.0.1,cdn.discordapp.com,media.discordapp.net' }, { importNetwork: spy.network })
+  const { app } = await buildTestApp(
+    t,
+    { ...LOCAL_SOURCE_ENV, IMPORT_ALLOWED_HOSTS: '127.0.0.1,cdn.discordapp.com,media.discordapp.net' },
+    { importNetwork: spy.network },
+  )
   await refusedWith(t, app, 'https://10.0.0.1/portrait.png', /private/)
   await refusedWith(t, app, 'https://127.0.0.2/portrait.png', /loopback/)
   await refusedWith(t, app, 'https://[::1]/portrait.png', /loopback/)
@@ -322,7 +407,8 @@ t.test('a slow source runs into IMPORT_TIMEOUT_MS', async (t) => {
   const closed: Promise<unknown>[] = []
   const source = await startSource(t, (req, res) => {
     closed.push(once(res, 'close'))
-    if (req.url === '/slow-body.png') res.writeHead(200, { 'content-type': 'image/png', 'content-length': '300000' }).write(pngOfSize(300_000).subarray(0, 5000))
+    if (req.url === '/slow-body.png')
+      res.writeHead(200, { 'content-type': 'image/png', 'content-length': '300000' }).write(pngOfSize(300_000).subarray(0, 5000))
     // /silent.png: never answers
   })
   const spy = spyNetwork({ loopback: true })
@@ -341,7 +427,11 @@ t.test('a slow source runs into IMPORT_TIMEOUT_MS', async (t) => {
     await closed.at(-1)
     t.pass(`${url}: the service closed its connection to the source`)
   }
-  t.same(spy.connections.map((target) => target.address), [LOOPBACK, LOOPBACK], 'the name that never resolved was never connected to')
+  t.same(
+    spy.connections.map((target) => target.address),
+    [LOOPBACK, LOOPBACK],
+    'the name that never resolved was never connected to',
+  )
   t.same(await storedFiles(dataDir), [], 'nothing stored')
 })
 
@@ -377,31 +467,81 @@ t.test('the request: JSON with source_url and context, optional filename and met
     ['a source_url over 2048 characters', { source_url: `${url}?${'x'.repeat(2048)}`, context: 'portraits' }, 'invalid_request', /2048/],
     ['no context', { source_url: url }, 'invalid_context', /context is required/],
     ['a bad context', { source_url: url, context: 'Bad!' }, 'invalid_context', /context must match/],
-    ['an unknown member', { source_url: url, context: 'portraits', sourceUrl: url }, 'invalid_request', /"sourceUrl" is not one of its members/],
+    [
+      'an unknown member',
+      { source_url: url, context: 'portraits', sourceUrl: url },
+      'invalid_request',
+      /"sourceUrl" is not one of its members/,
+    ],
     ['a filename that is not a string', { source_url: url, context: 'portraits', filename: 7 }, 'invalid_request', /filename/],
-    ['a filename over 255 bytes', { source_url: url, context: 'portraits', filename: `${'n'.repeat(300)}.png` }, 'invalid_request', /longer than 255/],
-    ['metadata that is not an object', { source_url: url, context: 'portraits', metadata: 'x' }, 'invalid_metadata', /object of string values/],
-    ['a metadata value that is not a string', { source_url: url, context: 'portraits', metadata: { uploader_id: 1234 } }, 'invalid_metadata', /object of string values/],
-    ['migrated_from in the metadata', { source_url: url, context: 'portraits', metadata: { Migrated_From: 'x' } }, 'invalid_metadata', /set by the service and may not be sent/],
-    ['a service-owned name', { source_url: url, context: 'portraits', metadata: { sha256: 'x' } }, 'invalid_metadata', /set by the service/],
-    ['metadata that fits 2 KiB only without the source URL', { source_url: url, context: 'portraits', metadata: { notes: 'x'.repeat(2000) } }, 'invalid_metadata', /2048 bytes/],
+    [
+      'a filename over 255 bytes',
+      { source_url: url, context: 'portraits', filename: `${'n'.repeat(300)}.png` },
+      'invalid_request',
+      /longer than 255/,
+    ],
+    [
+      'metadata that is not an object',
+      { source_url: url, context: 'portraits', metadata: 'x' },
+      'invalid_metadata',
+      /object of string values/,
+    ],
+    [
+      'a metadata value that is not a string',
+      { source_url: url, context: 'portraits', metadata: { uploader_id: 1234 } },
+      'invalid_metadata',
+      /object of string values/,
+    ],
+    [
+      'migrated_from in the metadata',
+      { source_url: url, context: 'portraits', metadata: { Migrated_From: 'x' } },
+      'invalid_metadata',
+      /set by the service and may not be sent/,
+    ],
+    [
+      'a service-owned name',
+      { source_url: url, context: 'portraits', metadata: { sha256: 'x' } },
+      'invalid_metadata',
+      /set by the service/,
+    ],
+    [
+      'metadata that fits 2 KiB only without the source URL',
+      { source_url: url, context: 'portraits', metadata: { notes: 'x'.repeat(2000) } },
+      'invalid_metadata',
+      /2048 bytes/,
+    ],
   ]
   for (const [what, body, code, detail] of cases) {
-    const res = await app.inject({ method: 'POST', url: '/v1/images/import', payload: JSON.stringify(body), headers: { 'content-type': 'application/json' } })
+    const res = await app.inject({
+      method: 'POST',
+      url: '/v1/images/import',
+      payload: JSON.stringify(body),
+      headers: { 'content-type': 'application/json' },
+    })
     t.equal(res.statusCode, 400, `${what}: 400`)
     t.match(res.json(), { code, detail }, `${what}: ${code}`)
   }
-  const form = await app.inject({ method: 'POST', url: '/v1/images/import', payload: `source_url=${url}&context=portraits`, headers: { 'content-type': 'application/x-www-form-urlencoded' } })
+  const form = await app.inject({
+    method: 'POST',
+    url: '/v1/images/import',
+    payload: `source_url=${url}&context=portraits`,
+    headers: { 'content-type': 'application/x-www-form-urlencoded' },
+  })
   t.equal(form.statusCode, 415, 'a body that is not JSON: 415')
   t.equal(form.json().code, 'unsupported_media_type')
-  const broken = await app.inject({ method: 'POST', url: '/v1/images/import', payload: '{"source_url":', headers: { 'content-type': 'application/json' } })
+  const broken = await app.inject({
+    method: 'POST',
+    url: '/v1/images/import',
+    payload: '{"source_url":',
+    headers: { 'content-type': 'application/json' },
+  })
   t.equal(broken.statusCode, 400, 'broken JSON: 400')
   t.equal(broken.json().code, 'invalid_request')
   t.same(spy.resolved, [], 'nothing was resolved')
   t.same(spy.connections, [], 'nothing was connected')
 })
 
-t.test('the filename: as sent, else the URL\'s last segment, else image.<ext>', async (t) => {
+t.test("the filename: as sent, else the URL's last segment, else image.<ext>", async (t) => {
   const image = png()
   const source = await startSource(t, (_req, res) => res.writeHead(200, { 'content-type': 'image/png' }).end(image))
   const { app } = await buildTestApp(t, LOCAL_SOURCE_ENV, { importNetwork: spyNetwork({ loopback: true }).network })
@@ -431,7 +571,12 @@ t.test('an import retried with the same Idempotency-Key is answered from its rec
   })
   const { app, dataDir } = await buildTestApp(t, LOCAL_SOURCE_ENV)
   const send = (body: Record<string, unknown>) =>
-    app.inject({ method: 'POST', url: '/v1/images/import', headers: { 'idempotency-key': 'migrate-rec-1' }, payload: { context: 'portraits', ...body } })
+    app.inject({
+      method: 'POST',
+      url: '/v1/images/import',
+      headers: { 'idempotency-key': 'migrate-rec-1' },
+      payload: { context: 'portraits', ...body },
+    })
 
   const first = await send({ source_url: source.url('/a.png') })
   t.equal(first.statusCode, 201)

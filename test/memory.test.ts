@@ -99,26 +99,31 @@ const uploads = {
 const GROWTH_LIMIT = 64 * MiB
 
 for (const [kind, make] of Object.entries(uploads)) {
-  t.test(`a ${kind} upload of ${IMAGE_BYTES / MiB} MiB in 1-, 2- and 3-byte chunks: peak RSS grows less than 64 MiB, stored byte-exact`, async (t) => {
-    const { file, contentType, body } = make()
-    for (const chunkSize of [1, 2, 3]) {
-      // A fresh process for each: memory a previous upload left committed would hide this one's growth.
-      const service = await startService(t, { ALLOWED_TYPES: 'image/png,image/svg+xml' })
-      // Warmed up first: the modules an upload loads on first use are not the upload's memory.
-      const warmUp = await postChunked(service.target, '/v1/images', 'image/png', chunkedBody(png(), 64 * KiB))
-      t.equal(warmUp.status, 201, warmUp.body)
-      const wire = chunkedBody(body, chunkSize)
-      const before = await resetPeakRss(service.pid)
-      const answer = await postChunked(service.target, '/v1/images', contentType, wire)
-      const growth = (await peakRss(service.pid)) - before
-      t.comment(`${kind}, ${chunkSize}-byte chunks (${Math.ceil(body.length / chunkSize)} of them): peak RSS grew ${(growth / MiB).toFixed(1)} MiB`)
-      t.equal(answer.status, 201, answer.body)
-      const stored = JSON.parse(answer.body) as { key: string; sha256: string }
-      t.equal(stored.sha256, sha256(file))
-      t.equal(await s3.sha256Of(stored.key), sha256(file), 'the stored object is byte-exact')
-      t.ok(growth < GROWTH_LIMIT, `peak RSS grew ${(growth / MiB).toFixed(1)} MiB (< 64 MiB)`)
-    }
-  })
+  t.test(
+    `a ${kind} upload of ${IMAGE_BYTES / MiB} MiB in 1-, 2- and 3-byte chunks: peak RSS grows less than 64 MiB, stored byte-exact`,
+    async (t) => {
+      const { file, contentType, body } = make()
+      for (const chunkSize of [1, 2, 3]) {
+        // A fresh process for each: memory a previous upload left committed would hide this one's growth.
+        const service = await startService(t, { ALLOWED_TYPES: 'image/png,image/svg+xml' })
+        // Warmed up first: the modules an upload loads on first use are not the upload's memory.
+        const warmUp = await postChunked(service.target, '/v1/images', 'image/png', chunkedBody(png(), 64 * KiB))
+        t.equal(warmUp.status, 201, warmUp.body)
+        const wire = chunkedBody(body, chunkSize)
+        const before = await resetPeakRss(service.pid)
+        const answer = await postChunked(service.target, '/v1/images', contentType, wire)
+        const growth = (await peakRss(service.pid)) - before
+        t.comment(
+          `${kind}, ${chunkSize}-byte chunks (${Math.ceil(body.length / chunkSize)} of them): peak RSS grew ${(growth / MiB).toFixed(1)} MiB`,
+        )
+        t.equal(answer.status, 201, answer.body)
+        const stored = JSON.parse(answer.body) as { key: string; sha256: string }
+        t.equal(stored.sha256, sha256(file))
+        t.equal(await s3.sha256Of(stored.key), sha256(file), 'the stored object is byte-exact')
+        t.ok(growth < GROWTH_LIMIT, `peak RSS grew ${(growth / MiB).toFixed(1)} MiB (< 64 MiB)`)
+      }
+    },
+  )
 }
 
 t.test('16 concurrent chunked form uploads of 50 MiB: peak RSS stays under 200 MiB, each stored byte-exact', async (t) => {

@@ -9,7 +9,7 @@ import { buildTestApp } from './helpers/app.js'
 import { pngOfSize, sha256 } from './helpers/images.js'
 import { multipartBody } from './helpers/multipart.js'
 import { r2Env, startS3 } from './helpers/s3.js'
-import { PROMTOOL, havePromtool } from './helpers/system-tools.js'
+import { havePromtool, PROMTOOL } from './helpers/system-tools.js'
 
 const KiB = 1024
 const MiB = 1024 * 1024
@@ -144,7 +144,10 @@ t.test('every metric is exposed with its type, labels and buckets, and promtool 
   t.same(bounds, [...Array.from({ length: 18 }, (_, i) => String(KiB * 2 ** i)), '+Inf'], 'size buckets 1024 … 134217728, +Inf')
   t.equal(bounds[17], '134217728')
   t.equal(valueOf(samples, 'r2_upload_latency_seconds_count'), 3, 'the latency histogram has its samples')
-  t.ok(samples.some((sample) => sample.name === 'r2_upload_latency_seconds_bucket' && sample.labels.le === '+Inf'), 'latency buckets')
+  t.ok(
+    samples.some((sample) => sample.name === 'r2_upload_latency_seconds_bucket' && sample.labels.le === '+Inf'),
+    'latency buckets',
+  )
 
   // http_request_duration_seconds: labels method, route, status_code; the route is the pattern.
   const http = samples.filter((sample) => sample.name === 'http_request_duration_seconds_count')
@@ -154,7 +157,11 @@ t.test('every metric is exposed with its type, labels and buckets, and promtool 
   t.equal(valueOf(samples, 'http_request_duration_seconds_count', { method: 'HEAD', route: '/v1/images/*', status_code: '200' }), 1)
   t.equal(valueOf(samples, 'http_request_duration_seconds_count', { method: 'DELETE', route: '/v1/images/*', status_code: '204' }), 1)
   t.equal(valueOf(samples, 'http_request_duration_seconds_count', { method: 'GET', route: 'unmatched', status_code: '404' }), 1)
-  t.same([...new Set(http.map((sample) => sample.labels.route))].sort(), ['/v1/images', '/v1/images/*', 'unmatched'], 'route labels are patterns only')
+  t.same(
+    [...new Set(http.map((sample) => sample.labels.route))].sort(),
+    ['/v1/images', '/v1/images/*', 'unmatched'],
+    'route labels are patterns only',
+  )
   for (const key of keys) {
     t.notOk(text.includes(key), `the key ${key} is nowhere in the metrics`)
     t.notOk(text.includes(key.split('/').at(-1)!), 'nor its last segment')
@@ -217,7 +224,11 @@ t.test('after N uploads of which M were refused, the counters and histograms say
     'one error of each type, labelled by its contract code',
   )
   t.equal(valueOf(samples, 'r2_upload_size_bytes_count'), N, 'the size histogram counts the stored uploads only')
-  t.equal(valueOf(samples, 'r2_upload_size_bytes_sum'), sizes.reduce((sum, size) => sum + size, 0), 'and sums their bytes')
+  t.equal(
+    valueOf(samples, 'r2_upload_size_bytes_sum'),
+    sizes.reduce((sum, size) => sum + size, 0),
+    'and sums their bytes',
+  )
   for (const sample of samples.filter((sample) => sample.name === 'r2_upload_size_bytes_bucket')) {
     const bound = promNumber(sample.labels.le!)
     t.equal(sample.value, sizes.filter((size) => size <= bound).length, `le=${sample.labels.le}`)
@@ -226,7 +237,10 @@ t.test('after N uploads of which M were refused, the counters and histograms say
   t.ok((valueOf(samples, 'r2_upload_latency_seconds_sum') ?? -1) > 0, 'the latencies add up to more than nothing')
   t.equal(valueOf(samples, 'http_request_duration_seconds_count', { method: 'POST', route: '/v1/images', status_code: '201' }), N)
   for (const { status } of refused) {
-    t.equal(valueOf(samples, 'http_request_duration_seconds_count', { method: 'POST', route: '/v1/images', status_code: String(status) }), 1)
+    t.equal(
+      valueOf(samples, 'http_request_duration_seconds_count', { method: 'POST', route: '/v1/images', status_code: String(status) }),
+      1,
+    )
   }
   t.equal(sumOf(samples, 'r2_operations_total', { class: 'A' }), N, 'refused uploads never reach the bucket')
   t.equal(valueOf(samples, 'r2_uploads_in_flight'), 0)
@@ -262,17 +276,29 @@ t.test('r2_operations_total: one Class A per single-part upload, HEAD is Class B
   let before = await classes()
   t.equal((await app.inject({ method: 'HEAD', url: `/v1/images/${keys[0]}` })).statusCode, 200)
   let after = await classes()
-  t.same({ A: after.A - before.A, B: after.B - before.B, free: after.free - before.free }, { A: 0, B: 1, free: 0 }, 'HEAD: one Class B (HeadObject)')
+  t.same(
+    { A: after.A - before.A, B: after.B - before.B, free: after.free - before.free },
+    { A: 0, B: 1, free: 0 },
+    'HEAD: one Class B (HeadObject)',
+  )
 
   before = after
   t.equal((await app.inject({ method: 'DELETE', url: `/v1/images/${keys[0]}` })).statusCode, 204)
   after = await classes()
-  t.same({ A: after.A - before.A, B: after.B - before.B, free: after.free - before.free }, { A: 0, B: 0, free: 1 }, 'DELETE: one free (DeleteObject)')
+  t.same(
+    { A: after.A - before.A, B: after.B - before.B, free: after.free - before.free },
+    { A: 0, B: 0, free: 1 },
+    'DELETE: one free (DeleteObject)',
+  )
 
   before = after
   t.equal((await app.inject({ method: 'HEAD', url: `/v1/images/${keys[0]}` })).statusCode, 404)
   after = await classes()
-  t.same({ A: after.A - before.A, B: after.B - before.B, free: after.free - before.free }, { A: 0, B: 2, free: 0 }, 'HEAD on a miss: HeadObject and HeadBucket')
+  t.same(
+    { A: after.A - before.A, B: after.B - before.B, free: after.free - before.free },
+    { A: 0, B: 2, free: 0 },
+    'HEAD on a miss: HeadObject and HeadBucket',
+  )
 
   // Past 5 MiB, a form of declared length streams up in one PutObject: still one Class A operation.
   before = after

@@ -1,13 +1,13 @@
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
-import { readFile, readdir, writeFile } from 'node:fs/promises'
+import { readdir, readFile, writeFile } from 'node:fs/promises'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
 import t, { type Test } from 'tap'
 import type { FailedLine, MapLine, MigratedLine } from '../src/cli/migration-map.js'
-import { parseCsv } from '../src/cli/records.js'
 import { Progress } from '../src/cli/progress.js'
+import { parseCsv } from '../src/cli/records.js'
 import { buildTestApp } from './helpers/app.js'
 import { listen } from './helpers/http.js'
 import { pngOfSize, sha256 } from './helpers/images.js'
@@ -70,9 +70,13 @@ async function setUp(t: Test) {
     fetched.push(id)
     res.writeHead(200, { 'content-type': 'image/png' }).end(image)
   })
-  const { app } = await buildTestApp(t, { ...r2Env(s3.endpoint), ...LOCAL_SOURCE_ENV, API_KEYS: `migrator:${TOKEN}`, RATE_LIMIT_PER_MINUTE: '100000' }, {
-    importNetwork: spyNetwork({ loopback: true }).network,
-  })
+  const { app } = await buildTestApp(
+    t,
+    { ...r2Env(s3.endpoint), ...LOCAL_SOURCE_ENV, API_KEYS: `migrator:${TOKEN}`, RATE_LIMIT_PER_MINUTE: '100000' },
+    {
+      importNetwork: spyNetwork({ loopback: true }).network,
+    },
+  )
   const idempotencyKeys: string[] = []
   app.addHook('onRequest', async (request) => {
     if (request.url === '/v1/images/import') idempotencyKeys.push(String(request.headers['idempotency-key']))
@@ -84,7 +88,13 @@ async function setUp(t: Test) {
 }
 
 /** Every stored object is one the map names, byte-exact, with migrated_from; returns the keys. */
-async function checkStored(t: Test, app: FastifyInstance, s3: Awaited<ReturnType<typeof startS3>>, map: ReadLine[], records: { id: string; sha256: string }[]) {
+async function checkStored(
+  t: Test,
+  app: FastifyInstance,
+  s3: Awaited<ReturnType<typeof startS3>>,
+  map: ReadLine[],
+  records: { id: string; sha256: string }[],
+) {
   const bySha = new Map(records.map((record) => [record.id, record.sha256]))
   for (const line of map.filter((line) => line.new_url)) {
     const key = keyOfUrl(line.new_url!)
@@ -117,74 +127,122 @@ t.test('progress: a bar redrawn in place on a terminal, plain lines otherwise', 
   now = 2000
   bar.record('failed')
   bar.finish()
-  t.match(terminal.written, /\[#{15}\.{15}\] 2\/4 \(50 %\), migrated 1, failed 1, 1\.0\/s, ETA 0:02\n$/, 'the last drawing, then a line break')
+  t.match(
+    terminal.written,
+    /\[#{15}\.{15}\] 2\/4 \(50 %\), migrated 1, failed 1, 1\.0\/s, ETA 0:02\n$/,
+    'the last drawing, then a line break',
+  )
   const log = { written: '', write: (text: string) => (log.written += text) }
   const lines = new Progress(2, log, () => now)
   lines.record('migrated')
   lines.record('migrated')
-  t.equal(log.written, 'progress: 1/2 (50 %), migrated 1, failed 0, 0.0/s, ETA ?\nprogress: 2/2 (100 %), migrated 2, failed 0, 0.0/s, ETA ?\n')
-})
-
-t.test(`${RECORDS} records, some failing at the source: the map, a non-zero exit, then a rerun that migrates only the failures`, async (t) => {
-  const { s3, app, source, records, idempotencyKeys, serviceUrl, dir } = await setUp(t)
-  const failing = ['rec-3', 'rec-17', 'rec-18', 'rec-29', 'rec-41', 'rec-49']
-  for (const id of failing) source.broken.add(id)
-  // A CSV as a spreadsheet writes it: quoted fields with commas, quotes and non-ASCII; context empty for some.
-  const quote = (text: string) => `"${text.replaceAll('"', '""')}"`
-  const rows = records.map(({ id, url }, i) =>
-    [id, url, i % 2 ? 'portraits' : '', i === 0 ? 'Thorgar.png' : '', quote(`Thorgar, the "Bold" Ø 永久 ${i}`), String(1000 + i)].join(','),
+  t.equal(
+    log.written,
+    'progress: 1/2 (50 %), migrated 1, failed 0, 0.0/s, ETA ?\nprogress: 2/2 (100 %), migrated 2, failed 0, 0.0/s, ETA ?\n',
   )
-  const input = path.join(dir, 'records.csv')
-  await writeFile(input, `id,url,context,filename,character_name,uploader_id\r\n${rows.join('\r\n')}\r\n`)
-  const mapFile = path.join(dir, 'map.jsonl')
-  const args = ['--input', input, '--map', mapFile, '--url', serviceUrl, '--rate', '500/s']
-
-  const first = await migrate(args)
-  t.equal(first.code, 1, 'exits 1: some records failed')
-  t.match(first.stdout, `Migrated ${RECORDS - failing.length}, failed ${failing.length}, skipped 0 (already migrated), of ${RECORDS} records`)
-  for (const id of failing) t.match(first.stdout, `  ${id}: 502 import_failed: The source answered 404.`, `the summary lists ${id}`)
-  t.match(first.stderr, `progress: ${RECORDS}/${RECORDS} (100 %), migrated ${RECORDS - failing.length}, failed ${failing.length}`, 'plain progress lines, not on a terminal')
-  const firstMap = await readMap(mapFile)
-  t.same(firstMap.map((line) => line.id).sort(), records.map((record) => record.id).sort(), 'one map line per id')
-  for (const line of firstMap) {
-    const fails = failing.includes(line.id)
-    t.equal(line.old_url, records.find((record) => record.id === line.id)?.url, `${line.id}: old_url`)
-    if (fails) t.match(line, { error: '502 import_failed: The source answered 404.', status: 502, retry_idempotency_key: /^migrate-[0-9a-f]{32}-1$/ }, `${line.id}: the error`)
-    else t.match(line.new_url, /^https:\/\/images\.example\.test\/(general|portraits)\/\d{4}\/\d{2}\/[a-z]{16,}_/, `${line.id}: new_url`)
-  }
-  await checkStored(t, app, s3, firstMap, records)
-  const thorgar = firstMap.find((line) => line.id === 'rec-0')!
-  t.match(thorgar.new_url, /\/general\/\d{4}\/\d{2}\/[a-z]+_Thorgar\.png$/, 'an empty context is --context (general); the filename column is used')
-  const metadata = (await app.inject({ url: `/v1/images/${keyOfUrl(thorgar.new_url!)}`, headers: AUTHORIZATION })).json().metadata as Record<string, string>
-  t.match(metadata, { character_name: 'Thorgar, the "Bold" Ø 永久 0', uploader_id: '1000' }, 'the other columns are metadata, quoted fields intact')
-  t.equal((await s3.imageKeys()).length, RECORDS - failing.length, 'one object per migrated record')
-  t.equal(new Set(idempotencyKeys).size, RECORDS, 'each record sent its own Idempotency-Key')
-
-  source.broken.clear()
-  source.fetched.length = 0
-  idempotencyKeys.length = 0
-  const rerun = await migrate(args)
-  t.equal(rerun.code, 0, 'the rerun exits 0')
-  t.match(rerun.stdout, `Migrated ${failing.length}, failed 0, skipped ${RECORDS - failing.length} (already migrated)`)
-  t.same(source.fetched.sort(), [...failing].sort(), 'only the failed records are fetched again')
-  t.ok(idempotencyKeys.every((key) => key.endsWith('-1')), 'a record the service answered with an error is retried under a new key')
-  const finalMap = await readMap(mapFile)
-  t.same(finalMap.map((line) => line.id).sort(), records.map((record) => record.id).sort(), 'still one line per id')
-  t.ok(finalMap.every((line) => line.new_url && !line.error), 'every record migrated')
-  for (const line of firstMap.filter((line) => line.new_url)) {
-    t.equal(finalMap.find((final) => final.id === line.id)?.new_url, line.new_url, `${line.id}: kept from the first run`)
-  }
-  const keys = await s3.imageKeys()
-  t.equal(keys.length, RECORDS, 'no duplicate objects')
-  t.same(keys.sort(), finalMap.map((line) => keyOfUrl(line.new_url!)).sort(), 'exactly the objects the map names')
-  await checkStored(t, app, s3, finalMap.filter((line) => failing.includes(line.id)), records)
 })
+
+t.test(
+  `${RECORDS} records, some failing at the source: the map, a non-zero exit, then a rerun that migrates only the failures`,
+  async (t) => {
+    const { s3, app, source, records, idempotencyKeys, serviceUrl, dir } = await setUp(t)
+    const failing = ['rec-3', 'rec-17', 'rec-18', 'rec-29', 'rec-41', 'rec-49']
+    for (const id of failing) source.broken.add(id)
+    // A CSV as a spreadsheet writes it: quoted fields with commas, quotes and non-ASCII; context empty for some.
+    const quote = (text: string) => `"${text.replaceAll('"', '""')}"`
+    const rows = records.map(({ id, url }, i) =>
+      [id, url, i % 2 ? 'portraits' : '', i === 0 ? 'Thorgar.png' : '', quote(`Thorgar, the "Bold" Ø 永久 ${i}`), String(1000 + i)].join(
+        ',',
+      ),
+    )
+    const input = path.join(dir, 'records.csv')
+    await writeFile(input, `id,url,context,filename,character_name,uploader_id\r\n${rows.join('\r\n')}\r\n`)
+    const mapFile = path.join(dir, 'map.jsonl')
+    const args = ['--input', input, '--map', mapFile, '--url', serviceUrl, '--rate', '500/s']
+
+    const first = await migrate(args)
+    t.equal(first.code, 1, 'exits 1: some records failed')
+    t.match(
+      first.stdout,
+      `Migrated ${RECORDS - failing.length}, failed ${failing.length}, skipped 0 (already migrated), of ${RECORDS} records`,
+    )
+    for (const id of failing) t.match(first.stdout, `  ${id}: 502 import_failed: The source answered 404.`, `the summary lists ${id}`)
+    t.match(
+      first.stderr,
+      `progress: ${RECORDS}/${RECORDS} (100 %), migrated ${RECORDS - failing.length}, failed ${failing.length}`,
+      'plain progress lines, not on a terminal',
+    )
+    const firstMap = await readMap(mapFile)
+    t.same(firstMap.map((line) => line.id).sort(), records.map((record) => record.id).sort(), 'one map line per id')
+    for (const line of firstMap) {
+      const fails = failing.includes(line.id)
+      t.equal(line.old_url, records.find((record) => record.id === line.id)?.url, `${line.id}: old_url`)
+      if (fails)
+        t.match(
+          line,
+          { error: '502 import_failed: The source answered 404.', status: 502, retry_idempotency_key: /^migrate-[0-9a-f]{32}-1$/ },
+          `${line.id}: the error`,
+        )
+      else t.match(line.new_url, /^https:\/\/images\.example\.test\/(general|portraits)\/\d{4}\/\d{2}\/[a-z]{16,}_/, `${line.id}: new_url`)
+    }
+    await checkStored(t, app, s3, firstMap, records)
+    const thorgar = firstMap.find((line) => line.id === 'rec-0')!
+    t.match(
+      thorgar.new_url,
+      /\/general\/\d{4}\/\d{2}\/[a-z]+_Thorgar\.png$/,
+      'an empty context is --context (general); the filename column is used',
+    )
+    const metadata = (await app.inject({ url: `/v1/images/${keyOfUrl(thorgar.new_url!)}`, headers: AUTHORIZATION })).json()
+      .metadata as Record<string, string>
+    t.match(
+      metadata,
+      { character_name: 'Thorgar, the "Bold" Ø 永久 0', uploader_id: '1000' },
+      'the other columns are metadata, quoted fields intact',
+    )
+    t.equal((await s3.imageKeys()).length, RECORDS - failing.length, 'one object per migrated record')
+    t.equal(new Set(idempotencyKeys).size, RECORDS, 'each record sent its own Idempotency-Key')
+
+    source.broken.clear()
+    source.fetched.length = 0
+    idempotencyKeys.length = 0
+    const rerun = await migrate(args)
+    t.equal(rerun.code, 0, 'the rerun exits 0')
+    t.match(rerun.stdout, `Migrated ${failing.length}, failed 0, skipped ${RECORDS - failing.length} (already migrated)`)
+    t.same(source.fetched.sort(), [...failing].sort(), 'only the failed records are fetched again')
+    t.ok(
+      idempotencyKeys.every((key) => key.endsWith('-1')),
+      'a record the service answered with an error is retried under a new key',
+    )
+    const finalMap = await readMap(mapFile)
+    t.same(finalMap.map((line) => line.id).sort(), records.map((record) => record.id).sort(), 'still one line per id')
+    t.ok(
+      finalMap.every((line) => line.new_url && !line.error),
+      'every record migrated',
+    )
+    for (const line of firstMap.filter((line) => line.new_url)) {
+      t.equal(finalMap.find((final) => final.id === line.id)?.new_url, line.new_url, `${line.id}: kept from the first run`)
+    }
+    const keys = await s3.imageKeys()
+    t.equal(keys.length, RECORDS, 'no duplicate objects')
+    t.same(keys.sort(), finalMap.map((line) => keyOfUrl(line.new_url!)).sort(), 'exactly the objects the map names')
+    await checkStored(
+      t,
+      app,
+      s3,
+      finalMap.filter((line) => failing.includes(line.id)),
+      records,
+    )
+  },
+)
 
 t.test('a run killed midway and restarted ends with every id exactly once in the map', async (t) => {
   const { s3, source, records, serviceUrl, dir } = await setUp(t)
   source.delayMs = 60
   const input = path.join(dir, 'records.jsonl')
-  await writeFile(input, records.map(({ id, url }) => JSON.stringify({ id, url, context: 'portraits', metadata: { uploader_id: id } })).join('\n'))
+  await writeFile(
+    input,
+    records.map(({ id, url }) => JSON.stringify({ id, url, context: 'portraits', metadata: { uploader_id: id } })).join('\n'),
+  )
   const mapFile = path.join(dir, 'map.jsonl')
   const args = ['--input', input, '--map', mapFile, '--url', serviceUrl, '--rate', '500/s']
 
@@ -203,8 +261,12 @@ t.test('a run killed midway and restarted ends with every id exactly once in the
   const map = await readMap(mapFile)
   t.equal(map.length, RECORDS, `${RECORDS} lines`)
   t.same(map.map((line) => line.id).sort(), records.map((record) => record.id).sort(), 'every id exactly once')
-  t.ok(map.every((line) => line.new_url), 'all migrated')
-  for (const line of partial) t.equal(map.find((final) => final.id === line.id)?.new_url, line.new_url, `${line.id}: the line written before the kill stands`)
+  t.ok(
+    map.every((line) => line.new_url),
+    'all migrated',
+  )
+  for (const line of partial)
+    t.equal(map.find((final) => final.id === line.id)?.new_url, line.new_url, `${line.id}: the line written before the kill stands`)
   // Imports in flight at the kill were retried with the same Idempotency-Key: replayed, or stored only then.
   t.equal((await s3.imageKeys()).length, RECORDS, `${RECORDS} images stored for ${RECORDS} records, none twice`)
   t.same((await readdir(dir)).sort(), ['map.jsonl', 'records.jsonl'], 'no temporary files left')
@@ -224,8 +286,14 @@ t.test('SIGINT stops the run after the imports in flight, with a compacted map a
   t.match(stopped.stderr, 'Stopping: finishing the imports in flight')
   const map = await readMap(mapFile)
   t.ok(map.length >= 8 && map.length < RECORDS, `${map.length} records migrated before it stopped`)
-  t.ok(map.every((line) => line.new_url), 'the imports in flight finished and were written')
-  t.match(stopped.stdout, `Migrated ${map.length}, failed 0, skipped 0 (already migrated), not attempted ${RECORDS - map.length}, of ${RECORDS} records`)
+  t.ok(
+    map.every((line) => line.new_url),
+    'the imports in flight finished and were written',
+  )
+  t.match(
+    stopped.stdout,
+    `Migrated ${map.length}, failed 0, skipped 0 (already migrated), not attempted ${RECORDS - map.length}, of ${RECORDS} records`,
+  )
   t.equal(source.fetched.length, map.length, 'nothing was fetched that the map does not name')
 })
 

@@ -10,29 +10,29 @@ import { buildMetricsApp } from '../src/app.js'
 import type { ImageMetadata, StoredImage } from '../src/client.js'
 import { loadConfig } from '../src/config.js'
 import { ERROR_CATALOGUE } from '../src/errors.js'
+import type { UsageReport } from '../src/plugins/usage.js'
 import { FREE_TIER } from '../src/plugins/usage.js'
 import { OPENAPI_PATH } from '../src/routes/openapi.js'
 import { FsDriver } from '../src/storage/fs.js'
 import { assertValidKey } from '../src/upload/keys.js'
 import { buildTestApp } from './helpers/app.js'
 import {
-  CONTRACT_HEAD_ROUTES,
-  SECURITY_HEADERS,
   assertRoutesMatch,
   buildRecordingRoutes,
+  CONTRACT_HEAD_ROUTES,
   conforms,
+  type Operation,
   operationsOf,
   rawDocument,
+  type Schema,
+  SECURITY_HEADERS,
   spec,
   validatorFor,
-  type Operation,
-  type Schema,
 } from './helpers/contract.js'
 import { overSocket } from './helpers/http.js'
 import { png, pngHeaderOnly } from './helpers/images.js'
 import { LOCAL_SOURCE_ENV, spyNetwork, startSource } from './helpers/import.js'
 import { multipartBody } from './helpers/multipart.js'
-import type { UsageReport } from '../src/plugins/usage.js'
 
 /** A token of the shape API_KEYS requires, for the key named `bot`. */
 const TOKEN = 'tok-'.padEnd(40, '7')
@@ -61,7 +61,8 @@ const importBody = (path = '/portrait.png') => JSON.stringify({ source_url: impo
 function requestFor(method: string, specPath: string, key: string, headers: Record<string, string> = {}): Parameters<typeof overSocket>[1] {
   const url = specPath.replace('{key}', key)
   if (method !== 'POST') return { method, url, headers }
-  if (specPath === '/v1/images/import') return { method, url, payload: importBody(), headers: { 'content-type': 'application/json', ...headers } }
+  if (specPath === '/v1/images/import')
+    return { method, url, payload: importBody(), headers: { 'content-type': 'application/json', ...headers } }
   const form = upload()
   return { method, url, payload: form.payload, headers: { ...form.headers, ...headers } }
 }
@@ -103,7 +104,8 @@ t.test('the document agrees with the code it describes', async (t) => {
     for (const { method, path, operation } of operationsOf(spec)) {
       for (const [status, response] of Object.entries(operation.responses)) {
         t.equal(response.headers?.['X-Request-Id']?.required, true, `${method} ${path} ${status}: X-Request-Id`)
-        if (status === '503' || status === '429') t.equal(response.headers?.['Retry-After']?.required, true, `${method} ${path} ${status}: Retry-After`)
+        if (status === '503' || status === '429')
+          t.equal(response.headers?.['Retry-After']?.required, true, `${method} ${path} ${status}: Retry-After`)
         if (status === '401') t.equal(response.headers?.['WWW-Authenticate']?.required, true, `${method} ${path} 401: WWW-Authenticate`)
       }
     }
@@ -123,21 +125,40 @@ t.test('the document agrees with the code it describes', async (t) => {
         t.ok(operation.responses['401'], `${label} documents 401`)
         t.ok(operation.responses['429'], `${label} documents 429`)
       } else {
-        t.ok(operation.security === undefined || (Array.isArray(operation.security) && operation.security.length === 0), `${label} is public`)
+        t.ok(
+          operation.security === undefined || (Array.isArray(operation.security) && operation.security.length === 0),
+          `${label} is public`,
+        )
         t.notOk(operation.responses['401'], `${label} has no 401`)
         t.notOk(operation.responses['429'], `${label} has no 429`)
       }
     }
     const upload = (spec.paths['/v1/images']!.post as Operation).responses
     const busy = (upload['503']!.content!['application/problem+json']!.schema!.allOf as Schema[])[1]!.properties as Record<string, Schema>
-    t.same([...((busy.code!.enum as string[] | undefined) ?? [])].sort(), ['server_busy', 'storage_unavailable'], 'POST 503 lists both codes')
+    t.same(
+      [...((busy.code!.enum as string[] | undefined) ?? [])].sort(),
+      ['server_busy', 'storage_unavailable'],
+      'POST 503 lists both codes',
+    )
     t.ok(upload['422'], 'POST documents 422')
   })
 
   t.test('the info section documents the security headers, the limits and the timeouts', async (t) => {
     const text = rawDocument.info.description.replace(/\s+/g, ' ')
     for (const [documented] of SECURITY_HEADERS) t.ok(text.includes(documented), documented)
-    const variables = ['API_KEYS', 'RATE_LIMIT_PER_MINUTE', 'MAX_CONCURRENT_UPLOADS', 'CORS_ORIGINS', 'MAX_IMAGE_PIXELS', 'MAX_UPLOAD_BYTES', 'REQUEST_TIMEOUT_MS', 'HEADERS_TIMEOUT_MS', 'IDLE_TIMEOUT_MS', 'IMPORT_ALLOWED_HOSTS', 'IMPORT_TIMEOUT_MS']
+    const variables = [
+      'API_KEYS',
+      'RATE_LIMIT_PER_MINUTE',
+      'MAX_CONCURRENT_UPLOADS',
+      'CORS_ORIGINS',
+      'MAX_IMAGE_PIXELS',
+      'MAX_UPLOAD_BYTES',
+      'REQUEST_TIMEOUT_MS',
+      'HEADERS_TIMEOUT_MS',
+      'IDLE_TIMEOUT_MS',
+      'IMPORT_ALLOWED_HOSTS',
+      'IMPORT_TIMEOUT_MS',
+    ]
     for (const variable of [...variables, 'METRICS_PORT', 'USAGE_SCAN_INTERVAL_S', 'SHUTDOWN_TIMEOUT_MS']) {
       t.ok(text.includes(`\`${variable}\``), variable)
     }
@@ -160,7 +181,11 @@ t.test('the document agrees with the code it describes', async (t) => {
     t.ok(text.includes(`\`IMPORT_ALLOWED_HOSTS\`, default \`${config.imports.allowedHosts.join(',')}\``), 'IMPORT_ALLOWED_HOSTS default')
     t.equal(config.metricsPort, undefined, 'METRICS_PORT has no default')
     t.ok(text.includes('`METRICS_PORT`, unset by default'), 'METRICS_PORT: unset by default')
-    t.match(text, /## Graceful shutdown .*`SHUTDOWN_TIMEOUT_MS`.* 503 `storage_unavailable`/, 'graceful shutdown: uploads aborted at shutdown are 503 storage_unavailable')
+    t.match(
+      text,
+      /## Graceful shutdown .*`SHUTDOWN_TIMEOUT_MS`.* 503 `storage_unavailable`/,
+      'graceful shutdown: uploads aborted at shutdown are 503 storage_unavailable',
+    )
   })
 
   t.test('the Key schema accepts exactly the keys the service accepts', async (t) => {
@@ -194,31 +219,62 @@ t.test('the document agrees with the code it describes', async (t) => {
       } catch {
         accepted = false
       }
-      t.equal(validate(key), accepted, `${JSON.stringify(key.length > 40 ? `${key.slice(0, 20)}…(${key.length})` : key)}: ${accepted ? 'valid' : 'invalid'}`)
+      t.equal(
+        validate(key),
+        accepted,
+        `${JSON.stringify(key.length > 40 ? `${key.slice(0, 20)}…(${key.length})` : key)}: ${accepted ? 'valid' : 'invalid'}`,
+      )
     }
   })
 
   t.test('the schemas are strict enough to catch a wrong body', async (t) => {
     const created = (spec.paths['/v1/images']!.post as Operation).responses['201']!.content!['application/json']!.schema!
-    const body = { url: 'http://x.test/files/general/2025/05/abcdefghijklmnopqrst_a.png', key: 'general/2025/05/abcdefghijklmnopqrst_a.png', size: 1, filename: 'a.png', content_type: 'image/png', sha256: 'a'.repeat(64), width: 1, height: 1 }
+    const body = {
+      url: 'http://x.test/files/general/2025/05/abcdefghijklmnopqrst_a.png',
+      key: 'general/2025/05/abcdefghijklmnopqrst_a.png',
+      size: 1,
+      filename: 'a.png',
+      content_type: 'image/png',
+      sha256: 'a'.repeat(64),
+      width: 1,
+      height: 1,
+    }
     t.ok(validatorFor(created)(body), 'a well-formed 201 body passes')
     const { sha256: _, ...withoutHash } = body
     t.notOk(validatorFor(created)(withoutHash), 'a 201 body without sha256 fails')
     t.notOk(validatorFor(created)({ ...body, extra: 1 }), 'a 201 body with an undocumented member fails')
     const notFound = (spec.paths['/v1/images/{key}']!.get as Operation).responses['404']!.content!['application/problem+json']!.schema!
-    const problem = { type: 'urn:image-upload-service:problem:not_found', title: 'No such object', status: 404, detail: 'x', code: 'not_found', request_id: 'r1' }
+    const problem = {
+      type: 'urn:image-upload-service:problem:not_found',
+      title: 'No such object',
+      status: 404,
+      detail: 'x',
+      code: 'not_found',
+      request_id: 'r1',
+    }
     t.ok(validatorFor(notFound)(problem), 'a well-formed 404 problem passes')
     t.notOk(validatorFor(notFound)({ ...problem, code: 'invalid_key' }), 'a 404 problem with another code fails')
     t.notOk(validatorFor(notFound)({ ...problem, fallback_url: 'https://x.test/a.png' }), 'fallback_url is for upload errors only')
 
     // A server_busy answer as the service builds it (the socket test below produces a real one too).
     const unavailable = (spec.paths['/v1/images']!.post as Operation).responses['503']!.content!['application/problem+json']!.schema!
-    const busy = { type: 'urn:image-upload-service:problem:server_busy', title: ERROR_CATALOGUE.server_busy.title, status: 503, detail: 'x', code: 'server_busy', request_id: 'r2', fallback_url: 'https://x.test/a.png' }
+    const busy = {
+      type: 'urn:image-upload-service:problem:server_busy',
+      title: ERROR_CATALOGUE.server_busy.title,
+      status: 503,
+      detail: 'x',
+      code: 'server_busy',
+      request_id: 'r2',
+      fallback_url: 'https://x.test/a.png',
+    }
     t.ok(validatorFor(unavailable)(busy), 'a server_busy problem passes')
     t.ok(validatorFor(unavailable)({ ...busy, code: 'storage_unavailable' }), 'a storage_unavailable problem passes')
     t.notOk(validatorFor(unavailable)({ ...busy, code: 'rate_limited' }), 'a 503 with a code of another status fails')
     t.notOk(validatorFor(unavailable)({ ...busy, status: 429 }), 'a 503 body with another status fails')
-    t.ok(validatorFor(created)({ ...body, key: 'general/2025/05/abcdefghijklmnopqrst_a.svg', content_type: 'image/svg+xml' }), 'an SVG 201 body passes')
+    t.ok(
+      validatorFor(created)({ ...body, key: 'general/2025/05/abcdefghijklmnopqrst_a.svg', content_type: 'image/svg+xml' }),
+      'an SVG 201 body passes',
+    )
     t.notOk(validatorFor(created)({ ...body, content_type: 'image/tiff' }), 'a type the service does not store fails')
 
     const usage = (spec.paths['/v1/usage']!.get as Operation).responses['200']!.content!['application/json']!.schema!
@@ -259,7 +315,12 @@ t.test('the documented routes are exactly the registered routes', async (t) => {
       R2_PUBLIC_URL: 'https://images.example.test',
     })
     t.notOk(app.hasRoute({ method: 'GET', url: '/files/*' }), '/files is not registered')
-    assertRoutesMatch(t, app, routes, documented.filter((route) => !route.includes(' /files/')))
+    assertRoutesMatch(
+      t,
+      app,
+      routes,
+      documented.filter((route) => !route.includes(' /files/')),
+    )
   })
 })
 
@@ -342,8 +403,18 @@ t.test('answers conform to the document', async (t) => {
       ['service-owned metadata', raw('/v1/images', { 'content-type': 'image/png', 'x-meta-sha256': 'x' }, png()), 400, 'invalid_metadata'],
       ['an empty file', form([{ name: 'file', filename: 'a.png', data: Buffer.alloc(0) }]), 400, 'empty_file'],
       ['no file part', form([{ name: 'character_name', value: 'x' }]), 400, 'invalid_request'],
-      ['a 50,000 × 50,000 PNG header, multipart', form([{ name: 'file', filename: 'bomb.png', data: pngHeaderOnly(50_000, 50_000) }]), 422, 'image_too_many_pixels'],
-      ['a 50,000 × 50,000 PNG header, raw', raw('/v1/images', { 'content-type': 'image/png' }, pngHeaderOnly(50_000, 50_000)), 422, 'image_too_many_pixels'],
+      [
+        'a 50,000 × 50,000 PNG header, multipart',
+        form([{ name: 'file', filename: 'bomb.png', data: pngHeaderOnly(50_000, 50_000) }]),
+        422,
+        'image_too_many_pixels',
+      ],
+      [
+        'a 50,000 × 50,000 PNG header, raw',
+        raw('/v1/images', { 'content-type': 'image/png' }, pngHeaderOnly(50_000, 50_000)),
+        422,
+        'image_too_many_pixels',
+      ],
     ]
     for (const [what, request, status, code] of cases) {
       const res = await overSocket(app, request)
@@ -358,7 +429,12 @@ t.test('answers conform to the document', async (t) => {
     const fallback = 'https://cdn.example.test/default-portrait.png'
     const { app } = await buildTestApp(t, { ...IMPORT_ENV, DEFAULT_PORTRAIT_URL: fallback }, importOptions())
     const json = { 'content-type': 'application/json' }
-    const importOf = (body: string, headers: Record<string, string> = json) => ({ method: 'POST', url: '/v1/images/import', headers, payload: body })
+    const importOf = (body: string, headers: Record<string, string> = json) => ({
+      method: 'POST',
+      url: '/v1/images/import',
+      headers,
+      payload: body,
+    })
 
     const created = await overSocket(app, importOf(importBody()))
     t.equal(created.statusCode, 201)
@@ -375,10 +451,20 @@ t.test('answers conform to the document', async (t) => {
       ['a private address', importOf(body('https://10.0.0.1/a.png')), 400, 'import_refused'],
       ['an unknown member', importOf(body(importSource.url('/portrait.png'), { sourceUrl: 'x' })), 400, 'invalid_request'],
       ['no context', importOf(JSON.stringify({ source_url: importSource.url('/portrait.png') })), 400, 'invalid_context'],
-      ['migrated_from in the metadata', importOf(body(importSource.url('/portrait.png'), { metadata: { migrated_from: 'x' } })), 400, 'invalid_metadata'],
+      [
+        'migrated_from in the metadata',
+        importOf(body(importSource.url('/portrait.png'), { metadata: { migrated_from: 'x' } })),
+        400,
+        'invalid_metadata',
+      ],
       ['a source that answers 404', importOf(importBody('/missing.png')), 502, 'import_failed'],
       ['a source that is not an image', importOf(importBody('/notes.png')), 415, 'unsupported_media_type'],
-      ['a request that is not JSON', importOf('source_url=x', { 'content-type': 'application/x-www-form-urlencoded' }), 415, 'unsupported_media_type'],
+      [
+        'a request that is not JSON',
+        importOf('source_url=x', { 'content-type': 'application/x-www-form-urlencoded' }),
+        415,
+        'unsupported_media_type',
+      ],
       ['a 50,000 × 50,000 PNG header at the source', importOf(importBody('/bomb.png')), 422, 'image_too_many_pixels'],
     ]
     for (const [what, request, status, code] of cases) {
@@ -400,7 +486,10 @@ t.test('answers conform to the document', async (t) => {
     const { app } = await buildTestApp(t, { MAX_UPLOAD_BYTES: '32', DEFAULT_PORTRAIT_URL: fallback })
     const answers = [
       ['multipart, while streaming', await overSocket(app, { method: 'POST', url: '/v1/images', ...upload() })],
-      ['raw, from Content-Length', await overSocket(app, { method: 'POST', url: '/v1/images', headers: { 'content-type': 'image/png' }, payload: png() })],
+      [
+        'raw, from Content-Length',
+        await overSocket(app, { method: 'POST', url: '/v1/images', headers: { 'content-type': 'image/png' }, payload: png() }),
+      ],
     ] as const
     for (const [what, res] of answers) {
       t.equal(res.statusCode, 413, what)
@@ -410,7 +499,12 @@ t.test('answers conform to the document', async (t) => {
       t.equal(res.headers.connection, 'close', `${what}: Connection: close`)
     }
     // The control: an error answered after the whole body was read keeps the connection.
-    const unsupported = await overSocket(app, { method: 'POST', url: '/v1/images', headers: { 'content-type': 'image/png' }, payload: 'not png' })
+    const unsupported = await overSocket(app, {
+      method: 'POST',
+      url: '/v1/images',
+      headers: { 'content-type': 'image/png' },
+      payload: 'not png',
+    })
     t.equal(unsupported.statusCode, 415)
     conforms(t, 'POST', '/v1/images', unsupported)
     t.equal(unsupported.headers.connection, 'keep-alive', 'a 415 after the whole body keeps the connection open')
@@ -494,7 +588,9 @@ t.test('answers conform to the document', async (t) => {
 
     // The control: the same requests with the right token are served (DELETE last, as it removes the object).
     const served: Record<string, number> = { POST: 201, HEAD: 200, GET: 200, DELETE: 204 }
-    const secured = operations.filter(({ operation }) => isSecured(operation)).sort((a, b) => Number(a.method === 'DELETE') - Number(b.method === 'DELETE'))
+    const secured = operations
+      .filter(({ operation }) => isSecured(operation))
+      .sort((a, b) => Number(a.method === 'DELETE') - Number(b.method === 'DELETE'))
     for (const { method, path } of secured) {
       const res = await overSocket(app, requestFor(method, path, key, bearer(TOKEN)))
       t.equal(res.statusCode, served[method], `${method} ${path} with the right token`)
@@ -571,7 +667,12 @@ t.test('answers conform to the document', async (t) => {
   t.test('SVG: stored when allowed and safe, served sandboxed; 415 otherwise', async (t) => {
     const drawing = '<svg xmlns="http://www.w3.org/2000/svg" width="40" height="30"><rect width="40" height="30" fill="#c33"/></svg>'
     const scripted = drawing.replace('<rect', '<script>alert(1)</script><rect')
-    const svgUpload = (document: string) => ({ method: 'POST', url: '/v1/images?filename=drawing.svg', headers: { 'content-type': 'image/svg+xml' }, payload: document })
+    const svgUpload = (document: string) => ({
+      method: 'POST',
+      url: '/v1/images?filename=drawing.svg',
+      headers: { 'content-type': 'image/svg+xml' },
+      payload: document,
+    })
     const { app } = await buildTestApp(t, { ALLOWED_TYPES: 'image/png,image/svg+xml' })
 
     const created = await overSocket(app, svgUpload(drawing))
@@ -590,7 +691,9 @@ t.test('answers conform to the document', async (t) => {
     conforms(t, 'GET', '/files/{key}', file)
     t.equal(file.body, drawing, 'the same bytes')
     t.equal(file.headers['content-security-policy'], "default-src 'none';frame-ancestors 'none'; sandbox", 'served sandboxed')
-    const raster = JSON.parse((await overSocket(app, { method: 'POST', url: '/v1/images', headers: { 'content-type': 'image/png' }, payload: png() })).body) as StoredImage
+    const raster = JSON.parse(
+      (await overSocket(app, { method: 'POST', url: '/v1/images', headers: { 'content-type': 'image/png' }, payload: png() })).body,
+    ) as StoredImage
     const rasterFile = await overSocket(app, { url: `/files/${raster.key}` })
     conforms(t, 'GET', '/files/{key}', rasterFile)
     t.equal(rasterFile.headers['content-security-policy'], "default-src 'none';frame-ancestors 'none'", 'a raster image is not sandboxed')
@@ -601,7 +704,10 @@ t.test('answers conform to the document', async (t) => {
     const { app: rasterOnly } = await buildTestApp(t)
     const notAllowed = await overSocket(rasterOnly, svgUpload(drawing))
     t.equal(notAllowed.statusCode, 415, 'SVG is opt-in')
-    t.match(conforms(t, 'POST', '/v1/images', notAllowed), { code: 'unsupported_media_type', detail: /allowed: image\/jpeg, image\/png, image\/gif, image\/webp/ })
+    t.match(conforms(t, 'POST', '/v1/images', notAllowed), {
+      code: 'unsupported_media_type',
+      detail: /allowed: image\/jpeg, image\/png, image\/gif, image\/webp/,
+    })
   })
 
   t.test('GET /v1/usage: the report, rescans, and 400 for a bad rescan', async (t) => {
@@ -622,7 +728,10 @@ t.test('answers conform to the document', async (t) => {
       t.same(report.limits, FREE_TIER, `${label}: the limits are R2's free tier`)
       for (const figure of ['storage_bytes', 'class_a_operations', 'class_b_operations'] as const) {
         const exact = (100 * report[figure]) / report.limits[figure]
-        t.ok(Math.abs(report.percentages[figure] - exact) <= 0.005 + 1e-9, `${label}: ${figure} ${report.percentages[figure]} % is ${exact} % to 2 decimals`)
+        t.ok(
+          Math.abs(report.percentages[figure] - exact) <= 0.005 + 1e-9,
+          `${label}: ${figure} ${report.percentages[figure]} % is ${exact} % to 2 decimals`,
+        )
         t.equal(Math.round(report.percentages[figure] * 100), report.percentages[figure] * 100, `${label}: ${figure}: at most 2 decimals`)
       }
       t.equal(report.month, new Date().toISOString().slice(0, 7), `${label}: this UTC month`)
@@ -656,22 +765,19 @@ t.test('answers conform to the document', async (t) => {
     }
   })
 
-  t.test(
-    'GET /v1/usage: a backend that cannot be listed is a storage error, not a bug',
-    async (t) => {
-      const { app } = await buildTestApp(t, {
-        STORAGE_DRIVER: 'r2',
-        R2_ENDPOINT: 'http://127.0.0.1:9',
-        R2_ACCESS_KEY_ID: 'test-access-key',
-        R2_SECRET_ACCESS_KEY: 'test-secret-key',
-        R2_PUBLIC_URL: 'https://images.example.test',
-      })
-      const res = await app.inject({ url: '/v1/usage' })
-      t.equal(res.statusCode, 503, 'an unreachable backend')
-      t.match(conforms(t, 'GET', '/v1/usage', res), { code: 'storage_unavailable' })
-      t.equal(res.headers['retry-after'], '5', 'Retry-After: 5')
-    },
-  )
+  t.test('GET /v1/usage: a backend that cannot be listed is a storage error, not a bug', async (t) => {
+    const { app } = await buildTestApp(t, {
+      STORAGE_DRIVER: 'r2',
+      R2_ENDPOINT: 'http://127.0.0.1:9',
+      R2_ACCESS_KEY_ID: 'test-access-key',
+      R2_SECRET_ACCESS_KEY: 'test-secret-key',
+      R2_PUBLIC_URL: 'https://images.example.test',
+    })
+    const res = await app.inject({ url: '/v1/usage' })
+    t.equal(res.statusCode, 503, 'an unreachable backend')
+    t.match(conforms(t, 'GET', '/v1/usage', res), { code: 'storage_unavailable' })
+    t.equal(res.headers['retry-after'], '5', 'Retry-After: 5')
+  })
 
   t.test('GET /metrics on the public port: Prometheus text with the key, 401 without', async (t) => {
     const { app } = await buildTestApp(t, { API_KEYS })
@@ -685,7 +791,10 @@ t.test('answers conform to the document', async (t) => {
     t.match(scraped.body, /^r2_uploads_total 1$/m, 'and counts the upload')
     t.equal(scraped.headers['x-ratelimit-limit'], '120', 'rate-limited like /v1/*')
 
-    for (const [what, headers] of [['no token', {}], ['a wrong token', bearer(WRONG_TOKEN)]] as const) {
+    for (const [what, headers] of [
+      ['no token', {}],
+      ['a wrong token', bearer(WRONG_TOKEN)],
+    ] as const) {
       const refused = await overSocket(app, { url: '/metrics', headers })
       t.equal(refused.statusCode, 401, `${what}: 401`)
       t.equal(refused.headers['www-authenticate'], WWW_AUTHENTICATE, `${what}: WWW-Authenticate`)
@@ -698,7 +807,10 @@ t.test('answers conform to the document', async (t) => {
     const { app, config } = await buildTestApp(t, { API_KEYS, METRICS_PORT: '0' })
     t.equal(config.metricsPort, 0, 'METRICS_PORT is set')
     t.notOk(app.hasRoute({ method: 'GET', url: '/metrics' }), '/metrics is not registered on the public app')
-    for (const [what, headers] of [['with the key', bearer(TOKEN)], ['without a key', {}]] as const) {
+    for (const [what, headers] of [
+      ['with the key', bearer(TOKEN)],
+      ['without a key', {}],
+    ] as const) {
       const res = await overSocket(app, { url: '/metrics', headers })
       t.equal(res.statusCode, 404, `${what}: 404`)
       t.match(conforms(t, 'GET', '/metrics', res), { code: 'not_found' }, `${what}: not_found`)
@@ -709,7 +821,7 @@ t.test('answers conform to the document', async (t) => {
     const scraped = await metricsApp.inject({ url: '/metrics' })
     t.equal(scraped.statusCode, 200, 'the metrics-only server needs no key')
     t.equal(scraped.headers['content-type'], 'text/plain; version=0.0.4; charset=utf-8', 'the Prometheus text format')
-    t.match(scraped.body, /^r2_uploads_total 0$/m, 'the public app\'s metrics')
+    t.match(scraped.body, /^r2_uploads_total 0$/m, "the public app's metrics")
   })
 
   t.test('GET /openapi.yaml serves this file', async (t) => {

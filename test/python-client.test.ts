@@ -10,7 +10,7 @@ import { buildTestApp } from './helpers/app.js'
 import { listen, silentServer } from './helpers/http.js'
 import { pngOfSize, sha256 } from './helpers/images.js'
 import { r2Env, startS3 } from './helpers/s3.js'
-import { PYTHON, havePythonAiohttp } from './helpers/system-tools.js'
+import { havePythonAiohttp, PYTHON } from './helpers/system-tools.js'
 
 // The bot's client (clients/python/image_service_client.py), run by Debian's Python with Debian's aiohttp,
 // against the service on a loopback port storing on s3rver. test/python/client_check.py drives the client
@@ -47,32 +47,66 @@ if (havePythonAiohttp(t)) {
     const live = await runCheck('live', baseUrl, TOKEN, path.join(directory, 'portrait.png'), CLIENT_FALLBACK)
 
     t.equal(live.sent_sha256, sha256(portrait), 'Python read the portrait as written')
-    t.match(live.kept, { size: portrait.length, filename: 'Thorgar Ø portrait.png', content_type: 'image/png', width: 16, height: 16, sha256: sha256(portrait) })
+    t.match(live.kept, {
+      size: portrait.length,
+      filename: 'Thorgar Ø portrait.png',
+      content_type: 'image/png',
+      width: 16,
+      height: 16,
+      sha256: sha256(portrait),
+    })
     t.match(live.kept.key, /^portraits\/\d{4}\/\d{2}\/[a-z]{20}_Thorgar___portrait\.png$/)
     t.equal(await s3.sha256Of(live.kept.key), sha256(portrait), 'the stored bytes are the bytes the client sent')
 
     t.match(live.metadata, { key: live.kept.key, url: live.kept.url, size: portrait.length, content_type: 'image/png', etag: /\S/ })
-    t.match(live.metadata.metadata, { character_name: CHARACTER, uploader_id: '1234567890', filename: 'Thorgar Ø portrait.png', sha256: sha256(portrait) })
-    t.match(live.metadata.last_modified, /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?\+00:00$/, 'last_modified parsed as an aware datetime')
+    t.match(live.metadata.metadata, {
+      character_name: CHARACTER,
+      uploader_id: '1234567890',
+      filename: 'Thorgar Ø portrait.png',
+      sha256: sha256(portrait),
+    })
+    t.match(
+      live.metadata.last_modified,
+      /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?\+00:00$/,
+      'last_modified parsed as an aware datetime',
+    )
 
     t.equal(live.deleted.sha256, sha256(portrait))
     t.notOk((await s3.keys()).includes(live.deleted.key), 'the deleted upload is gone from the backend')
     t.match(live.after_delete, { class: 'NotFoundError', is_service_error: true, status: 404, code: 'not_found', request_id: /\S/ })
     t.same(live.delete_again, { class: null }, 'deleting again succeeds')
 
-    t.match(live.fallback_on_415, { url: SERVICE_FALLBACK, fell_back: true, error: { class: 'UnsupportedMediaTypeError', status: 415 } }, "a 415 gives the service's fallback_url")
-    t.match(live.upload_415, { class: 'UnsupportedMediaTypeError', status: 415, code: 'unsupported_media_type', fallback_url: SERVICE_FALLBACK })
+    t.match(
+      live.fallback_on_415,
+      { url: SERVICE_FALLBACK, fell_back: true, error: { class: 'UnsupportedMediaTypeError', status: 415 } },
+      "a 415 gives the service's fallback_url",
+    )
+    t.match(live.upload_415, {
+      class: 'UnsupportedMediaTypeError',
+      status: 415,
+      code: 'unsupported_media_type',
+      fallback_url: SERVICE_FALLBACK,
+    })
     t.match(live.invalid_context, { class: 'InvalidContextError', status: 400, code: 'invalid_context' })
-    t.match(live.dot_key, { class: 'InvalidKeyError', status: 400, code: 'invalid_key', request_id: null }, 'a dot segment is refused before sending')
+    t.match(
+      live.dot_key,
+      { class: 'InvalidKeyError', status: 400, code: 'invalid_key', request_id: null },
+      'a dot segment is refused before sending',
+    )
     t.match(live.wrong_key, { class: 'UnauthorizedError', status: 401, code: 'unauthorized' })
-    for (const code of Object.keys(ERROR_CATALOGUE)) t.ok(live.error_classes[code], `an exception class for ${code}: ${live.error_classes[code]}`)
+    for (const code of Object.keys(ERROR_CATALOGUE))
+      t.ok(live.error_classes[code], `an exception class for ${code}: ${live.error_classes[code]}`)
 
     // The same address once the service has stopped, and a server that accepts but never answers.
     await app.close()
     const hung = await silentServer(t)
     const down = await runCheck('unreachable', baseUrl, `http://127.0.0.1:${hung.port}`, TOKEN, CLIENT_FALLBACK)
 
-    t.same(down.stopped_fallback, { url: CLIENT_FALLBACK, fell_back: true, error: { class: 'ServiceUnreachableError', is_service_error: true, timed_out: false } }, 'a stopped service gives the configured default')
+    t.same(
+      down.stopped_fallback,
+      { url: CLIENT_FALLBACK, fell_back: true, error: { class: 'ServiceUnreachableError', is_service_error: true, timed_out: false } },
+      'a stopped service gives the configured default',
+    )
     t.match(down.stopped_upload, { class: 'ServiceUnreachableError', timed_out: false })
     t.match(down.hung_fallback, { url: CLIENT_FALLBACK, fell_back: true, error: { class: 'ServiceUnreachableError', timed_out: true } })
     t.ok(down.hung_seconds < 2, `gave up on the hung service after ${down.hung_seconds.toFixed(2)} s (timeout 0.5)`)

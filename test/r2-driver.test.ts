@@ -8,10 +8,10 @@ import { buildTestApp } from './helpers/app.js'
 import { piecesOf, streamUpload } from './helpers/client.js'
 import { closedPort, listen, silentServer } from './helpers/http.js'
 import { pngOfSize, sha256 } from './helpers/images.js'
-import { multipartBody, type FormPart } from './helpers/multipart.js'
+import { type FormPart, multipartBody } from './helpers/multipart.js'
 import { PROBLEM_JSON } from './helpers/problem.js'
+import { HeadObjectCommand, r2DriverOf, recordCommands, r2Env as s3Env, startS3, TEST_BUCKET } from './helpers/s3.js'
 import { isolatedSpoolDir } from './helpers/spool.js'
-import { HeadObjectCommand, TEST_BUCKET, r2DriverOf, recordCommands, r2Env as s3Env, startS3 } from './helpers/s3.js'
 
 const CACHE_CONTROL = 'public, max-age=31536000, immutable'
 const FALLBACK_URL = 'https://cdn.example.test/default.png'
@@ -84,7 +84,7 @@ t.test('uploads of 1 KiB, 500 KB and 12 MiB are stored byte-exact with their hea
         // A form with Content-Length: its file's length is known, so it streams up in one request.
         t.notOk('sha256' in metadata, 'a streamed upload stores no sha256 metadata (it is known only at the end)')
         t.same(commands, ['PutObject'], 'one PutObject, no multipart upload')
-        t.equal(sent[0]?.input.ContentLength, size, 'of the file\'s exact length')
+        t.equal(sent[0]?.input.ContentLength, size, "of the file's exact length")
         t.equal(sent[0]?.input.IfNoneMatch, '*', 'PutObject never overwrites')
       }
 
@@ -241,12 +241,18 @@ t.test('a form of unknown length past the limit: 413 while it is spooled, nothin
   const sent = recordCommands(r2DriverOf(app))
   const before = await s3.keys()
 
-  const { payload, headers } = multipartBody([{ name: 'file', filename: 'large.png', contentType: 'image/png', data: pngOfSize(12 * MiB, 8) }])
+  const { payload, headers } = multipartBody([
+    { name: 'file', filename: 'large.png', contentType: 'image/png', data: pngOfSize(12 * MiB, 8) },
+  ])
   const res = await streamUpload(await listen(app), '/v1/images', headers, piecesOf(payload))
   t.equal(res.status, 413, res.body.slice(0, 300))
   t.match(res.headers['content-type'], PROBLEM_JSON)
   t.equal(JSON.parse(res.body).code, 'image_too_large')
-  t.same(sent.map((command) => command.name), [], 'nothing was sent to S3')
+  t.same(
+    sent.map((command) => command.name),
+    [],
+    'nothing was sent to S3',
+  )
   t.same(await spool.files(), [], 'the spool file is removed')
   t.same(await s3.keys(), before, 'no object left behind')
 })
@@ -258,12 +264,21 @@ t.test('a raw body over 5 MiB goes up in one PutObject of its length: as it arri
   const target = await listen(app)
   const data = pngOfSize(12 * MiB, 41)
 
-  const declared = await streamUpload(target, '/v1/images?filename=declared.png', { 'content-type': 'image/png', 'content-length': data.length }, piecesOf(data))
+  const declared = await streamUpload(
+    target,
+    '/v1/images?filename=declared.png',
+    { 'content-type': 'image/png', 'content-length': data.length },
+    piecesOf(data),
+  )
   t.equal(declared.status, 201, declared.body.slice(0, 300))
   const stored = JSON.parse(declared.body) as { key: string; sha256: string; size: number }
   t.equal(stored.sha256, sha256(data), '201 sha256 is the hash of the bytes sent')
   t.equal(await s3.sha256Of(stored.key), sha256(data), 'stored byte-exact')
-  t.same(sent.map((command) => command.name), ['PutObject'], 'one PutObject, no multipart upload')
+  t.same(
+    sent.map((command) => command.name),
+    ['PutObject'],
+    'one PutObject, no multipart upload',
+  )
   t.equal(sent[0]?.input.ContentLength, data.length, 'of the declared length')
   t.equal(sent[0]?.input.IfNoneMatch, '*', 'never overwriting')
 
@@ -273,7 +288,11 @@ t.test('a raw body over 5 MiB goes up in one PutObject of its length: as it arri
   t.equal(chunked.status, 201, chunked.body.slice(0, 300))
   const key = (JSON.parse(chunked.body) as { key: string }).key
   t.equal(await s3.sha256Of(key), sha256(data), 'stored byte-exact')
-  t.same(sent.map((command) => command.name), ['PutObject'], 'one PutObject (one Class A operation), no multipart upload')
+  t.same(
+    sent.map((command) => command.name),
+    ['PutObject'],
+    'one PutObject (one Class A operation), no multipart upload',
+  )
   t.equal(sent[0]?.input.ContentLength, data.length, 'of the exact length')
   t.equal(sent[0]?.input.ChecksumSHA256, Buffer.from(sha256(data), 'hex').toString('base64'), 'carrying its SHA-256, which R2 verifies')
   t.equal((await app.inject({ method: 'GET', url: `/v1/images/${key}` })).json().metadata.sha256, sha256(data), 'sha256 stored as metadata')
@@ -312,11 +331,20 @@ t.test('a spooled body the backend refuses: a problem, and the spool file is rem
   const spool = await isolatedSpoolDir(t)
   const { app } = await buildTestApp(t, r2Env(s3.endpoint, 'no-such-bucket'))
   const sent = recordCommands(r2DriverOf(app))
-  const res = await streamUpload(await listen(app), '/v1/images?filename=refused.png', { 'content-type': 'image/png' }, piecesOf(pngOfSize(6 * MiB, 44)))
+  const res = await streamUpload(
+    await listen(app),
+    '/v1/images?filename=refused.png',
+    { 'content-type': 'image/png' },
+    piecesOf(pngOfSize(6 * MiB, 44)),
+  )
   // s3rver answers 404 and closes while the streamed body is still being written: the SDK may see the
   // answer (bucket_not_found) or the closed socket first (storage_unavailable).
   t.match(JSON.parse(res.body), { code: /^(bucket_not_found|storage_unavailable)$/ }, res.body.slice(0, 300))
-  t.same(sent.map((command) => command.name), ['PutObject'], 'it was spooled, then sent')
+  t.same(
+    sent.map((command) => command.name),
+    ['PutObject'],
+    'it was spooled, then sent',
+  )
   t.same(await spool.files(), [], 'the spool file is removed')
 })
 
@@ -411,7 +439,13 @@ t.test('PutObject sends If-None-Match: * and a 412 answers 502 storage_error (SD
 function s3rverDriver(timeouts?: ConstructorParameters<typeof R2Driver>[1]): R2Driver {
   const env = r2Env()
   return new R2Driver(
-    { endpoint: s3.endpoint, forcePathStyle: true, accessKeyId: env.R2_ACCESS_KEY_ID!, secretAccessKey: env.R2_SECRET_ACCESS_KEY!, bucket: TEST_BUCKET },
+    {
+      endpoint: s3.endpoint,
+      forcePathStyle: true,
+      accessKeyId: env.R2_ACCESS_KEY_ID!,
+      secretAccessKey: env.R2_SECRET_ACCESS_KEY!,
+      bucket: TEST_BUCKET,
+    },
     timeouts,
   )
 }
@@ -426,7 +460,12 @@ t.test('a write whose answer was lost is not reported as a failure (SDK-level mo
     (next, context) => async (args) => {
       const result = await next(args)
       if (context.commandName === 'PutObjectCommand' && sends++ === 0) {
-        throw new S3ServiceException({ name: 'PreconditionFailed', $fault: 'client', $metadata: { httpStatusCode: 412 }, message: 'precondition' })
+        throw new S3ServiceException({
+          name: 'PreconditionFailed',
+          $fault: 'client',
+          $metadata: { httpStatusCode: 412 },
+          message: 'precondition',
+        })
       }
       return result
     },
@@ -441,7 +480,13 @@ t.test('a write whose answer was lost is not reported as a failure (SDK-level mo
 
 t.test('a backend that accepts connections but never answers: 503 storage_unavailable, not a hang', async (t) => {
   const { port } = await silentServer(t)
-  const settings = { endpoint: `http://127.0.0.1:${port}`, forcePathStyle: true, accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER', bucket: TEST_BUCKET }
+  const settings = {
+    endpoint: `http://127.0.0.1:${port}`,
+    forcePathStyle: true,
+    accessKeyId: 'S3RVER',
+    secretAccessKey: 'S3RVER',
+    bucket: TEST_BUCKET,
+  }
   const driver = new R2Driver(settings, { connectMs: 500, idleMs: 300, requestMs: 1000 })
   const { app } = await buildTestApp(t, r2Env(`http://127.0.0.1:${port}`), { driver })
   const started = Date.now()
@@ -484,13 +529,27 @@ t.test('a streamed PutObject still detects a stalled backend: one that stops rea
   const backends = { 'stops reading mid-body': await backend(true), 'reads the whole body, never answers': await backend(false) }
   const data = pngOfSize(24 * MiB, 43)
   for (const [name, port] of Object.entries(backends)) {
-    const settings = { endpoint: `http://127.0.0.1:${port}`, forcePathStyle: true, accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER', bucket: TEST_BUCKET }
+    const settings = {
+      endpoint: `http://127.0.0.1:${port}`,
+      forcePathStyle: true,
+      accessKeyId: 'S3RVER',
+      secretAccessKey: 'S3RVER',
+      bucket: TEST_BUCKET,
+    }
     const driver = new R2Driver(settings, { connectMs: 500, idleMs: 500, requestMs: 1000 })
     const { app } = await buildTestApp(t, r2Env(`http://127.0.0.1:${port}`), { driver })
     const started = Date.now()
-    const res = await streamUpload(await listen(app), '/v1/images?filename=stalled.png', { 'content-type': 'image/png', 'content-length': data.length }, piecesOf(data))
+    const res = await streamUpload(
+      await listen(app),
+      '/v1/images?filename=stalled.png',
+      { 'content-type': 'image/png', 'content-length': data.length },
+      piecesOf(data),
+    )
     t.equal(res.status, 503, `${name}: 503 (${res.body.slice(0, 200)})`)
     t.equal(JSON.parse(res.body).code, 'storage_unavailable', `${name}: storage_unavailable`)
-    t.ok(Date.now() - started < 10_000, `${name}: answered in ${Date.now() - started} ms, after ${(res.sentWhenAnswered / MiB).toFixed(1)} MiB of 24 MiB`)
+    t.ok(
+      Date.now() - started < 10_000,
+      `${name}: answered in ${Date.now() - started} ms, after ${(res.sentWhenAnswered / MiB).toFixed(1)} MiB of 24 MiB`,
+    )
   }
 })

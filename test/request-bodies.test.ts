@@ -79,9 +79,16 @@ t.test('a body trickled where nothing reads it is answered at once, unread, and 
     t.match(answer, /\r\nconnection: close\r\n/i, `${what}: Connection: close`)
   }
   // The clients go on sending: the server hangs up on each once it has lingered, at most LINGER_MS.
-  const closedAfter = await Promise.all(trickles.map((one) => Promise.race([one.closedAfter, new Promise<number>((resolve) => setTimeout(() => resolve(Infinity), LINGER_MS + 2500))])))
+  const closedAfter = await Promise.all(
+    trickles.map((one) =>
+      Promise.race([one.closedAfter, new Promise<number>((resolve) => setTimeout(() => resolve(Infinity), LINGER_MS + 2500))]),
+    ),
+  )
   t.comment(`closed by the server after ${Math.min(...closedAfter)}–${Math.max(...closedAfter)} ms`)
-  t.ok(Math.max(...closedAfter) < LINGER_MS + 2500, `every connection is closed by the server within LINGER_MS (+2.5 s): ${Math.max(...closedAfter)} ms`)
+  t.ok(
+    Math.max(...closedAfter) < LINGER_MS + 2500,
+    `every connection is closed by the server within LINGER_MS (+2.5 s): ${Math.max(...closedAfter)} ms`,
+  )
   t.equal(await connectionsOf(app.server), 0, 'no connection is left open')
   for (const one of trickles) one.socket.destroy()
 })
@@ -90,10 +97,16 @@ t.test('a client that stops sending after the answer is disconnected within a se
   const { app } = await buildTestApp(t, { API_KEYS: `bot:${T1}` })
   const server = await listen(app)
   // One byte of body, then nothing, as a client trickling one byte every 30 s would look.
-  const trickles = await Promise.all(Array.from({ length: 20 }, (_, index) => trickle(server, headOf(REQUESTS[index % REQUESTS.length]![1]))))
-  const closedAfter = await Promise.all(trickles.map((one) => Promise.race([one.closedAfter, new Promise<number>((resolve) => setTimeout(() => resolve(Infinity), 4000))])))
+  const trickles = await Promise.all(
+    Array.from({ length: 20 }, (_, index) => trickle(server, headOf(REQUESTS[index % REQUESTS.length]![1]))),
+  )
+  const closedAfter = await Promise.all(
+    trickles.map((one) => Promise.race([one.closedAfter, new Promise<number>((resolve) => setTimeout(() => resolve(Infinity), 4000))])),
+  )
   const answered = trickles.filter((one) => one.answeredAfter() !== undefined).length
-  t.comment(`${answered} of ${trickles.length} answered; closed after ${Math.min(...closedAfter)}–${Math.max(...closedAfter)} ms; ${await connectionsOf(app.server)} open`)
+  t.comment(
+    `${answered} of ${trickles.length} answered; closed after ${Math.min(...closedAfter)}–${Math.max(...closedAfter)} ms; ${await connectionsOf(app.server)} open`,
+  )
   t.equal(answered, trickles.length, 'every one is answered')
   t.ok(Math.max(...closedAfter) < 3000, `and disconnected within 3 s of its last byte: ${Math.max(...closedAfter)} ms`)
   t.equal(await connectionsOf(app.server), 0, 'no connection is left open')
@@ -102,22 +115,40 @@ t.test('a client that stops sending after the answer is disconnected within a se
 
 t.test('a body sent whole to no route is answered 404 unparsed, also when it is not JSON', async (t) => {
   const { app } = await buildTestApp(t)
-  for (const [type, payload] of [['application/json', '{"a":'], ['text/plain', 'x'.repeat(2 * MiB)], ['application/x-www-form-urlencoded', 'a=b']]) {
+  for (const [type, payload] of [
+    ['application/json', '{"a":'],
+    ['text/plain', 'x'.repeat(2 * MiB)],
+    ['application/x-www-form-urlencoded', 'a=b'],
+  ]) {
     const response = await app.inject({ method: 'POST', url: '/nope', headers: { 'content-type': type }, payload })
     t.equal(response.statusCode, 404, `${type}: 404, not a parse error or 413`)
     t.equal(response.json().code, 'not_found')
     t.match(response.headers['content-type'], /^application\/problem\+json/)
   }
-  const empty = await app.inject({ method: 'POST', url: '/healthz', headers: { 'content-type': 'application/json', 'content-length': '0' } })
+  const empty = await app.inject({
+    method: 'POST',
+    url: '/healthz',
+    headers: { 'content-type': 'application/json', 'content-length': '0' },
+  })
   t.equal(empty.statusCode, 404, 'an empty body with a Content-Type is no body: 404, not 415')
 })
 
 t.test('the import route parses JSON only, within its own limit', async (t) => {
   const { app } = await buildTestApp(t)
-  const text = await app.inject({ method: 'POST', url: '/v1/images/import', headers: { 'content-type': 'text/plain' }, payload: '{"source_url":"https://cdn.discordapp.com/a.png"}' })
+  const text = await app.inject({
+    method: 'POST',
+    url: '/v1/images/import',
+    headers: { 'content-type': 'text/plain' },
+    payload: '{"source_url":"https://cdn.discordapp.com/a.png"}',
+  })
   t.equal(text.statusCode, 415, 'text/plain is no import request')
   t.equal(text.json().code, 'unsupported_media_type')
-  const large = await app.inject({ method: 'POST', url: '/v1/images/import', headers: { 'content-type': 'application/json' }, payload: JSON.stringify({ source_url: 'x'.repeat(20_000) }) })
+  const large = await app.inject({
+    method: 'POST',
+    url: '/v1/images/import',
+    headers: { 'content-type': 'application/json' },
+    payload: JSON.stringify({ source_url: 'x'.repeat(20_000) }),
+  })
   t.equal(large.statusCode, 413, 'a request over 16 KiB is refused')
   t.equal(large.json().code, 'image_too_large')
 })
@@ -163,9 +194,21 @@ t.test('Expect: 100-continue is answered with the refusal when the headers decid
   const key = `Authorization: Bearer ${T1}`
   const refusals: [string, string, RegExp][] = [
     ['no key', 'POST /v1/images HTTP/1.1\r\nContent-Type: image/png\r\nContent-Length: 5000', /^HTTP\/1.1 401 /],
-    ['a Content-Length over MAX_UPLOAD_BYTES', `POST /v1/images HTTP/1.1\r\n${key}\r\nContent-Type: image/png\r\nContent-Length: ${4 * MiB + 1}`, /^HTTP\/1.1 413 /],
-    ['an import that is not JSON', `POST /v1/images/import HTTP/1.1\r\n${key}\r\nContent-Type: text/plain\r\nContent-Length: 100`, /^HTTP\/1.1 415 /],
-    ['an import over its 16 KiB', `POST /v1/images/import HTTP/1.1\r\n${key}\r\nContent-Type: application/json\r\nContent-Length: 20000`, /^HTTP\/1.1 413 /],
+    [
+      'a Content-Length over MAX_UPLOAD_BYTES',
+      `POST /v1/images HTTP/1.1\r\n${key}\r\nContent-Type: image/png\r\nContent-Length: ${4 * MiB + 1}`,
+      /^HTTP\/1.1 413 /,
+    ],
+    [
+      'an import that is not JSON',
+      `POST /v1/images/import HTTP/1.1\r\n${key}\r\nContent-Type: text/plain\r\nContent-Length: 100`,
+      /^HTTP\/1.1 415 /,
+    ],
+    [
+      'an import over its 16 KiB',
+      `POST /v1/images/import HTTP/1.1\r\n${key}\r\nContent-Type: application/json\r\nContent-Length: 20000`,
+      /^HTTP\/1.1 413 /,
+    ],
     ['a method no route has', `POST /healthz HTTP/1.1\r\nContent-Type: image/png\r\nContent-Length: 5000`, /^HTTP\/1.1 404 /],
   ]
   for (const [what, head, expected] of refusals) {
@@ -175,7 +218,10 @@ t.test('Expect: 100-continue is answered with the refusal when the headers decid
   }
 
   const image = pngOfSize(300_000)
-  const raw = await expectingContinue(server, `POST /v1/images?filename=p.png HTTP/1.1\r\n${key}\r\nContent-Type: image/png\r\nContent-Length: ${image.length}`)
+  const raw = await expectingContinue(
+    server,
+    `POST /v1/images?filename=p.png HTTP/1.1\r\n${key}\r\nContent-Type: image/png\r\nContent-Length: ${image.length}`,
+  )
   t.equal(raw.first, 'HTTP/1.1 100 Continue', 'an upload that passes every check on its headers gets 100 Continue')
   const rawAnswer = await raw.send(image)
   t.match(rawAnswer, /\r\n\r\nHTTP\/1.1 201 /, 'then its 201')
@@ -185,36 +231,46 @@ t.test('Expect: 100-continue is answered with the refusal when the headers decid
   t.equal(sha256(readBack.rawPayload), sha256(image), 'stored byte-exact')
 
   const form = multipartBody([{ name: 'file', filename: 'p.png', data: image }])
-  const multipart = await expectingContinue(server, `POST /v1/images HTTP/1.1\r\n${key}\r\nContent-Type: ${form.headers['content-type']}\r\nContent-Length: ${form.payload.length}`)
+  const multipart = await expectingContinue(
+    server,
+    `POST /v1/images HTTP/1.1\r\n${key}\r\nContent-Type: ${form.headers['content-type']}\r\nContent-Length: ${form.payload.length}`,
+  )
   t.equal(multipart.first, 'HTTP/1.1 100 Continue', 'a form too')
   t.match(await multipart.send(form.payload), /\r\n\r\nHTTP\/1.1 201 /)
   multipart.close()
 })
 
-t.test('curl, which sends Expect: 100-continue with bodies over 1 MiB, gets a refusal at once and 100 Continue for an upload it may send', async (t) => {
-  if (!haveCurl(t)) return
-  const { app } = await buildTestApp(t, { API_KEYS: `bot:${T1}` })
-  const server = await listen(app)
-  const file = path.join(t.testdir(), 'portrait.png')
-  const image = pngOfSize(2 * MiB)
-  await writeFile(file, image)
-  const curl = async (...headers: string[]) => {
-    const started = Date.now()
-    const args = ['-sv', '--data-binary', `@${file}`, '-H', 'Content-Type: image/png', ...headers.flatMap((header) => ['-H', header])]
-    const { stdout, stderr } = await promisify(execFile)(CURL, [...args, `http://${server.host}:${server.port}/v1/images`])
-    return { stdout, stderr, elapsed: Date.now() - started }
-  }
-  const refused = await curl()
-  t.comment(`without a key: answered in ${refused.elapsed} ms`)
-  t.match(refused.stderr, /> Expect: 100-continue/, 'curl asked for 100 Continue')
-  t.notMatch(refused.stderr, /< HTTP\/1.1 100 Continue/, 'and did not get it')
-  t.match(refused.stderr, /< HTTP\/1.1 401 /, 'it got the 401')
-  t.notMatch(refused.stderr, /Done waiting for 100-continue/, "before curl's 1 s wait for 100 ran out (it would then send the body anyway)")
+t.test(
+  'curl, which sends Expect: 100-continue with bodies over 1 MiB, gets a refusal at once and 100 Continue for an upload it may send',
+  async (t) => {
+    if (!haveCurl(t)) return
+    const { app } = await buildTestApp(t, { API_KEYS: `bot:${T1}` })
+    const server = await listen(app)
+    const file = path.join(t.testdir(), 'portrait.png')
+    const image = pngOfSize(2 * MiB)
+    await writeFile(file, image)
+    const curl = async (...headers: string[]) => {
+      const started = Date.now()
+      const args = ['-sv', '--data-binary', `@${file}`, '-H', 'Content-Type: image/png', ...headers.flatMap((header) => ['-H', header])]
+      const { stdout, stderr } = await promisify(execFile)(CURL, [...args, `http://${server.host}:${server.port}/v1/images`])
+      return { stdout, stderr, elapsed: Date.now() - started }
+    }
+    const refused = await curl()
+    t.comment(`without a key: answered in ${refused.elapsed} ms`)
+    t.match(refused.stderr, /> Expect: 100-continue/, 'curl asked for 100 Continue')
+    t.notMatch(refused.stderr, /< HTTP\/1.1 100 Continue/, 'and did not get it')
+    t.match(refused.stderr, /< HTTP\/1.1 401 /, 'it got the 401')
+    t.notMatch(
+      refused.stderr,
+      /Done waiting for 100-continue/,
+      "before curl's 1 s wait for 100 ran out (it would then send the body anyway)",
+    )
 
-  const uploaded = await curl(`Authorization: Bearer ${T1}`)
-  t.match(uploaded.stderr, /< HTTP\/1.1 100 Continue/, 'with a key: 100 Continue')
-  t.match(uploaded.stderr, /< HTTP\/1.1 201 /, 'then 201')
-  const { key, sha256: reported } = JSON.parse(uploaded.stdout) as { key: string; sha256: string }
-  t.equal(reported, sha256(image))
-  t.equal(sha256((await app.inject(`/files/${key}`)).rawPayload), sha256(image), 'stored byte-exact')
-})
+    const uploaded = await curl(`Authorization: Bearer ${T1}`)
+    t.match(uploaded.stderr, /< HTTP\/1.1 100 Continue/, 'with a key: 100 Continue')
+    t.match(uploaded.stderr, /< HTTP\/1.1 201 /, 'then 201')
+    const { key, sha256: reported } = JSON.parse(uploaded.stdout) as { key: string; sha256: string }
+    t.equal(reported, sha256(image))
+    t.equal(sha256((await app.inject(`/files/${key}`)).rawPayload), sha256(image), 'stored byte-exact')
+  },
+)

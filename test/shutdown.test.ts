@@ -1,6 +1,6 @@
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises'
 import http from 'node:http'
 import net from 'node:net'
-import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -16,7 +16,9 @@ const KiB = 1024
 const MiB = 1024 * 1024
 /** How long an early answer waits for the client to stop sending before closing (not exported: read from the source). */
 const LINGER_MS = Number(
-  /const LINGER_MS = ([\d_]+)/.exec(await readFile(new URL('../src/plugins/problem-details.ts', import.meta.url), 'utf8'))![1]!.replaceAll('_', ''),
+  /const LINGER_MS = ([\d_]+)/
+    .exec(await readFile(new URL('../src/plugins/problem-details.ts', import.meta.url), 'utf8'))![1]!
+    .replaceAll('_', ''),
 )
 
 // Three services start in turn (tsx compiles src/ in each): generous on a loaded machine.
@@ -190,79 +192,104 @@ t.test('SIGTERM during a slow upload: it finishes with 201 and a byte-exact obje
 
   const exit = await service.exited
   t.same({ code: exit.code, signal: exit.signal }, { code: 0, signal: null }, 'the process exits 0')
-  t.ok(exit.at - signalledAt < SHUTDOWN_TIMEOUT_MS, `it exits ${exit.at - signalledAt} ms after SIGTERM, once the upload is done (not at the timeout)`)
-  t.notOk(service.logs.some((line) => line.msg === 'closing: aborting the uploads still in flight'), 'nothing was aborted')
-  t.ok(service.logs.some((line) => line.msg === 'closed'), 'it logged that it closed')
+  t.ok(
+    exit.at - signalledAt < SHUTDOWN_TIMEOUT_MS,
+    `it exits ${exit.at - signalledAt} ms after SIGTERM, once the upload is done (not at the timeout)`,
+  )
+  t.notOk(
+    service.logs.some((line) => line.msg === 'closing: aborting the uploads still in flight'),
+    'nothing was aborted',
+  )
+  t.ok(
+    service.logs.some((line) => line.msg === 'closed'),
+    'it logged that it closed',
+  )
 })
 
-t.test('SIGTERM with uploads that stall past SHUTDOWN_TIMEOUT_MS: they end, nothing is stored, no spool file is left, exit 0', async (t) => {
-  const SHUTDOWN_TIMEOUT_MS = 2000
-  // The service's temporary directory, where a body of unknown length is spooled.
-  const spoolDir = await mkdtemp(path.join(tmpdir(), 'spool-'))
-  t.teardown(() => rm(spoolDir, { recursive: true, force: true }))
-  const spoolFiles = async () => (await readdir(spoolDir)).filter((name) => name.startsWith(SPOOL_FILE_PREFIX))
-  const service = await startShutdownService(t, { SHUTDOWN_TIMEOUT_MS: String(SHUTDOWN_TIMEOUT_MS), TMPDIR: spoolDir })
-  const keysBefore = await s3.keys()
-  const headers = (size: number) => ({ 'content-type': 'image/png', 'content-length': String(size) })
+t.test(
+  'SIGTERM with uploads that stall past SHUTDOWN_TIMEOUT_MS: they end, nothing is stored, no spool file is left, exit 0',
+  async (t) => {
+    const SHUTDOWN_TIMEOUT_MS = 2000
+    // The service's temporary directory, where a body of unknown length is spooled.
+    const spoolDir = await mkdtemp(path.join(tmpdir(), 'spool-'))
+    t.teardown(() => rm(spoolDir, { recursive: true, force: true }))
+    const spoolFiles = async () => (await readdir(spoolDir)).filter((name) => name.startsWith(SPOOL_FILE_PREFIX))
+    const service = await startShutdownService(t, { SHUTDOWN_TIMEOUT_MS: String(SHUTDOWN_TIMEOUT_MS), TMPDIR: spoolDir })
+    const keysBefore = await s3.keys()
+    const headers = (size: number) => ({ 'content-type': 'image/png', 'content-length': String(size) })
 
-  // Single-request size (<= 5 MiB: buffered, then one PutObject): half the body, then nothing.
-  const small = pngOfSize(2 * MiB, 21)
-  const stalledSmall = openUpload(service.target, '/v1/images?filename=stalled-small.png', headers(small.length))
-  await stalledSmall.write(small.subarray(0, MiB))
+    // Single-request size (<= 5 MiB: buffered, then one PutObject): half the body, then nothing.
+    const small = pngOfSize(2 * MiB, 21)
+    const stalledSmall = openUpload(service.target, '/v1/images?filename=stalled-small.png', headers(small.length))
+    await stalledSmall.write(small.subarray(0, MiB))
 
-  // Over 5 MiB of undeclared length (chunked: spooled to a temporary file): 7 of 12 MiB, then nothing.
-  // (With a Content-Length it would be one streamed PutObject, which s3rver, unlike R2, would keep cut
-  // short: "nothing stored" could not be checked here.)
-  const large = pngOfSize(12 * MiB, 22)
-  const stalledLarge = openUpload(service.target, '/v1/images?filename=stalled-large.png', { 'content-type': 'image/png' })
-  await stalledLarge.write(large.subarray(0, 7 * MiB))
+    // Over 5 MiB of undeclared length (chunked: spooled to a temporary file): 7 of 12 MiB, then nothing.
+    // (With a Content-Length it would be one streamed PutObject, which s3rver, unlike R2, would keep cut
+    // short: "nothing stored" could not be checked here.)
+    const large = pngOfSize(12 * MiB, 22)
+    const stalledLarge = openUpload(service.target, '/v1/images?filename=stalled-large.png', { 'content-type': 'image/png' })
+    await stalledLarge.write(large.subarray(0, 7 * MiB))
 
-  // A trickle far slower than the timeout allows (1 KiB every 100 ms of 2 MiB), still going at the abort.
-  const trickled = pngOfSize(2 * MiB, 23)
-  const trickle = openUpload(service.target, '/v1/images?filename=trickle.png', headers(trickled.length))
-  let trickling = true
-  const trickler = (async () => {
-    await trickle.write(trickled.subarray(0, 64 * KiB))
-    for (let offset = 64 * KiB; trickling && !trickle.stopped && offset < trickled.length; offset += KiB) {
-      await sleep(100)
-      await trickle.write(trickled.subarray(offset, offset + KiB))
+    // A trickle far slower than the timeout allows (1 KiB every 100 ms of 2 MiB), still going at the abort.
+    const trickled = pngOfSize(2 * MiB, 23)
+    const trickle = openUpload(service.target, '/v1/images?filename=trickle.png', headers(trickled.length))
+    let trickling = true
+    const trickler = (async () => {
+      await trickle.write(trickled.subarray(0, 64 * KiB))
+      for (let offset = 64 * KiB; trickling && !trickle.stopped && offset < trickled.length; offset += KiB) {
+        await sleep(100)
+        await trickle.write(trickled.subarray(offset, offset + KiB))
+      }
+    })()
+
+    // All three are in the handler, and the large one really is being spooled, before the signal.
+    await until(async () => (await metric(service.target, 'r2_uploads_in_flight')) === 3, 'three uploads in flight')
+    await until(async () => (await spoolFiles()).length === 1, 'the large upload to be spooled')
+    t.pass('three uploads are in flight, the large one being spooled')
+
+    const signalledAt = Date.now()
+    service.child.kill('SIGTERM')
+
+    const uploads = { 'single-request size, stalled': stalledSmall, 'spooled size, stalled': stalledLarge, trickling: trickle }
+    for (const [name, upload] of Object.entries(uploads)) {
+      const outcome = await upload.outcome
+      const after = outcome.at - signalledAt
+      // Either answer ends the upload: a 503 problem, or (had the answer been lost) a closed connection.
+      if (outcome.kind === 'response') {
+        t.equal(outcome.status, 503, `${name}: 503 (${outcome.body.slice(0, 200)})`)
+        t.match(outcome.headers['content-type'], PROBLEM_JSON, `${name}: a problem document`)
+        t.equal((JSON.parse(outcome.body) as { code: string }).code, 'storage_unavailable', `${name}: storage_unavailable, retry`)
+      } else {
+        t.pass(`${name}: the connection was closed (${outcome.error})`)
+      }
+      t.ok(after >= SHUTDOWN_TIMEOUT_MS - 100, `${name}: it had the grace period (ended ${after} ms after SIGTERM)`)
+      t.ok(after < SHUTDOWN_TIMEOUT_MS + 2000, `${name}: it ended ${after} ms after SIGTERM, soon after the timeout`)
     }
-  })()
+    trickling = false
+    await trickler
 
-  // All three are in the handler, and the large one really is being spooled, before the signal.
-  await until(async () => (await metric(service.target, 'r2_uploads_in_flight')) === 3, 'three uploads in flight')
-  await until(async () => (await spoolFiles()).length === 1, 'the large upload to be spooled')
-  t.pass('three uploads are in flight, the large one being spooled')
-
-  const signalledAt = Date.now()
-  service.child.kill('SIGTERM')
-
-  const uploads = { 'single-request size, stalled': stalledSmall, 'spooled size, stalled': stalledLarge, 'trickling': trickle }
-  for (const [name, upload] of Object.entries(uploads)) {
-    const outcome = await upload.outcome
-    const after = outcome.at - signalledAt
-    // Either answer ends the upload: a 503 problem, or (had the answer been lost) a closed connection.
-    if (outcome.kind === 'response') {
-      t.equal(outcome.status, 503, `${name}: 503 (${outcome.body.slice(0, 200)})`)
-      t.match(outcome.headers['content-type'], PROBLEM_JSON, `${name}: a problem document`)
-      t.equal((JSON.parse(outcome.body) as { code: string }).code, 'storage_unavailable', `${name}: storage_unavailable, retry`)
-    } else {
-      t.pass(`${name}: the connection was closed (${outcome.error})`)
-    }
-    t.ok(after >= SHUTDOWN_TIMEOUT_MS - 100, `${name}: it had the grace period (ended ${after} ms after SIGTERM)`)
-    t.ok(after < SHUTDOWN_TIMEOUT_MS + 2000, `${name}: it ended ${after} ms after SIGTERM, soon after the timeout`)
-  }
-  trickling = false
-  await trickler
-
-  const exit = await service.exited
-  t.same({ code: exit.code, signal: exit.signal }, { code: 0, signal: null }, 'the process exits 0')
-  t.ok(exit.at - signalledAt < SHUTDOWN_TIMEOUT_MS + 3000, `it exits ${exit.at - signalledAt} ms after SIGTERM (timeout ${SHUTDOWN_TIMEOUT_MS} ms)`)
-  t.ok(service.logs.some((line) => line.msg === 'closing: aborting the uploads still in flight'), 'the late uploads were aborted')
-  t.notOk(service.logs.some((line) => line.msg === 'image stored'), 'no upload reports a stored image')
-  t.same((await s3.keys()).filter((key) => !keysBefore.includes(key)), [], 'no object was stored')
-  t.same(await spoolFiles(), [], 'the spool file is removed')
-})
+    const exit = await service.exited
+    t.same({ code: exit.code, signal: exit.signal }, { code: 0, signal: null }, 'the process exits 0')
+    t.ok(
+      exit.at - signalledAt < SHUTDOWN_TIMEOUT_MS + 3000,
+      `it exits ${exit.at - signalledAt} ms after SIGTERM (timeout ${SHUTDOWN_TIMEOUT_MS} ms)`,
+    )
+    t.ok(
+      service.logs.some((line) => line.msg === 'closing: aborting the uploads still in flight'),
+      'the late uploads were aborted',
+    )
+    t.notOk(
+      service.logs.some((line) => line.msg === 'image stored'),
+      'no upload reports a stored image',
+    )
+    t.same(
+      (await s3.keys()).filter((key) => !keysBefore.includes(key)),
+      [],
+      'no object was stored',
+    )
+    t.same(await spoolFiles(), [], 'the spool file is removed')
+  },
+)
 
 t.test('a client that neither reads the 503 nor hangs up holds the exit for LINGER_MS at most', async (t) => {
   // What fly.toml's kill_timeout must allow for beyond SHUTDOWN_TIMEOUT_MS (test/deploy.test.ts checks it).
@@ -274,7 +301,9 @@ t.test('a client that neither reads the 503 nor hangs up holds the exit for LING
   await new Promise((resolve) => socket.once('connect', resolve))
   socket.on('error', () => {})
   socket.pause() // never reads the answer
-  socket.write(`POST /v1/images?filename=deaf.png HTTP/1.1\r\nHost: test\r\nContent-Type: image/png\r\nContent-Length: ${image.length}\r\n\r\n`)
+  socket.write(
+    `POST /v1/images?filename=deaf.png HTTP/1.1\r\nHost: test\r\nContent-Type: image/png\r\nContent-Length: ${image.length}\r\n\r\n`,
+  )
   socket.write(image.subarray(0, 256 * KiB))
   let offset = 256 * KiB
   const trickle = setInterval(() => {
@@ -294,5 +323,9 @@ t.test('a client that neither reads the 503 nor hangs up holds the exit for LING
   t.same({ code: exit.code, signal: exit.signal }, { code: 0, signal: null }, 'the process exits 0')
   t.ok(after >= SHUTDOWN_TIMEOUT_MS - 100, `the upload had its grace period (exit after ${after} ms)`)
   t.ok(after < SHUTDOWN_TIMEOUT_MS + LINGER_MS + 2000, `exit within SHUTDOWN_TIMEOUT_MS + LINGER_MS (+2 s): ${after} ms`)
-  t.same((await s3.keys()).filter((key) => !keysBefore.includes(key)), [], 'no object was stored')
+  t.same(
+    (await s3.keys()).filter((key) => !keysBefore.includes(key)),
+    [],
+    'no object was stored',
+  )
 })

@@ -26,18 +26,28 @@ t.test('an oversized stream gets its 413 long before it is sent, and nothing is 
     t.ok(result.sentWhenAnswered < 16 * MiB, `${kind}: answered after ${(result.sentWhenAnswered / MiB).toFixed(1)} MiB of 256 MiB`)
   }
 
-  const declared = await streamUpload(server, '/v1/images', { 'content-type': 'image/png', 'content-length': String(256 * MiB) }, pngStream(256 * MiB).stream)
+  const declared = await streamUpload(
+    server,
+    '/v1/images',
+    { 'content-type': 'image/png', 'content-length': String(256 * MiB) },
+    pngStream(256 * MiB).stream,
+  )
   t.equal(declared.status, 413, 'a declared Content-Length over the limit is refused before reading')
   t.ok(declared.sentWhenAnswered < 16 * MiB, `answered after ${(declared.sentWhenAnswered / MiB).toFixed(1)} MiB`)
   t.same(await storedFiles(dataDir), [], 'nothing stored')
 
   const { headers, stream } = bodies.raw()
-  const after = await streamUpload(server, '/v1/images', headers, (async function* () {
-    for await (const chunk of stream) {
-      yield chunk
-      return // one chunk: a small, valid upload on the same server
-    }
-  })())
+  const after = await streamUpload(
+    server,
+    '/v1/images',
+    headers,
+    (async function* () {
+      for await (const chunk of stream) {
+        yield chunk
+        return // one chunk: a small, valid upload on the same server
+      }
+    })(),
+  )
   t.equal(after.status, 201, 'the service serves normally afterwards')
 })
 
@@ -69,6 +79,8 @@ t.test('a 100 MiB upload streams through with bounded memory and arrives byte-ex
   t.equal(await s3.sha256Of(body.key), body.sha256, 'the backend holds the bytes sent')
 
   const growth = (await peakRss(service.pid)) - baseline
-  t.comment(`service peak RSS: baseline ${(baseline / MiB).toFixed(1)} MiB, grew by ${(growth / MiB).toFixed(1)} MiB during the 100 MiB upload`)
+  t.comment(
+    `service peak RSS: baseline ${(baseline / MiB).toFixed(1)} MiB, grew by ${(growth / MiB).toFixed(1)} MiB during the 100 MiB upload`,
+  )
   t.ok(growth < 64 * MiB, `peak RSS grew by ${(growth / MiB).toFixed(1)} MiB (< 64 MiB)`)
 })

@@ -46,25 +46,42 @@ t.test('a clean SVG is stored as image/svg+xml and served sandboxed, when allowe
     const response = await app.inject(request)
     t.equal(response.statusCode, 201, response.body)
     const body = response.json()
-    t.match(body, { content_type: 'image/svg+xml', key: /_drawing\.svg$/, width: 40, height: 30, sha256: sha256(CLEAN), size: Buffer.byteLength(CLEAN) })
+    t.match(body, {
+      content_type: 'image/svg+xml',
+      key: /_drawing\.svg$/,
+      width: 40,
+      height: 30,
+      sha256: sha256(CLEAN),
+      size: Buffer.byteLength(CLEAN),
+    })
 
     const served = await app.inject({ method: 'GET', url: `/files/${body.key}` })
     t.equal(served.statusCode, 200)
     t.equal(served.headers['content-type'], 'image/svg+xml')
     t.equal(served.rawPayload.toString(), CLEAN, 'the same bytes')
     t.equal(served.headers['x-content-type-options'], 'nosniff')
-    const directives = String(served.headers['content-security-policy']).split(';').map((directive) => directive.trim())
+    const directives = String(served.headers['content-security-policy'])
+      .split(';')
+      .map((directive) => directive.trim())
     t.ok(directives.includes('sandbox'), `CSP sandbox (${served.headers['content-security-policy']})`)
   }
   t.equal((await storedFiles(dataDir)).filter((file) => file.endsWith('.svg')).length, 2)
 
   // Sandbox is added to the app-wide policy for SVG only: a raster image has no script to contain.
-  const image = await app.inject({ method: 'POST', url: '/v1/images', ...multipartBody([{ name: 'file', filename: 'p.png', data: png() }]) })
+  const image = await app.inject({
+    method: 'POST',
+    url: '/v1/images',
+    ...multipartBody([{ name: 'file', filename: 'p.png', data: png() }]),
+  })
   const servedPng = await app.inject({ method: 'GET', url: `/files/${image.json().key}` })
   const servedSvg = await app.inject({ method: 'GET', url: `/files/${(await app.inject(raw(CLEAN))).json().key}` })
   const rasterPolicy = servedPng.headers['content-security-policy']
   t.notMatch(String(rasterPolicy), /sandbox/)
-  t.equal(servedSvg.headers['content-security-policy'], rasterPolicy ? `${rasterPolicy}; sandbox` : 'sandbox', 'the app-wide policy is kept')
+  t.equal(
+    servedSvg.headers['content-security-policy'],
+    rasterPolicy ? `${rasterPolicy}; sandbox` : 'sandbox',
+    'the app-wide policy is kept',
+  )
 })
 
 t.test('the size comes from width and height in px or absolute units, else from the viewBox', async (t) => {
@@ -84,7 +101,14 @@ t.test('the size comes from width and height in px or absolute units, else from 
     t.match(response.json(), { width, height }, size)
   }
   // The last one would take minutes with a backtracking length pattern.
-  for (const size of ['', 'width="100%" height="100%"', 'width="10em" height="5ex"', 'viewBox="0 0 0 10"', 'width="40"', `width="${'1'.repeat(100_000)}x" height="1"`]) {
+  for (const size of [
+    '',
+    'width="100%" height="100%"',
+    'width="10em" height="5ex"',
+    'viewBox="0 0 0 10"',
+    'width="40"',
+    `width="${'1'.repeat(100_000)}x" height="1"`,
+  ]) {
     const response = await app.inject(raw(svg('<circle r="4"/>', size)))
     t.equal(response.statusCode, 415, `no usable size: ${size.slice(0, 40)}`)
     t.match(response.json(), { code: 'unsupported_media_type', detail: /has no size/ })
@@ -108,41 +132,109 @@ t.test('an SVG that could run script, load a resource or expand entities is refu
     ['<SCRIPT> in upper case', svg('<SCRIPT>alert(1)</SCRIPT>'), /contains a <script> element/],
     ['an XHTML script', svg('<h:script xmlns:h="http://www.w3.org/1999/xhtml">alert(1)</h:script>'), /contains a <script> element/],
     ['onload attribute', svg('', 'width="1" height="1" onload="alert(1)"'), /event-handler attribute: the onload attribute of <svg>/],
-    ['ONCLICK on a child', svg('<rect width="9" height="9" ONCLICK="alert(1)"/>'), /event-handler attribute: the ONCLICK attribute of <rect>/],
+    [
+      'ONCLICK on a child',
+      svg('<rect width="9" height="9" ONCLICK="alert(1)"/>'),
+      /event-handler attribute: the ONCLICK attribute of <rect>/,
+    ],
     ['javascript: href', svg('<a href="javascript:alert(1)"><text>x</text></a>'), /a javascript: URL in the href attribute of <a>/],
     ['mixed case, leading space', svg('<a href=" JaVaScRiPt:alert(1)"><text>x</text></a>'), /a javascript: URL in the href attribute/],
-    ['entity-encoded', svg('<a xlink:href="&#106;avascript:alert(1)"><text>x</text></a>'), /a javascript: URL in the xlink:href attribute of <a>/],
-    ['hex entities and a tab inside', svg('<a href="&#x6A;ava&#x09;script&#x3A;alert(1)"><text>x</text></a>'), /a javascript: URL in the href/],
-    ['xlink:href data: URL', svg('<image width="9" height="9" xlink:href="data:image/svg+xml;base64,PHN2Zy8+"/>'), /a data: URL in the xlink:href attribute of <image>/],
-    ['external href', svg('<use href="https://evil.example/x.svg#a"/>'), /an external URL in the href attribute of <use>; only same-document #fragment/],
-    ['protocol-relative href', svg('<image width="9" height="9" href="//evil.example/pixel.png"/>'), /an external URL in the href attribute of <image>/],
+    [
+      'entity-encoded',
+      svg('<a xlink:href="&#106;avascript:alert(1)"><text>x</text></a>'),
+      /a javascript: URL in the xlink:href attribute of <a>/,
+    ],
+    [
+      'hex entities and a tab inside',
+      svg('<a href="&#x6A;ava&#x09;script&#x3A;alert(1)"><text>x</text></a>'),
+      /a javascript: URL in the href/,
+    ],
+    [
+      'xlink:href data: URL',
+      svg('<image width="9" height="9" xlink:href="data:image/svg+xml;base64,PHN2Zy8+"/>'),
+      /a data: URL in the xlink:href attribute of <image>/,
+    ],
+    [
+      'external href',
+      svg('<use href="https://evil.example/x.svg#a"/>'),
+      /an external URL in the href attribute of <use>; only same-document #fragment/,
+    ],
+    [
+      'protocol-relative href',
+      svg('<image width="9" height="9" href="//evil.example/pixel.png"/>'),
+      /an external URL in the href attribute of <image>/,
+    ],
     ['relative href', svg('<use href="other.svg#a"/>'), /an external URL in the href attribute of <use>/],
     ['xml:base', svg('<g xml:base="https://evil.example/"><use href="#a"/></g>'), /an external URL in the xml:base attribute of <g>/],
-    ['an animated href', svg('<a href="#x"><set attributeName="href" to="javascript:alert(1)"/><text>x</text></a>'), /animates an attribute that is refused: the attributeName attribute of <set>/],
-    ['an animated event handler', svg('<rect width="9" height="9"><set attributeName="onclick" to="alert(1)"/></rect>'), /animates an attribute that is refused/],
-    ['foreignObject with HTML', svg('<foreignObject width="40" height="30"><body xmlns="http://www.w3.org/1999/xhtml"><p>hi</p></body></foreignObject>'), /contains a <foreignObject> element/],
-    ['an HTML iframe outside foreignObject', svg('<h:iframe xmlns:h="http://www.w3.org/1999/xhtml" srcdoc="&lt;p&gt;hi"/>'), /contains the HTML element <h:iframe>/],
-    ['XXE', `<?xml version="1.0"?><!DOCTYPE svg [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>${svg('<text>&xxe;</text>')}`, /contains a DOCTYPE declaration/],
+    [
+      'an animated href',
+      svg('<a href="#x"><set attributeName="href" to="javascript:alert(1)"/><text>x</text></a>'),
+      /animates an attribute that is refused: the attributeName attribute of <set>/,
+    ],
+    [
+      'an animated event handler',
+      svg('<rect width="9" height="9"><set attributeName="onclick" to="alert(1)"/></rect>'),
+      /animates an attribute that is refused/,
+    ],
+    [
+      'foreignObject with HTML',
+      svg('<foreignObject width="40" height="30"><body xmlns="http://www.w3.org/1999/xhtml"><p>hi</p></body></foreignObject>'),
+      /contains a <foreignObject> element/,
+    ],
+    [
+      'an HTML iframe outside foreignObject',
+      svg('<h:iframe xmlns:h="http://www.w3.org/1999/xhtml" srcdoc="&lt;p&gt;hi"/>'),
+      /contains the HTML element <h:iframe>/,
+    ],
+    [
+      'XXE',
+      `<?xml version="1.0"?><!DOCTYPE svg [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>${svg('<text>&xxe;</text>')}`,
+      /contains a DOCTYPE declaration/,
+    ],
     [
       'billion laughs',
       `<?xml version="1.0"?><!DOCTYPE svg [<!ENTITY lol "lol">${Array.from({ length: 9 }, (_, i) => `<!ENTITY lol${i + 1} "${`&lol${i || ''};`.repeat(10)}">`).join('')}]>${svg('<text>&lol9;</text>')}`,
       /contains a DOCTYPE declaration/,
     ],
-    ['an external stylesheet PI', `<?xml-stylesheet href="https://evil.example/x.css"?>${svg('')}`, /processing instruction <\?xml-stylesheet\?>/],
+    [
+      'an external stylesheet PI',
+      `<?xml-stylesheet href="https://evil.example/x.css"?>${svg('')}`,
+      /processing instruction <\?xml-stylesheet\?>/,
+    ],
     ['@import in <style>', svg('<style>@import url(https://evil.example/x.css);</style>'), /CSS in a <style> element uses @import/],
     ['@IMPORT in capitals', svg('<style>@IMPORT "https://evil.example/x.css";</style>'), /uses @import/],
     ['@import split by CDATA', svg('<style>@im<![CDATA[port "https://evil.example/x.css";]]></style>'), /uses @import/],
-    ['external url() in <style>', svg('<style>rect { fill: url(https://evil.example/p.svg#g) }</style>'), /CSS in a <style> element loads an external resource with url\(https:\/\/evil\.example\/p\.svg#g\)/],
-    ['external url() in a style attribute', svg(`<rect width="9" height="9" style="background: URL( '//evil.example/t.png' )"/>`), /CSS in the style attribute of <rect> loads an external resource/],
-    ['external url() in a presentation attribute', svg('<rect width="9" height="9" fill="url(https://evil.example/p.svg#g)"/>'), /CSS in the fill attribute of <rect> loads an external resource/],
+    [
+      'external url() in <style>',
+      svg('<style>rect { fill: url(https://evil.example/p.svg#g) }</style>'),
+      /CSS in a <style> element loads an external resource with url\(https:\/\/evil\.example\/p\.svg#g\)/,
+    ],
+    [
+      'external url() in a style attribute',
+      svg(`<rect width="9" height="9" style="background: URL( '//evil.example/t.png' )"/>`),
+      /CSS in the style attribute of <rect> loads an external resource/,
+    ],
+    [
+      'external url() in a presentation attribute',
+      svg('<rect width="9" height="9" fill="url(https://evil.example/p.svg#g)"/>'),
+      /CSS in the fill attribute of <rect> loads an external resource/,
+    ],
     ['a CSS escape', svg('<style>rect { fill: u\\72l(https://evil.example/p.svg#g) }</style>'), /contains a backslash escape/],
     ['image-set()', svg('<style>rect { fill: image-set("https://evil.example/t.png" 1x) }</style>'), /uses image\(\) or image-set\(\)/],
     ['a non-SVG root', '<?xml version="1.0"?><note><to>Thorgar</to></note>', /root is <note>, not an SVG <svg> element/],
-    ['<svg> in another namespace', '<svg xmlns="https://evil.example/ns" width="4" height="4"/>', /root is <svg> in the namespace https:\/\/evil\.example\/ns, not an SVG <svg>/],
+    [
+      '<svg> in another namespace',
+      '<svg xmlns="https://evil.example/ns" width="4" height="4"/>',
+      /root is <svg> in the namespace https:\/\/evil\.example\/ns, not an SVG <svg>/,
+    ],
     ['malformed XML', svg('<rect width="9" height="9">'), /not well-formed XML/],
     ['an undefined entity', svg('<text>&nbsp;</text>'), /not well-formed XML: .*undefined entity/],
     ['a second encoding', `<?xml version="1.0" encoding="ISO-2022-JP"?>${svg('')}`, /declares the encoding ISO-2022-JP; only UTF-8/],
-    ['bytes that are not UTF-8', Buffer.concat([Buffer.from(svg('<text>')), Buffer.from([0xff, 0xfe]), Buffer.from('</text></svg>')]), /not UTF-8 text/],
+    [
+      'bytes that are not UTF-8',
+      Buffer.concat([Buffer.from(svg('<text>')), Buffer.from([0xff, 0xfe]), Buffer.from('</text></svg>')]),
+      /not UTF-8 text/,
+    ],
   ]
   for (const [name, document, detail] of attacks) {
     for (const request of [multipart(document), raw(document)]) {
@@ -173,7 +265,10 @@ t.test('an SVG is read whole, so it is capped at SVG_MAX_BYTES, and never above 
     t.match(response.json(), { code: 'image_too_large', detail: /at most 1048576 bytes/ })
   }
   // A complete, clean document in exactly the first SVG_MAX_BYTES must not carry unchecked bytes after it.
-  const smuggled = await app.inject({ ...raw(''), payload: Readable.from([Buffer.from(largest), Buffer.from('<script>alert(1)</script>')]) })
+  const smuggled = await app.inject({
+    ...raw(''),
+    payload: Readable.from([Buffer.from(largest), Buffer.from('<script>alert(1)</script>')]),
+  })
   t.equal(smuggled.statusCode, 413, 'bytes past the cap are refused, not streamed on unchecked')
   t.same(await storedFiles(dataDir), before, 'nothing stored for the refused ones')
 
@@ -241,7 +336,11 @@ t.test('no SVG within SVG_MAX_BYTES holds the event loop: worst cases are checke
   const refused = (detail: RegExp) => ({ status: 415, detail })
   // Each document is built when its turn comes: holding them all would only make garbage collection slower.
   const worstCases: [string, () => string, { status: number; detail?: RegExp }][] = [
-    ['many elements at the depth limit', () => filled(`${ROOT}>${'<g>'.repeat(254)}`, () => '<g/>', `${'</g>'.repeat(254)}</svg>`), refused(/more than 100000 elements/)],
+    [
+      'many elements at the depth limit',
+      () => filled(`${ROOT}>${'<g>'.repeat(254)}`, () => '<g/>', `${'</g>'.repeat(254)}</svg>`),
+      refused(/more than 100000 elements/),
+    ],
     ['many elements', () => filled(`${ROOT}>`, () => '<g/>', '</svg>'), refused(/more than 100000 elements/)],
     ['many attributes', () => filled(ROOT, (i) => ` a${i}=""`, '/>'), refused(/more than 256 attributes/)],
     ['many prefixed attributes', () => filled(`${ROOT}><g`, (i) => ` xlink:a${i}=""`, '/></svg>'), refused(/more than 256 attributes/)],
@@ -253,10 +352,23 @@ t.test('no SVG within SVG_MAX_BYTES holds the event loop: worst cases are checke
     ['many style elements', () => filled(`${ROOT}>`, () => '<style>a{}</style>', '</svg>'), { status: 201 }],
     ['comments', () => filled(`${ROOT}>`, () => '<!---->', '</svg>'), { status: 201 }],
     ['a huge element name', () => filled(`${ROOT}><g`, () => 'g', '/></svg>'), { status: 201 }],
-    ['deep nesting, closed', () => filled(`${ROOT}>`, (i) => (i < 65_000 ? '<g>' : '</g>'), '</svg>'), refused(/nests elements deeper than 256/)],
+    [
+      'deep nesting, closed',
+      () => filled(`${ROOT}>`, (i) => (i < 65_000 ? '<g>' : '</g>'), '</svg>'),
+      refused(/nests elements deeper than 256/),
+    ],
     ['deep nesting', () => filled(`${ROOT}>`, () => '<g>', ''), refused(/nests elements deeper than 256/)],
-    ['deep nesting of prefixed elements with prefixed attributes', () => filled(`${ROOT} xmlns:s="${'http://www.w3.org/2000/svg'}">`, () => '<s:g xlink:title="">', ''), refused(/nests elements deeper than 256/)],
-    ['a namespace declared at every level', () => filled(`${ROOT}>`, (i) => `<g xmlns:n${i}="urn:${i}">`, ''), refused(/nests elements deeper than 256/)],  ]
+    [
+      'deep nesting of prefixed elements with prefixed attributes',
+      () => filled(`${ROOT} xmlns:s="${'http://www.w3.org/2000/svg'}">`, () => '<s:g xlink:title="">', ''),
+      refused(/nests elements deeper than 256/),
+    ],
+    [
+      'a namespace declared at every level',
+      () => filled(`${ROOT}>`, (i) => `<g xmlns:n${i}="urn:${i}">`, ''),
+      refused(/nests elements deeper than 256/),
+    ],
+  ]
   for (const [name, build, expected] of worstCases) {
     const document = build()
     t.ok(Buffer.byteLength(document) <= SVG_MAX_BYTES, `${name}: within SVG_MAX_BYTES`)
@@ -268,5 +380,9 @@ t.test('no SVG within SVG_MAX_BYTES holds the event loop: worst cases are checke
     const figures = `held at most ${heldMs.toFixed(0)} ms of CPU (longest timer delay ${delayMs.toFixed(0)} ms; answered in ${elapsed.toFixed(0)} ms)`
     t.ok(heldMs < 100, `${name}: the event loop was ${figures}`)
   }
-  t.equal((await storedFiles(dataDir)).length, worstCases.filter(([, , expected]) => expected.status === 201).length, 'only the accepted ones stored')
+  t.equal(
+    (await storedFiles(dataDir)).length,
+    worstCases.filter(([, , expected]) => expected.status === 201).length,
+    'only the accepted ones stored',
+  )
 })

@@ -1,6 +1,6 @@
-import { ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3'
 import { stat } from 'node:fs/promises'
 import path from 'node:path'
+import { ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3'
 import type { FastifyInstance } from 'fastify'
 import t from 'tap'
 import { loadConfig } from '../src/config.js'
@@ -8,7 +8,7 @@ import { R2Driver } from '../src/storage/r2.js'
 import { buildTestApp, storedFiles } from './helpers/app.js'
 import { pngOfSize } from './helpers/images.js'
 import { multipartBody } from './helpers/multipart.js'
-import { TEST_BUCKET, r2DriverOf, r2Env, recordCommands, startS3 } from './helpers/s3.js'
+import { r2DriverOf, r2Env, recordCommands, startS3, TEST_BUCKET } from './helpers/s3.js'
 
 const T1 = 'usage-'.padEnd(40, 'u')
 const bearer = { authorization: `Bearer ${T1}` }
@@ -34,7 +34,6 @@ async function listBucket(): Promise<{ bytes: number; objects: number }> {
   } while (token)
   return { bytes, objects }
 }
-
 
 function uploadRequest(data: Buffer, headers: Record<string, string> = {}) {
   const form = multipartBody([{ name: 'file', filename: 'p.png', contentType: 'image/png', data }])
@@ -215,7 +214,10 @@ t.test('the local-disk driver: /v1/usage?rescan=true counts its stored files', a
   }
   const onDisk = async () => {
     const files = await storedFiles(dataDir)
-    const bytes = (await Promise.all(files.map(async (file) => (await stat(path.join(dataDir, 'objects', file))).size))).reduce((a, b) => a + b, 0)
+    const bytes = (await Promise.all(files.map(async (file) => (await stat(path.join(dataDir, 'objects', file))).size))).reduce(
+      (a, b) => a + b,
+      0,
+    )
     return { bytes, objects: files.length }
   }
 
@@ -224,7 +226,11 @@ t.test('the local-disk driver: /v1/usage?rescan=true counts its stored files', a
   t.equal(files.objects, 3)
   t.equal(report.object_count, files.objects, 'object_count is the number of stored files')
   t.equal(report.storage_bytes, files.bytes, 'storage_bytes is the sum of their sizes')
-  t.equal(report.storage_bytes, sizes.reduce((sum, size) => sum + size, 0), 'metadata sidecars are not counted')
+  t.equal(
+    report.storage_bytes,
+    sizes.reduce((sum, size) => sum + size, 0),
+    'metadata sidecars are not counted',
+  )
   t.equal(report.class_a_operations, 0, 'no R2 operations on local disk')
   t.equal(report.class_b_operations, 0)
   t.same(report.limits, LIMITS)

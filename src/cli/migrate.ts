@@ -7,9 +7,9 @@ import { createHash } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { parseArgs } from 'node:util'
 import { ImageServiceClient, ImageServiceError, ImageServiceUnreachableError, type StoredImage } from '../client.js'
-import { MigrationMap, isMigrated, type MapLine } from './migration-map.js'
+import { isMigrated, type MapLine, MigrationMap } from './migration-map.js'
 import { Progress } from './progress.js'
-import { InputError, formatOfPath, readRecords, type InputFormat, type MigrationRecord } from './records.js'
+import { formatOfPath, InputError, type InputFormat, type MigrationRecord, readRecords } from './records.js'
 
 const USAGE = `Usage: npm run migrate -- --input <records.csv|records.jsonl> --map <map.jsonl> --url <service URL> [options]
 
@@ -85,7 +85,8 @@ function optionsOf(argv: string[], env: NodeJS.ProcessEnv): Options | undefined 
   if (!values.input) throw new UsageError('--input is required')
   if (!values.map) throw new UsageError('--map is required')
   const url = (values.url ?? env.IMAGE_SERVICE_URL ?? '').replace(/\/+$/, '')
-  if (!/^https?:\/\/[^/]/.test(url) || !URL.canParse(url)) throw new UsageError('--url (or IMAGE_SERVICE_URL) must be the service\'s http(s) base URL')
+  if (!/^https?:\/\/[^/]/.test(url) || !URL.canParse(url))
+    throw new UsageError("--url (or IMAGE_SERVICE_URL) must be the service's http(s) base URL")
   const rate = /^(\d+(?:\.\d+)?)\/(s|min)$/.exec(values.rate)
   if (!rate || Number(rate[1]) <= 0) throw new UsageError('--rate must look like 5/s or 120/min')
   const format = values.format ?? formatOfPath(values.input)
@@ -136,7 +137,13 @@ function firstKeyNumber(record: MigrationRecord, previous: MapLine | undefined):
   return match && `${match[1]}-0` === idempotencyKey(record.id, 0) ? Number(match[2]) : 0
 }
 
-async function migrateOne(record: MigrationRecord, options: Options, client: ImageServiceClient, pacer: StartPacer, keyNumber: number): Promise<MapLine> {
+async function migrateOne(
+  record: MigrationRecord,
+  options: Options,
+  client: ImageServiceClient,
+  pacer: StartPacer,
+  keyNumber: number,
+): Promise<MapLine> {
   const failed = (error: string, status?: number): MapLine => ({
     id: record.id,
     old_url: record.url,
@@ -178,7 +185,8 @@ async function migrateOne(record: MigrationRecord, options: Options, client: Ima
 async function run(options: Options): Promise<number> {
   const records = await readRecords(options.input, options.format)
   const { map, unreadableLines } = await MigrationMap.open(options.map)
-  if (unreadableLines > 0) console.error(`The map had ${unreadableLines} unreadable line(s) (a run cut short while writing); they were dropped.`)
+  if (unreadableLines > 0)
+    console.error(`The map had ${unreadableLines} unreadable line(s) (a run cut short while writing); they were dropped.`)
   const pending = records.filter((record) => !isMigrated(map.get(record.id)))
   const skipped = records.length - pending.length
   console.error(

@@ -1,4 +1,4 @@
-import { open, readFile, rename, type FileHandle } from 'node:fs/promises'
+import { type FileHandle, open, readFile, rename } from 'node:fs/promises'
 
 /** A record stored by the service: the bot replaces `old_url` by `new_url`. */
 export interface MigratedLine {

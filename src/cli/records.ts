@@ -31,7 +31,8 @@ export async function readRecords(path: string, format: InputFormat): Promise<Mi
   const seen = new Map<string, number>()
   for (const record of records) {
     const first = seen.get(record.id)
-    if (first !== undefined) throw new InputError(`line ${record.line}: id "${record.id}" already appears on line ${first}; ids must be unique`)
+    if (first !== undefined)
+      throw new InputError(`line ${record.line}: id "${record.id}" already appears on line ${first}; ids must be unique`)
     seen.set(record.id, record.line)
   }
   return records
@@ -120,11 +121,20 @@ function recordsFromCsv(text: string): MigrationRecord[] {
   const repeated = columns.find((name, index) => columns.indexOf(name) !== index)
   if (repeated !== undefined) throw new InputError(`line ${header.line}: the column "${repeated}" appears twice`)
   return rows.map(({ fields, line }) => {
-    if (fields.length !== columns.length) throw new InputError(`line ${line}: ${fields.length} fields where the header has ${columns.length}`)
+    if (fields.length !== columns.length)
+      throw new InputError(`line ${line}: ${fields.length} fields where the header has ${columns.length}`)
     const cells = new Map(columns.map((name, index) => [name, fields[index]!]))
-    const metadata = Object.fromEntries(columns.filter((name) => !RECORD_COLUMNS.includes(name) && cells.get(name) !== '').map((name) => [name, cells.get(name)!]))
+    const metadata = Object.fromEntries(
+      columns.filter((name) => !RECORD_COLUMNS.includes(name) && cells.get(name) !== '').map((name) => [name, cells.get(name)!]),
+    )
     return checkedRecord(
-      { id: cells.get('id'), url: cells.get('url'), context: cells.get('context') || undefined, filename: cells.get('filename') || undefined, metadata },
+      {
+        id: cells.get('id'),
+        url: cells.get('url'),
+        context: cells.get('context') || undefined,
+        filename: cells.get('filename') || undefined,
+        metadata,
+      },
       line,
     )
   })
@@ -141,7 +151,8 @@ function recordsFromJsonLines(text: string): MigrationRecord[] {
     } catch {
       throw new InputError(`line ${index + 1}: not valid JSON`)
     }
-    if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new InputError(`line ${index + 1}: expected a JSON object`)
+    if (typeof value !== 'object' || value === null || Array.isArray(value))
+      throw new InputError(`line ${index + 1}: expected a JSON object`)
     const { id, ...rest } = value as Record<string, unknown>
     // Numeric ids (a database's) are taken as their decimal text.
     records.push(checkedRecord({ ...rest, id: typeof id === 'number' && Number.isSafeInteger(id) ? String(id) : id }, index + 1))
@@ -159,7 +170,10 @@ function checkedRecord(value: Record<string, unknown>, line: number): MigrationR
   if (context !== undefined && typeof context !== 'string') throw problem('context must be a string')
   if (filename !== undefined && typeof filename !== 'string') throw problem('filename must be a string')
   const isStringMap = (entries: unknown): entries is Record<string, string> =>
-    typeof entries === 'object' && entries !== null && !Array.isArray(entries) && Object.values(entries).every((entry) => typeof entry === 'string')
+    typeof entries === 'object' &&
+    entries !== null &&
+    !Array.isArray(entries) &&
+    Object.values(entries).every((entry) => typeof entry === 'string')
   if (metadata !== undefined && !isStringMap(metadata)) throw problem('metadata must be an object of string values')
   const hasMetadata = metadata !== undefined && Object.keys(metadata).length > 0
   return { id, url: url.trim(), context, filename, metadata: hasMetadata ? metadata : undefined, line }

@@ -168,10 +168,18 @@ function get(socket: Duplex, destination: Destination): Promise<IncomingMessage>
  * answer cannot swap it), at most MAX_REDIRECTS redirects each checked the same way, and one deadline for
  * the whole download. Refusals are `import_refused`; a source that fails is `import_failed`.
  */
-export async function openSource(sourceUrl: string, rules: SourceRules, network: ImportNetwork, signal: AbortSignal): Promise<OpenedSource> {
+export async function openSource(
+  sourceUrl: string,
+  rules: SourceRules,
+  network: ImportNetwork,
+  signal: AbortSignal,
+): Promise<OpenedSource> {
   const deadline = new AbortController()
   const timer = setTimeout(
-    () => deadline.abort(new ApiError('import_failed', `The source did not deliver the image within ${rules.timeoutMs} ms (IMPORT_TIMEOUT_MS).`)),
+    () =>
+      deadline.abort(
+        new ApiError('import_failed', `The source did not deliver the image within ${rules.timeoutMs} ms (IMPORT_TIMEOUT_MS).`),
+      ),
     rules.timeoutMs,
   )
   const aborted = AbortSignal.any([deadline.signal, signal])
@@ -239,7 +247,9 @@ async function connectToFirst(addresses: string[], destination: Destination, con
     }
   }
   const code = (lastError as NodeJS.ErrnoException | undefined)?.code
-  throw new ApiError('import_failed', `The source host ${destination.hostname} could not be reached${code ? ` (${code})` : ''}.`, { cause: lastError })
+  throw new ApiError('import_failed', `The source host ${destination.hostname} could not be reached${code ? ` (${code})` : ''}.`, {
+    cause: lastError,
+  })
 }
 
 async function* readBody(response: IncomingMessage, failureOf: (error: unknown) => unknown): AsyncGenerator<Buffer> {

@@ -69,7 +69,10 @@ export default fp(
       if (!enforced || !needsKey(request) || request.method === 'OPTIONS' || request.apiKeyName) return
       if (request.is404) await limitUnmatched.call(app, request, reply)
       reply.header('www-authenticate', 'Bearer realm="image-upload-service"')
-      throw new ApiError('unauthorized', request.headers.authorization ? 'The API key is not valid.' : 'Send Authorization: Bearer <token>.')
+      throw new ApiError(
+        'unauthorized',
+        request.headers.authorization ? 'The API key is not valid.' : 'Send Authorization: Bearer <token>.',
+      )
     })
   },
   { name: 'auth', dependencies: ['client-address'] },

@@ -16,7 +16,16 @@ export default fp(
       await app.register(cors, {
         origin: options.corsOrigins,
         methods: ['GET', 'HEAD', 'POST', 'DELETE'],
-        exposedHeaders: ['Location', 'X-Request-Id', 'Retry-After', 'ETag', 'WWW-Authenticate', 'X-RateLimit-Limit', 'X-RateLimit-Remaining', 'X-RateLimit-Reset'],
+        exposedHeaders: [
+          'Location',
+          'X-Request-Id',
+          'Retry-After',
+          'ETag',
+          'WWW-Authenticate',
+          'X-RateLimit-Limit',
+          'X-RateLimit-Remaining',
+          'X-RateLimit-Reset',
+        ],
         maxAge: 600,
         // An OPTIONS request that is no preflight goes on to the routes (a 404 problem), not a text/plain 400.
         strictPreflight: false,

@@ -93,7 +93,10 @@ export function sendProblem(request: FastifyRequest, reply: FastifyReply, error:
   if (!bodyRead(request.raw)) closeAfterAnswering(request, reply)
   const retryAfter = error.retryAfterSeconds
   if (retryAfter !== undefined) reply.header('retry-after', String(retryAfter))
-  return reply.code(error.status).type('application/problem+json').send(problemOf(error, request.id, fallbackUrl))
+  return reply
+    .code(error.status)
+    .type('application/problem+json')
+    .send(problemOf(error, request.id, fallbackUrl))
 }
 
 /**

@@ -1,7 +1,7 @@
 import type { FastifyReply, FastifyRequest, FastifyServerOptions } from 'fastify'
 import fp from 'fastify-plugin'
 import type { Config } from '../config.js'
-import { CLIENT_CLOSED, answeredStatus, onUnfinishedResponse } from '../http/response-lifecycle.js'
+import { answeredStatus, CLIENT_CLOSED, onUnfinishedResponse } from '../http/response-lifecycle.js'
 
 const PROBE_ROUTES = new Set(['/healthz', '/readyz'])
 

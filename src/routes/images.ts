@@ -1,9 +1,10 @@
 import { Readable } from 'node:stream'
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import multipart, { type Multipart } from '@fastify/multipart'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { Config } from '../config.js'
 import { ApiError, objectNotFound } from '../errors.js'
 import { IMAGES_PREFIX, STORING_ROUTE } from '../http/route-options.js'
+import { watchFormFraming } from '../upload/form-length.js'
 import { keyFromPath, publicUrlOf } from '../upload/keys.js'
 import {
   assertQueryParameterDecodes,
@@ -13,7 +14,6 @@ import {
   metadataFromRequestHeaders,
   metadataToResponseHeaders,
 } from '../upload/metadata.js'
-import { watchFormFraming } from '../upload/form-length.js'
 import { coalesced, type UploadSource } from '../upload/pipeline.js'
 import type { UploadSlots } from '../upload/uploader.js'
 import { storingRoute } from './storing-route.js'
@@ -67,10 +67,12 @@ function rawUploadSource(request: FastifyRequest<{ Querystring: RawUploadQuery }
  * Content-Length, the file's exact length is worked out from it (see form-length.ts).
  */
 async function multipartUploadSource(request: FastifyRequest, maxBytes: number): Promise<UploadSource> {
-  const parts = request.parts({
-    // One byte over the limit reaches the pipeline, which answers 413; busboy alone would only truncate.
-    limits: { fileSize: maxBytes + 1, fieldSize: 2048, fieldNameSize: 100, parts: MAX_FORM_PARTS, headerPairs: 100 },
-  })[Symbol.asyncIterator]()
+  const parts = request
+    .parts({
+      // One byte over the limit reaches the pipeline, which answers 413; busboy alone would only truncate.
+      limits: { fileSize: maxBytes + 1, fieldSize: 2048, fieldNameSize: 100, parts: MAX_FORM_PARTS, headerPairs: 100 },
+    })
+    [Symbol.asyncIterator]()
   let firstPart: Promise<IteratorResult<Multipart>> | undefined = parts.next() // the parser starts reading the body
   const framing = watchFormFraming(request.raw)
   const nextPart = async (): Promise<Multipart | undefined> => {
@@ -130,7 +132,10 @@ async function findObject(app: FastifyInstance, key: string) {
 }
 
 /** POST /v1/images and the per-key HEAD, GET and DELETE. */
-export default async function imageRoutes(app: FastifyInstance, options: { config: Config; shutdown: AbortSignal; uploadSlots: UploadSlots }) {
+export default async function imageRoutes(
+  app: FastifyInstance,
+  options: { config: Config; shutdown: AbortSignal; uploadSlots: UploadSlots },
+) {
   const { config, shutdown, uploadSlots } = options
   // This context reads upload bodies only: multipart, or the raw image as an unparsed stream.
   app.removeAllContentTypeParsers()

@@ -2,9 +2,9 @@ import type { FastifyInstance } from 'fastify'
 import type { Config } from '../config.js'
 import { ApiError, type ErrorCode } from '../errors.js'
 import { STORING_ROUTE } from '../http/route-options.js'
-import { openSource, type ImportNetwork, type SourceRules } from '../import/source.js'
-import { assertValidContext, checkedFilename, clientMetadata } from '../upload/metadata.js'
+import { type ImportNetwork, openSource, type SourceRules } from '../import/source.js'
 import { fingerprintOf } from '../upload/idempotency.js'
+import { assertValidContext, checkedFilename, clientMetadata } from '../upload/metadata.js'
 import { REFUSED_REQUESTS, type UploadSlots } from '../upload/uploader.js'
 import { storingRoute } from './storing-route.js'
 
@@ -35,7 +35,8 @@ function importRequestOf(body: unknown): ImportRequest {
   if (typeof sourceUrl !== 'string' || sourceUrl.length === 0 || sourceUrl.length > MAX_SOURCE_URL_LENGTH) {
     throw new ApiError('invalid_request', `source_url is required: a URL of at most ${MAX_SOURCE_URL_LENGTH} characters.`)
   }
-  if (typeof context !== 'string') throw new ApiError('invalid_context', 'context is required, a string matching ^[a-z0-9][a-z0-9_-]{0,62}$.')
+  if (typeof context !== 'string')
+    throw new ApiError('invalid_context', 'context is required, a string matching ^[a-z0-9][a-z0-9_-]{0,62}$.')
   if (filename !== undefined && typeof filename !== 'string') throw new ApiError('invalid_request', 'filename, when sent, is a string.')
   if (!isObject(metadata) || Object.values(metadata).some((value) => typeof value !== 'string')) {
     throw new ApiError('invalid_metadata', 'metadata, when sent, is an object of string values.')
@@ -73,11 +74,16 @@ export default async function importRoutes(
     allowInsecureLocal: config.imports.allowInsecureLocalSources,
     timeoutMs: config.imports.timeoutMs,
   }
-  if (rules.allowInsecureLocal) app.log.warn('IMPORT_ALLOW_INSECURE_LOCAL_SOURCES is on: imports may fetch http:// URLs from 127.0.0.1 (tests only)')
+  if (rules.allowInsecureLocal)
+    app.log.warn('IMPORT_ALLOW_INSECURE_LOCAL_SOURCES is on: imports may fetch http:// URLs from 127.0.0.1 (tests only)')
 
   // The one body this context reads: a small JSON object (the default parser, prototype poisoning refused).
   app.removeAllContentTypeParsers()
-  app.addContentTypeParser('application/json', { parseAs: 'string', bodyLimit: MAX_REQUEST_BYTES }, app.getDefaultJsonParser('error', 'error'))
+  app.addContentTypeParser(
+    'application/json',
+    { parseAs: 'string', bodyLimit: MAX_REQUEST_BYTES },
+    app.getDefaultJsonParser('error', 'error'),
+  )
   const route = {
     bodyLimit: MAX_REQUEST_BYTES,
     config: STORING_ROUTE,
@@ -96,7 +102,10 @@ export default async function importRoutes(
         async (signal) => {
           source = await openSource(sourceUrl, rules, network, signal)
           if (source.declaredLength !== undefined && source.declaredLength > imports.policy.maxBytes) {
-            throw new ApiError('image_too_large', `The source declares ${source.declaredLength} bytes; the limit is ${imports.policy.maxBytes}.`)
+            throw new ApiError(
+              'image_too_large',
+              `The source declares ${source.declaredLength} bytes; the limit is ${imports.policy.maxBytes}.`,
+            )
           }
           return { filename, context, metadata, body: source.body }
         },

@@ -35,7 +35,8 @@ export function storingRoute(app: FastifyInstance, options: StoringRouteOptions)
 
   /** Route hooks: an answered attempt is counted here, a stored one also by the uploader (which knows the size). */
   const hooks = {
-    onResponse: async (request: FastifyRequest, reply: FastifyReply) => uploader.countAttempt(reply.elapsedTime, answeredCode(request, reply)),
+    onResponse: async (request: FastifyRequest, reply: FastifyReply) =>
+      uploader.countAttempt(reply.elapsedTime, answeredCode(request, reply)),
     // An answer cut off by the client (a reset while an early 413 lingers) has no onResponse either.
     // Cut off before any answer was sent, `handle` counts it, once it knows how the upload ended.
     onRequest: async (request: FastifyRequest, reply: FastifyReply) =>

@@ -19,10 +19,10 @@ import type { R2Settings } from '../config.js'
 import { ApiError } from '../errors.js'
 import {
   KeyExistsError,
-  SINGLE_REQUEST_MAX_BYTES,
-  provesNothingWritten,
   type ObjectWrite,
   type PricingClass,
+  provesNothingWritten,
+  SINGLE_REQUEST_MAX_BYTES,
   type StorageDriver,
   type StoredObject,
 } from './driver.js'

@@ -25,7 +25,8 @@ export function jpegFrameSize(data: Uint8Array): Size | undefined {
     while (data[at] === 0xff) if (++at >= data.length) return undefined // fill bytes
     const marker = data[at++]!
     if ((marker >= 0xd0 && marker <= 0xd7) || marker === 0x01) continue // markers without a segment
-    if (marker === 0x00 || marker === 0xd8 || marker === 0xd9 || marker === 0xda) corrupt('JPEG', 'the image data comes before a frame header')
+    if (marker === 0x00 || marker === 0xd8 || marker === 0xd9 || marker === 0xda)
+      corrupt('JPEG', 'the image data comes before a frame header')
     if (at + 2 > data.length) return undefined
     const length = (data[at]! << 8) | data[at + 1]!
     if (length < 2) corrupt('JPEG', 'a segment is shorter than its length field')

@@ -82,7 +82,10 @@ export class GifFrameInspector {
     this.screen = { width: field[6]! | (field[7]! << 8), height: field[8]! | (field[9]! << 8) }
     const { width, height } = this.screen
     if (width * height > this.maxPixels) {
-      throw new ApiError('image_too_many_pixels', `The GIF's logical screen is ${width} × ${height} pixels; at most ${this.maxPixels} are accepted.`)
+      throw new ApiError(
+        'image_too_many_pixels',
+        `The GIF's logical screen is ${width} × ${height} pixels; at most ${this.maxPixels} are accepted.`,
+      )
     }
     this.skip(colourTableBytes(field[10]!), 'block')
   }

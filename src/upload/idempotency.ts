@@ -36,7 +36,9 @@ export function idempotencyKeyOf(headers: IncomingHttpHeaders): string | undefin
 export function fingerprintOf(request: Pick<UploadSource, 'context' | 'metadata'>, filename: string | undefined, content: string): string {
   const { uploaded_at: _restamped, ...metadata } = request.metadata
   const entries = Object.entries(metadata).sort(([a], [b]) => (a < b ? -1 : 1))
-  return createHash('sha256').update(JSON.stringify([content, request.context, filename ?? '', entries])).digest('hex')
+  return createHash('sha256')
+    .update(JSON.stringify([content, request.context, filename ?? '', entries]))
+    .digest('hex')
 }
 
 /**
@@ -96,7 +98,13 @@ export class IdempotencyRecords {
     const record: IdempotencyRecord = { created_at: new Date(this.now()).toISOString(), fingerprint, response }
     const body = Buffer.from(JSON.stringify(record))
     const sha256 = createHash('sha256').update(body).digest('hex')
-    const write = { contentType: 'application/json', cacheControl: 'no-store', metadata: { uploaded_at: record.created_at, sha256 }, sha256, shared: true }
+    const write = {
+      contentType: 'application/json',
+      cacheControl: 'no-store',
+      metadata: { uploaded_at: record.created_at, sha256 },
+      sha256,
+      shared: true,
+    }
     for (let attempt = 1; ; attempt++) {
       try {
         await this.driver.put(recordKey.name, body, write, signal)

@@ -18,13 +18,9 @@ export const RECORDS_PREFIX = '.idempotency/'
 export function assertValidKey(key: string): string {
   const segments = key.split('/')
   const valid =
-    Buffer.byteLength(key) <= MAX_KEY_BYTES &&
-    segments.every((segment) => KEY_SEGMENT.test(segment) && segment !== '.' && segment !== '..')
+    Buffer.byteLength(key) <= MAX_KEY_BYTES && segments.every((segment) => KEY_SEGMENT.test(segment) && segment !== '.' && segment !== '..')
   if (!valid) {
-    throw new ApiError(
-      'invalid_key',
-      'A key is at most 1024 bytes of "/"-separated segments of [A-Za-z0-9._-], none empty, "." or "..".',
-    )
+    throw new ApiError('invalid_key', 'A key is at most 1024 bytes of "/"-separated segments of [A-Za-z0-9._-], none empty, "." or "..".')
   }
   return key
 }

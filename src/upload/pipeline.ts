@@ -3,18 +3,18 @@ import { createReadStream, createWriteStream } from 'node:fs'
 import { open, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
-import { Readable, Transform, finished } from 'node:stream'
+import { finished, Readable, Transform } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { fileTypeFromBuffer } from 'file-type'
 import { imageSize } from 'image-size'
 import { ApiError } from '../errors.js'
+import { asImageType, IMAGE_EXTENSIONS, type ImageType } from '../image-types.js'
 import type { ObjectWrite, StorageDriver } from '../storage/driver.js'
 import { SINGLE_REQUEST_MAX_BYTES } from '../storage/driver.js'
-import { IMAGE_EXTENSIONS, asImageType, type ImageType } from '../image-types.js'
 import { jpegFrameSize, type Size } from './frame-size.js'
 import { GifFrameInspector, gifFrameSize } from './gif.js'
 import { newObjectKey, publicUrlOf } from './keys.js'
-import { SVG_MAX_BYTES, checkSvg, looksLikeMarkup } from './svg.js'
+import { checkSvg, looksLikeMarkup, SVG_MAX_BYTES } from './svg.js'
 
 /** file-type needs at most this many leading bytes to recognise any format. */
 const TYPE_SNIFF_BYTES = 4100
@@ -142,7 +142,9 @@ async function putSpooled(
     await pipeline(Readable.from(reader.drain(undefined, beforeCommit), { objectMode: false }), createWriteStream(file, { fd: handle }))
     const sha256 = reader.sha256()
     const body = createReadStream(file)
-    await driver.put(key, body, { ...write, metadata: { ...write.metadata, sha256 }, sha256, length: reader.size }, signal).finally(() => body.destroy())
+    await driver
+      .put(key, body, { ...write, metadata: { ...write.metadata, sha256 }, sha256, length: reader.size }, signal)
+      .finally(() => body.destroy())
   } finally {
     await rm(file, { force: true })
   }

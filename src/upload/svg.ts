@@ -1,5 +1,5 @@
 import { setImmediate as nextTurn } from 'node:timers/promises'
-import { SaxesParser, type SaxesAttributeNS, type SaxesTagNS } from 'saxes'
+import { type SaxesAttributeNS, SaxesParser, type SaxesTagNS } from 'saxes'
 import { ApiError } from '../errors.js'
 import type { Size } from './frame-size.js'
 
@@ -111,14 +111,18 @@ function rootSize(root: SaxesTagNS): Size {
   }
   let width = pixels(root.attributes.width?.value)
   let height = pixels(root.attributes.height?.value)
-  const box = (root.attributes.viewBox?.value ?? '').trim().split(/[\s,]+/).map(Number)
+  const box = (root.attributes.viewBox?.value ?? '')
+    .trim()
+    .split(/[\s,]+/)
+    .map(Number)
   const [boxWidth = NaN, boxHeight = NaN] = box.length === 4 && box.every(Number.isFinite) ? box.slice(2) : []
   // A missing width or height follows from the other and the viewBox's aspect ratio, as a browser draws it.
   if (boxWidth > 0 && boxHeight > 0) {
     width ??= height === undefined ? boxWidth : (height * boxWidth) / boxHeight
     height ??= (width * boxHeight) / boxWidth
   }
-  if (width === undefined || height === undefined) refuse('The SVG has no size: give its root width and height in px (or another absolute unit), or a viewBox.')
+  if (width === undefined || height === undefined)
+    refuse('The SVG has no size: give its root width and height in px (or another absolute unit), or a viewBox.')
   return { width: Math.ceil(width), height: Math.ceil(height) }
 }
 

@@ -3,8 +3,8 @@ import type { Counter, Gauge, Histogram } from 'prom-client'
 import type { Config } from '../config.js'
 import { ApiError, type ErrorCode } from '../errors.js'
 import { provesNothingWritten, type StorageDriver } from '../storage/driver.js'
-import { IdempotencyRecords, fingerprintOf, idempotencyKeyOf, type IdempotencyRecord, type RecordKey } from './idempotency.js'
-import { checkUpload, storeUpload, type StoredUpload, type UploadPolicy, type UploadSource } from './pipeline.js'
+import { fingerprintOf, type IdempotencyRecord, IdempotencyRecords, idempotencyKeyOf, type RecordKey } from './idempotency.js'
+import { checkUpload, type StoredUpload, storeUpload, type UploadPolicy, type UploadSource } from './pipeline.js'
 
 /** What every stored image is held to, uploaded or imported. */
 function uploadPolicyOf(config: Config, driver: StorageDriver): UploadPolicy {

@@ -2,7 +2,7 @@ import { mkdtemp, readdir, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import type { Test } from 'tap'
-import { buildApp, type BuildOptions } from '../../src/app.js'
+import { type BuildOptions, buildApp } from '../../src/app.js'
 import { loadConfig } from '../../src/config.js'
 
 /**
@@ -25,7 +25,9 @@ export async function buildTestApp(t: Test, env: NodeJS.ProcessEnv = {}, options
 export async function storedFiles(dataDir: string): Promise<string[]> {
   try {
     const entries = await readdir(path.join(dataDir, 'objects'), { recursive: true, withFileTypes: true })
-    return entries.filter((entry) => entry.isFile()).map((entry) => path.relative(path.join(dataDir, 'objects'), path.join(entry.parentPath, entry.name)))
+    return entries
+      .filter((entry) => entry.isFile())
+      .map((entry) => path.relative(path.join(dataDir, 'objects'), path.join(entry.parentPath, entry.name)))
   } catch {
     return []
   }

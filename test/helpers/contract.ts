@@ -35,7 +35,6 @@ export interface OpenApiDocument {
   components: { schemas: Record<string, Schema>; securitySchemes?: Record<string, Record<string, unknown>> }
 }
 
-
 const HTTP_METHODS = ['get', 'head', 'post', 'put', 'delete', 'patch', 'options', 'trace'] as const
 /** HEAD routes the contract names; Fastify's automatic HEAD for other GET routes need not be documented. */
 export const CONTRACT_HEAD_ROUTES = ['HEAD /v1/images/{key}', 'HEAD /files/{key}']
@@ -44,7 +43,11 @@ export const CONTRACT_HEAD_ROUTES = ['HEAD /v1/images/{key}', 'HEAD /files/{key}
  * line written there and as what an answer must carry.
  */
 export const SECURITY_HEADERS: [documented: string, name: string, value: RegExp][] = [
-  ["Content-Security-Policy: default-src 'none';frame-ancestors 'none'", 'content-security-policy', /^default-src 'none';frame-ancestors 'none'(; sandbox)?$/],
+  [
+    "Content-Security-Policy: default-src 'none';frame-ancestors 'none'",
+    'content-security-policy',
+    /^default-src 'none';frame-ancestors 'none'(; sandbox)?$/,
+  ],
   ['X-Content-Type-Options: nosniff', 'x-content-type-options', /^nosniff$/],
   ['Cross-Origin-Resource-Policy: cross-origin', 'cross-origin-resource-policy', /^cross-origin$/],
 ]
@@ -118,7 +121,10 @@ export function conforms(t: Test, method: string, specPath: string, answer: Answ
   const documented = Object.keys(response.content).find(
     (key) => key === mediaType || (key.endsWith('/*') && mediaType.startsWith(key.slice(0, -1))),
   )
-  if (!t.ok(documented, `${label}: Content-Type ${mediaType} is documented`, { documented: Object.keys(response.content) }) || !documented) {
+  if (
+    !t.ok(documented, `${label}: Content-Type ${mediaType} is documented`, { documented: Object.keys(response.content) }) ||
+    !documented
+  ) {
     return undefined
   }
   if (!/[/+]json$/.test(documented)) return undefined
@@ -164,4 +170,3 @@ export function assertRoutesMatch(t: Test, app: FastifyInstance, registered: Set
     t.ok(documented.includes(route), `the spec documents ${route}, which the app registers`)
   }
 }
-

@@ -80,16 +80,18 @@ export async function overSocket(
   const headers = { ...request.headers, ...(payload && { 'content-length': String(payload.length) }) }
   const agent = new http.Agent({ keepAlive: true })
   return new Promise<Answer>((resolve, reject) => {
-    const outgoing = http.request({ host: '127.0.0.1', port, method: request.method ?? 'GET', path: request.url, headers, agent }, (response) => {
-      const chunks: Buffer[] = []
-      response.on('data', (chunk: Buffer) => chunks.push(chunk))
-      response.on('end', () =>
-        resolve({ statusCode: response.statusCode ?? 0, headers: response.headers, body: Buffer.concat(chunks).toString('utf8') }),
-      )
-      response.on('error', reject)
-    })
+    const outgoing = http.request(
+      { host: '127.0.0.1', port, method: request.method ?? 'GET', path: request.url, headers, agent },
+      (response) => {
+        const chunks: Buffer[] = []
+        response.on('data', (chunk: Buffer) => chunks.push(chunk))
+        response.on('end', () =>
+          resolve({ statusCode: response.statusCode ?? 0, headers: response.headers, body: Buffer.concat(chunks).toString('utf8') }),
+        )
+        response.on('error', reject)
+      },
+    )
     outgoing.on('error', reject)
     outgoing.end(payload)
   }).finally(() => agent.destroy())
 }
-

@@ -2,7 +2,7 @@ import http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { Duplex, PassThrough } from 'node:stream'
 import type { Test } from 'tap'
-import { directConnector, type ConnectTarget, type ImportNetwork } from '../../src/import/source.js'
+import { type ConnectTarget, directConnector, type ImportNetwork } from '../../src/import/source.js'
 
 export const LOOPBACK = '127.0.0.1'
 
@@ -25,7 +25,9 @@ export interface NetworkSpy {
  * `fakes[address]` when there is one, made for real only to 127.0.0.1 when `loopback` allows it, and
  * refused otherwise, without a socket.
  */
-export function spyNetwork(options: { names?: Record<string, string[]>; fakes?: Record<string, FakeSource>; loopback?: boolean } = {}): NetworkSpy {
+export function spyNetwork(
+  options: { names?: Record<string, string[]>; fakes?: Record<string, FakeSource>; loopback?: boolean } = {},
+): NetworkSpy {
   const spy: NetworkSpy = {
     resolved: [],
     connections: [],
@@ -66,7 +68,9 @@ function inMemoryConnection(fake: FakeSource, requests: string[]): Duplex {
 
 /** A raw HTTP/1.1 response. */
 export function rawResponse(status: number, headers: Record<string, string>, body: Buffer | string = ''): Buffer {
-  const lines = Object.entries({ ...headers, 'content-length': String(Buffer.byteLength(body)), connection: 'close' }).map(([name, value]) => `${name}: ${value}\r\n`)
+  const lines = Object.entries({ ...headers, 'content-length': String(Buffer.byteLength(body)), connection: 'close' }).map(
+    ([name, value]) => `${name}: ${value}\r\n`,
+  )
   return Buffer.concat([Buffer.from(`HTTP/1.1 ${status} X\r\n${lines.join('')}\r\n`, 'latin1'), Buffer.from(body)])
 }
 

@@ -1,6 +1,4 @@
-export type FormPart =
-  | { name: string; value: string }
-  | { name: string; filename: string; contentType?: string; data: Buffer }
+export type FormPart = { name: string; value: string } | { name: string; filename: string; contentType?: string; data: Buffer }
 
 /**
  * The pieces of a multipart/form-data body with this boundary, for tests that assemble a form themselves
@@ -9,7 +7,14 @@ export type FormPart =
 export function formPieces(boundary: string) {
   return {
     contentType: `multipart/form-data; boundary=${boundary}`,
-    file(data: Buffer, { name = 'file', filename = 'portrait.png', contentType = 'application/octet-stream' }: { name?: string; filename?: string | Buffer; contentType?: string } = {}): Buffer {
+    file(
+      data: Buffer,
+      {
+        name = 'file',
+        filename = 'portrait.png',
+        contentType = 'application/octet-stream',
+      }: { name?: string; filename?: string | Buffer; contentType?: string } = {},
+    ): Buffer {
       return Buffer.concat([
         Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="${name}"; filename="`),
         Buffer.isBuffer(filename) ? filename : Buffer.from(filename, 'utf8'),
@@ -18,7 +23,8 @@ export function formPieces(boundary: string) {
         Buffer.from('\r\n'),
       ])
     },
-    field: (name: string, value: string) => Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="${name}"\r\n\r\n${value}\r\n`, 'utf8'),
+    field: (name: string, value: string) =>
+      Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="${name}"\r\n\r\n${value}\r\n`, 'utf8'),
     closing: () => Buffer.from(`--${boundary}--\r\n`),
   }
 }
@@ -31,9 +37,15 @@ export function multipartBody(parts: FormPart[], boundary = `----test${Math.rand
 }
 
 /** A multipart/form-data body whose file part is streamed from `file`, never held whole in memory. */
-export function multipartStream(filename: string, file: AsyncIterable<Buffer>, boundary = `----stream${Math.random().toString(16).slice(2)}`) {
+export function multipartStream(
+  filename: string,
+  file: AsyncIterable<Buffer>,
+  boundary = `----stream${Math.random().toString(16).slice(2)}`,
+) {
   async function* generate() {
-    yield Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="${filename}"\r\nContent-Type: image/png\r\n\r\n`)
+    yield Buffer.from(
+      `--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="${filename}"\r\nContent-Type: image/png\r\n\r\n`,
+    )
     yield* file
     yield Buffer.from(`\r\n--${boundary}--\r\n`)
   }
@@ -100,7 +112,11 @@ export const CLIENT_FRAMINGS: Record<string, ClientFraming> = {
 export function clientForm(client: string, fields: [string, string][], file: { filename: string; type: string; data: Buffer }) {
   const framing = CLIENT_FRAMINGS[client]!
   const boundary = framing.boundary()
-  const part = (headers: string[], value: Buffer) => [Buffer.from(`--${boundary}\r\n${headers.join('\r\n')}\r\n\r\n`), value, Buffer.from('\r\n')]
+  const part = (headers: string[], value: Buffer) => [
+    Buffer.from(`--${boundary}\r\n${headers.join('\r\n')}\r\n\r\n`),
+    value,
+    Buffer.from('\r\n'),
+  ]
   const payload = Buffer.concat([
     ...fields.flatMap(([name, value]) => part(framing.fieldHeaders(name), Buffer.from(value))),
     ...part(framing.fileHeaders('file', file.filename, file.type), file.data),

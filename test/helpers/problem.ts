@@ -24,7 +24,8 @@ export function problemViolation(response: RawResponse): string | undefined {
   } catch {
     return `body is not JSON: ${response.body.toString('latin1').slice(0, 80)}`
   }
-  if (!CODES_BY_STATUS.get(response.status)?.includes(String(problem.code))) return `code ${String(problem.code)} with status ${response.status}`
+  if (!CODES_BY_STATUS.get(response.status)?.includes(String(problem.code)))
+    return `code ${String(problem.code)} with status ${response.status}`
   if (problem.status !== response.status) return `body status ${String(problem.status)} differs from ${response.status}`
   if (typeof problem.request_id !== 'string' || problem.request_id === '') return 'no request_id'
   for (const field of ['type', 'title', 'detail'] as const) if (typeof problem[field] !== 'string') return `no ${field}`

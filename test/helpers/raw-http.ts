@@ -123,7 +123,11 @@ export function exchange(
 
 /** The head of a request; header values may be raw bytes. Connection: close, so the server ends the exchange. */
 export function requestHead(method: string, target: string | Buffer, headers: [string, string | Buffer][] = []): Buffer {
-  const lines: Buffer[] = [Buffer.from(`${method} `), Buffer.isBuffer(target) ? target : Buffer.from(target, 'latin1'), Buffer.from(' HTTP/1.1\r\n')]
+  const lines: Buffer[] = [
+    Buffer.from(`${method} `),
+    Buffer.isBuffer(target) ? target : Buffer.from(target, 'latin1'),
+    Buffer.from(' HTTP/1.1\r\n'),
+  ]
   for (const [name, value] of [['Host', '127.0.0.1'], ...headers] as [string, string | Buffer][]) {
     lines.push(Buffer.from(`${name}: `), Buffer.isBuffer(value) ? value : Buffer.from(value, 'latin1'), Buffer.from('\r\n'))
   }

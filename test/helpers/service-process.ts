@@ -1,4 +1,4 @@
-import { spawn, type ChildProcessByStdio } from 'node:child_process'
+import { type ChildProcessByStdio, spawn } from 'node:child_process'
 import type { Readable } from 'node:stream'
 import { fileURLToPath } from 'node:url'
 
@@ -130,7 +130,9 @@ export function spawnService(options: ServiceOptions = {}) {
       new Promise<LogLine>((resolve) => waiters.push({ test, resolve })),
       exited.then(({ code, signal }) => {
         const hint = entry === 'built' ? ' (is dist/ built? npm run build)' : ''
-        throw new Error(`the service exited (${code ?? signal}) before logging ${what}${hint}: ${stderr.slice(-2000)}${stdout.slice(-2000)}`)
+        throw new Error(
+          `the service exited (${code ?? signal}) before logging ${what}${hint}: ${stderr.slice(-2000)}${stdout.slice(-2000)}`,
+        )
       }),
     ])
   }

@@ -32,7 +32,11 @@ export function havePromtool(t: Test): boolean {
 /** True when Debian's Python can import aiohttp, the Python client's one dependency. */
 export function havePythonAiohttp(t: Test): boolean {
   const imported = spawnSync(PYTHON, ['-c', 'import aiohttp'], { stdio: 'ignore' }).status === 0
-  return haveTool(t, imported, `${PYTHON} cannot import aiohttp: install Debian's python3-aiohttp package (apt-get install -y python3-aiohttp)`)
+  return haveTool(
+    t,
+    imported,
+    `${PYTHON} cannot import aiohttp: install Debian's python3-aiohttp package (apt-get install -y python3-aiohttp)`,
+  )
 }
 
 export function haveCurl(t: Test): boolean {
