@@ -209,7 +209,7 @@ t.test('the Dockerfile runtime stage, reproduced: production dependencies only, 
         } else if (/^npm cache clean\b/.test(part) || /^chown\b/.test(part)) {
           // Image-size hygiene and the image's user: emptying the shared npm cache here would only slow others.
         } else {
-          const command = part.replaceAll(stage.workdir + '/', './').replaceAll(stage.workdir, '.')
+          const command = part.replaceAll(`${stage.workdir}/`, './').replaceAll(stage.workdir, '.')
           await run(...bare('sh', ['-c', command]), { cwd: dir, env: { ...buildEnv, ...stage.env }, maxBuffer: 16 * MiB })
         }
       }

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { ApiError } from '../src/errors.js'
+import type { ApiError } from '../src/errors.js'
 import { GifFrameInspector, gifFrameSize } from '../src/upload/gif.js'
 import { animatedGif, type GifFrame, gif } from './helpers/images.js'
 

@@ -72,7 +72,7 @@ const sameLabels = (a: Record<string, string>, b: Record<string, string>) =>
   Object.keys(a).length === Object.keys(b).length && Object.entries(b).every(([name, value]) => a[name] === value)
 
 /** The one sample with exactly these labels, or undefined. */
-function valueOf(samples: Sample[], name: string, labels: Record<string, string> = {}): number | undefined {
+function sampleValue(samples: Sample[], name: string, labels: Record<string, string> = {}): number | undefined {
   const found = samples.filter((sample) => sample.name === name && sameLabels(sample.labels, labels))
   if (found.length > 1) throw new Error(`${found.length} samples of ${name} ${JSON.stringify(labels)}`)
   return found[0]?.value
@@ -132,18 +132,18 @@ t.test('every metric is exposed with its type, labels and buckets, and promtool 
     t.ok(text.includes(`\n# TYPE ${name} ${type}\n`), `the text has the line "# TYPE ${name} ${type}"`)
   }
 
-  t.equal(valueOf(samples, 'r2_uploads_total'), 3)
-  t.equal(valueOf(samples, 'r2_uploads_in_flight'), 0, 'nothing in flight once the answers are sent')
-  t.equal(valueOf(samples, 'r2_storage_bytes'), 0, 'no usage scan has run (USAGE_SCAN_INTERVAL_S=0)')
-  t.equal(valueOf(samples, 'r2_storage_objects'), 0)
-  t.ok((valueOf(samples, 'process_cpu_user_seconds_total') ?? 0) > 0, 'process CPU time is reported')
-  t.ok((valueOf(samples, 'nodejs_heap_size_used_bytes') ?? 0) > 0, 'heap use is reported')
+  t.equal(sampleValue(samples, 'r2_uploads_total'), 3)
+  t.equal(sampleValue(samples, 'r2_uploads_in_flight'), 0, 'nothing in flight once the answers are sent')
+  t.equal(sampleValue(samples, 'r2_storage_bytes'), 0, 'no usage scan has run (USAGE_SCAN_INTERVAL_S=0)')
+  t.equal(sampleValue(samples, 'r2_storage_objects'), 0)
+  t.ok((sampleValue(samples, 'process_cpu_user_seconds_total') ?? 0) > 0, 'process CPU time is reported')
+  t.ok((sampleValue(samples, 'nodejs_heap_size_used_bytes') ?? 0) > 0, 'heap use is reported')
 
   // r2_upload_size_bytes: 1 KiB to 128 MiB, doubling, then +Inf.
   const bounds = samples.filter((sample) => sample.name === 'r2_upload_size_bytes_bucket').map((sample) => sample.labels.le)
   t.same(bounds, [...Array.from({ length: 18 }, (_, i) => String(KiB * 2 ** i)), '+Inf'], 'size buckets 1024 … 134217728, +Inf')
   t.equal(bounds[17], '134217728')
-  t.equal(valueOf(samples, 'r2_upload_latency_seconds_count'), 3, 'the latency histogram has its samples')
+  t.equal(sampleValue(samples, 'r2_upload_latency_seconds_count'), 3, 'the latency histogram has its samples')
   t.ok(
     samples.some((sample) => sample.name === 'r2_upload_latency_seconds_bucket' && sample.labels.le === '+Inf'),
     'latency buckets',
@@ -152,11 +152,11 @@ t.test('every metric is exposed with its type, labels and buckets, and promtool 
   // http_request_duration_seconds: labels method, route, status_code; the route is the pattern.
   const http = samples.filter((sample) => sample.name === 'http_request_duration_seconds_count')
   for (const sample of http) t.same(Object.keys(sample.labels).sort(), ['method', 'route', 'status_code'], JSON.stringify(sample.labels))
-  t.equal(valueOf(samples, 'http_request_duration_seconds_count', { method: 'POST', route: '/v1/images', status_code: '201' }), 3)
-  t.equal(valueOf(samples, 'http_request_duration_seconds_count', { method: 'GET', route: '/v1/images/*', status_code: '200' }), 1)
-  t.equal(valueOf(samples, 'http_request_duration_seconds_count', { method: 'HEAD', route: '/v1/images/*', status_code: '200' }), 1)
-  t.equal(valueOf(samples, 'http_request_duration_seconds_count', { method: 'DELETE', route: '/v1/images/*', status_code: '204' }), 1)
-  t.equal(valueOf(samples, 'http_request_duration_seconds_count', { method: 'GET', route: 'unmatched', status_code: '404' }), 1)
+  t.equal(sampleValue(samples, 'http_request_duration_seconds_count', { method: 'POST', route: '/v1/images', status_code: '201' }), 3)
+  t.equal(sampleValue(samples, 'http_request_duration_seconds_count', { method: 'GET', route: '/v1/images/*', status_code: '200' }), 1)
+  t.equal(sampleValue(samples, 'http_request_duration_seconds_count', { method: 'HEAD', route: '/v1/images/*', status_code: '200' }), 1)
+  t.equal(sampleValue(samples, 'http_request_duration_seconds_count', { method: 'DELETE', route: '/v1/images/*', status_code: '204' }), 1)
+  t.equal(sampleValue(samples, 'http_request_duration_seconds_count', { method: 'GET', route: 'unmatched', status_code: '404' }), 1)
   t.same(
     [...new Set(http.map((sample) => sample.labels.route))].sort(),
     ['/v1/images', '/v1/images/*', 'unmatched'],
@@ -169,9 +169,9 @@ t.test('every metric is exposed with its type, labels and buckets, and promtool 
   t.notOk(text.includes('sentinel-path-7f3a'), 'an unmatched path is not a label either')
 
   // r2_operations_total{operation,class}: what these requests sent.
-  t.equal(valueOf(samples, 'r2_operations_total', { operation: 'PutObject', class: 'A' }), 3)
-  t.equal(valueOf(samples, 'r2_operations_total', { operation: 'HeadObject', class: 'B' }), 2, 'GET and HEAD by key')
-  t.equal(valueOf(samples, 'r2_operations_total', { operation: 'DeleteObject', class: 'free' }), 1)
+  t.equal(sampleValue(samples, 'r2_operations_total', { operation: 'PutObject', class: 'A' }), 3)
+  t.equal(sampleValue(samples, 'r2_operations_total', { operation: 'HeadObject', class: 'B' }), 2, 'GET and HEAD by key')
+  t.equal(sampleValue(samples, 'r2_operations_total', { operation: 'DeleteObject', class: 'free' }), 1)
 
   await t.test('promtool check metrics', async (t) => {
     if (!havePromtool(t)) return
@@ -215,7 +215,7 @@ t.test('after N uploads of which M were refused, the counters and histograms say
   const M = refused.length
 
   const { samples } = await scrape(app)
-  t.equal(valueOf(samples, 'r2_uploads_total'), N, `r2_uploads_total is ${N}`)
+  t.equal(sampleValue(samples, 'r2_uploads_total'), N, `r2_uploads_total is ${N}`)
   t.equal(sumOf(samples, 'r2_upload_errors_total'), M, `the errors add up to ${M}`)
   const errors = samples.filter((sample) => sample.name === 'r2_upload_errors_total')
   t.same(
@@ -223,9 +223,9 @@ t.test('after N uploads of which M were refused, the counters and histograms say
     { unsupported_media_type: 1, image_too_large: 1, empty_file: 1 },
     'one error of each type, labelled by its contract code',
   )
-  t.equal(valueOf(samples, 'r2_upload_size_bytes_count'), N, 'the size histogram counts the stored uploads only')
+  t.equal(sampleValue(samples, 'r2_upload_size_bytes_count'), N, 'the size histogram counts the stored uploads only')
   t.equal(
-    valueOf(samples, 'r2_upload_size_bytes_sum'),
+    sampleValue(samples, 'r2_upload_size_bytes_sum'),
     sizes.reduce((sum, size) => sum + size, 0),
     'and sums their bytes',
   )
@@ -233,17 +233,17 @@ t.test('after N uploads of which M were refused, the counters and histograms say
     const bound = promNumber(sample.labels.le!)
     t.equal(sample.value, sizes.filter((size) => size <= bound).length, `le=${sample.labels.le}`)
   }
-  t.equal(valueOf(samples, 'r2_upload_latency_seconds_count'), N + M, 'every answered upload has a latency')
-  t.ok((valueOf(samples, 'r2_upload_latency_seconds_sum') ?? -1) > 0, 'the latencies add up to more than nothing')
-  t.equal(valueOf(samples, 'http_request_duration_seconds_count', { method: 'POST', route: '/v1/images', status_code: '201' }), N)
+  t.equal(sampleValue(samples, 'r2_upload_latency_seconds_count'), N + M, 'every answered upload has a latency')
+  t.ok((sampleValue(samples, 'r2_upload_latency_seconds_sum') ?? -1) > 0, 'the latencies add up to more than nothing')
+  t.equal(sampleValue(samples, 'http_request_duration_seconds_count', { method: 'POST', route: '/v1/images', status_code: '201' }), N)
   for (const { status } of refused) {
     t.equal(
-      valueOf(samples, 'http_request_duration_seconds_count', { method: 'POST', route: '/v1/images', status_code: String(status) }),
+      sampleValue(samples, 'http_request_duration_seconds_count', { method: 'POST', route: '/v1/images', status_code: String(status) }),
       1,
     )
   }
   t.equal(sumOf(samples, 'r2_operations_total', { class: 'A' }), N, 'refused uploads never reach the bucket')
-  t.equal(valueOf(samples, 'r2_uploads_in_flight'), 0)
+  t.equal(sampleValue(samples, 'r2_uploads_in_flight'), 0)
 })
 
 t.test('r2_operations_total: one Class A per single-part upload, HEAD is Class B, DELETE is free', async (t) => {
@@ -346,7 +346,7 @@ t.test('r2_operations_total counts every attempt: a retried request is billed tw
   t.equal(response.statusCode, 503)
   t.equal(received, 2, 'the backend saw two attempts')
   const { samples } = await scrape(app)
-  t.equal(valueOf(samples, 'r2_operations_total', { operation: 'HeadObject', class: 'B' }), received, 'both are counted')
+  t.equal(sampleValue(samples, 'r2_operations_total', { operation: 'HeadObject', class: 'B' }), received, 'both are counted')
 })
 
 t.test('with API_KEYS, /metrics on the public port needs the Bearer token', async (t) => {
@@ -374,8 +374,8 @@ t.test('with METRICS_PORT, the public app has no /metrics and the metrics app se
   t.equal(served.statusCode, 200, 'no key needed on the metrics app')
   t.match(served.headers['content-type'], /^text\/plain; version=0\.0\.4/)
   const { samples } = parseMetrics(served.body)
-  t.equal(valueOf(samples, 'r2_uploads_total'), 1, "the metrics app serves the public app's registry")
-  t.equal(valueOf(samples, 'r2_upload_size_bytes_sum'), 3000)
+  t.equal(sampleValue(samples, 'r2_uploads_total'), 1, "the metrics app serves the public app's registry")
+  t.equal(sampleValue(samples, 'r2_upload_size_bytes_sum'), 3000)
   t.equal((await metricsApp.inject('/v1/usage')).statusCode, 404, 'and nothing else')
   t.equal((await metricsApp.inject('/healthz')).statusCode, 404)
 })

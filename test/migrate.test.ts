@@ -123,6 +123,7 @@ t.test('progress: a bar redrawn in place on a terminal, plain lines otherwise', 
   const bar = new Progress(4, terminal, () => now)
   now = 1000
   bar.record('migrated')
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: the terminal's escape sequence is what is checked
   t.match(terminal.written, /^\r\x1b\[2K\[#{8}\.{22}\] 1\/4 \(25 %\), migrated 1, failed 0, 1\.0\/s, ETA 0:03$/)
   now = 2000
   bar.record('failed')
@@ -248,7 +249,11 @@ t.test('a run killed midway and restarted ends with every id exactly once in the
 
   let linesAtKill = 0
   const killed = await migrate(args, async (child) => {
-    while ((linesAtKill = (await readMap(mapFile)).length) < 12) await sleep(10)
+    for (;;) {
+      linesAtKill = (await readMap(mapFile)).length
+      if (linesAtKill >= 12) break
+      await sleep(10)
+    }
     child.kill('SIGKILL')
   })
   t.equal(killed.signal, 'SIGKILL', `killed after ${linesAtKill} map lines`)

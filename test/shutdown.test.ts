@@ -307,7 +307,9 @@ t.test('a client that neither reads the 503 nor hangs up holds the exit for LING
   socket.write(image.subarray(0, 256 * KiB))
   let offset = 256 * KiB
   const trickle = setInterval(() => {
-    if (!socket.destroyed && offset < image.length) socket.write(image.subarray(offset, (offset += KiB)))
+    if (socket.destroyed || offset >= image.length) return
+    socket.write(image.subarray(offset, offset + KiB))
+    offset += KiB
   }, 100)
   t.teardown(() => {
     clearInterval(trickle)

@@ -50,7 +50,10 @@ const NAT64_PREFIX = '64:ff9b::'
 const refusals = new Map<string, net.BlockList>()
 function listFor(reason: string): net.BlockList {
   let list = refusals.get(reason)
-  if (!list) refusals.set(reason, (list = new net.BlockList()))
+  if (!list) {
+    list = new net.BlockList()
+    refusals.set(reason, list)
+  }
   return list
 }
 for (const [reason, network, prefix] of IPV4_RANGES) {

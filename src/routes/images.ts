@@ -1,6 +1,6 @@
 import { Readable } from 'node:stream'
 import multipart, { type Multipart } from '@fastify/multipart'
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { Config } from '../config.js'
 import { ApiError, objectNotFound } from '../errors.js'
 import { IMAGES_PREFIX, STORING_ROUTE } from '../http/route-options.js'

@@ -303,8 +303,14 @@ class CountingReader {
       signal.addEventListener('abort', onAbort, { once: true })
       const settle = () => signal.removeEventListener('abort', onAbort)
       this.iterator.next().then(
-        (result) => (settle(), resolve(result)),
-        (error: unknown) => (settle(), reject(error)),
+        (result) => {
+          settle()
+          resolve(result)
+        },
+        (error: unknown) => {
+          settle()
+          reject(error)
+        },
       )
     })
   }
