@@ -3,7 +3,7 @@ import net from 'node:net'
 import { ListObjectsV2Command, S3ServiceException } from '@aws-sdk/client-s3'
 import type { FastifyInstance } from 'fastify'
 import t from 'tap'
-import { R2Driver } from '../src/storage/r2.js'
+import { R2Driver, type R2Timeouts } from '../src/storage/r2.js'
 import { buildTestApp } from './helpers/app.js'
 import { piecesOf, streamUpload } from './helpers/client.js'
 import { closedPort, listen, silentServer } from './helpers/http.js'
@@ -480,14 +480,7 @@ t.test('a write whose answer was lost is not reported as a failure (SDK-level mo
 
 t.test('a backend that accepts connections but never answers: 503 storage_unavailable, not a hang', async (t) => {
   const { port } = await silentServer(t)
-  const settings = {
-    endpoint: `http://127.0.0.1:${port}`,
-    forcePathStyle: true,
-    accessKeyId: 'S3RVER',
-    secretAccessKey: 'S3RVER',
-    bucket: TEST_BUCKET,
-  }
-  const driver = new R2Driver(settings, { connectMs: 500, idleMs: 300, requestMs: 1000 })
+  const driver = driverAt(port, { connectMs: 500, idleMs: 300, requestMs: 1000 })
   const { app } = await buildTestApp(t, r2Env(`http://127.0.0.1:${port}`), { driver })
   const started = Date.now()
   const res = await upload(app, pngOfSize(KiB, 12))
@@ -498,6 +491,18 @@ t.test('a backend that accepts connections but never answers: 503 storage_unavai
   const ready = await app.inject('/readyz')
   t.equal(ready.statusCode, 503, '/readyz does not hang either')
 })
+
+/** An R2 driver for a backend on a loopback port, with short timeouts. */
+function driverAt(port: number, timeouts: R2Timeouts): R2Driver {
+  const settings = {
+    endpoint: `http://127.0.0.1:${port}`,
+    forcePathStyle: true,
+    accessKeyId: 'S3RVER',
+    secretAccessKey: 'S3RVER',
+    bucket: TEST_BUCKET,
+  }
+  return new R2Driver(settings, timeouts)
+}
 
 /** The helper's environment, on this file's s3rver unless told otherwise. */
 function r2Env(endpoint = s3.endpoint, bucket = TEST_BUCKET): NodeJS.ProcessEnv {
@@ -529,14 +534,7 @@ t.test('a streamed PutObject still detects a stalled backend: one that stops rea
   const backends = { 'stops reading mid-body': await backend(true), 'reads the whole body, never answers': await backend(false) }
   const data = pngOfSize(24 * MiB, 43)
   for (const [name, port] of Object.entries(backends)) {
-    const settings = {
-      endpoint: `http://127.0.0.1:${port}`,
-      forcePathStyle: true,
-      accessKeyId: 'S3RVER',
-      secretAccessKey: 'S3RVER',
-      bucket: TEST_BUCKET,
-    }
-    const driver = new R2Driver(settings, { connectMs: 500, idleMs: 500, requestMs: 1000 })
+    const driver = driverAt(port, { connectMs: 500, idleMs: 500, requestMs: 1000 })
     const { app } = await buildTestApp(t, r2Env(`http://127.0.0.1:${port}`), { driver })
     const started = Date.now()
     const res = await streamUpload(
