@@ -45,6 +45,8 @@ export class FormFraming {
   private carryOffset = 0
   /** Offset (in the stream read, leading CRLF included) where the last part's data began. */
   private dataOffset = -1
+  /** Offset where the header block being read began. */
+  private headerOffset = 0
 
   constructor(
     boundary: string,
@@ -75,7 +77,7 @@ export class FormFraming {
     const keepFrom = this.scan(window, offset)
     this.carry = keepFrom < window.length ? Buffer.from(window.subarray(keepFrom)) : Buffer.alloc(0)
     this.carryOffset = offset + keepFrom
-    if (this.phase === 'header' && this.carry.length > MAX_HEADER_BLOCK_BYTES) this.phase = 'lost'
+    if (this.phase === 'header' && this.carryOffset + this.carry.length - this.headerOffset > MAX_HEADER_BLOCK_BYTES) this.phase = 'lost'
   }
 
   /** Advances through `window` (which starts at stream offset `offset`); returns where unsearched bytes begin. */
@@ -100,6 +102,7 @@ export class FormFraming {
             return window.length
           }
           this.phase = 'header'
+          this.headerOffset = offset + at
           break
         }
         case 'header': {
@@ -112,8 +115,12 @@ export class FormFraming {
             break
           }
           // Without a delimiter in sight, the block's end counts once none can still begin inside it (one
-          // beginning with the terminator's second CRLF, as the parser sees it).
-          if (end < 0 || (next < 0 && end + 2 + delimiter.length > window.length)) return at
+          // beginning with the terminator's second CRLF, as the parser sees it). Until then only the tail
+          // that could still hold either is kept: a header sent a byte at a time is not copied again and
+          // searched again for every byte.
+          if (end < 0 || (next < 0 && end + 2 + delimiter.length > window.length)) {
+            return Math.max(at, window.length - (delimiter.length + CRLF_CRLF.length))
+          }
           at = end + CRLF_CRLF.length
           this.dataOffset = offset + at
           this.phase = 'data'
