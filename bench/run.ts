@@ -720,29 +720,23 @@ function targetsTable(results: Result[]): string[] {
       ),
     )
   }
-  for (const system of ['form', 'raw'] as const) {
-    rows.push(
-      target(
-        `CPU per 500 KB upload, ${system}: ≤ the naive route's`,
-        [find(system, 500 * KB, 16), find('naive', 500 * KB, 16)],
-        (sut, naive) => ({
-          figure: `${cpuMsPerUpload(sut)!.toFixed(2)} vs ${cpuMsPerUpload(naive)!.toFixed(2)} ms`,
-          met: cpuMsPerUpload(sut)! <= cpuMsPerUpload(naive)!,
-        }),
-      ),
-    )
-  }
-  for (const system of ['form', 'raw'] as const) {
-    rows.push(
-      target(
-        `CPU per GiB (50 MiB ×4), ${system}: ≤ the naive route's`,
-        [find(system, 50 * MiB, 4), find('naive', 50 * MiB, 4)],
-        (sut, naive) => ({
-          figure: `${cpuSecondsPerGiB(sut)!.toFixed(2)} vs ${cpuSecondsPerGiB(naive)!.toFixed(2)} s`,
-          met: cpuSecondsPerGiB(sut)! <= cpuSecondsPerGiB(naive)!,
-        }),
-      ),
-    )
+  const cpuCosts = [
+    { what: 'CPU per 500 KB upload', bytes: 500 * KB, concurrency: 16, cost: cpuMsPerUpload, unit: 'ms' },
+    { what: 'CPU per GiB (50 MiB ×4)', bytes: 50 * MiB, concurrency: 4, cost: cpuSecondsPerGiB, unit: 's' },
+  ]
+  for (const { what, bytes, concurrency, cost, unit } of cpuCosts) {
+    for (const system of ['form', 'raw'] as const) {
+      rows.push(
+        target(
+          `${what}, ${system}: ≤ the naive route's`,
+          [find(system, bytes, concurrency), find('naive', bytes, concurrency)],
+          (sut, naive) => ({
+            figure: `${cost(sut)!.toFixed(2)} vs ${cost(naive)!.toFixed(2)} ${unit}`,
+            met: cost(sut)! <= cost(naive)!,
+          }),
+        ),
+      )
+    }
   }
   for (const system of ['form', 'raw'] as const) {
     rows.push(
