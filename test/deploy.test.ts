@@ -37,6 +37,7 @@ t.teardown(() => s3.stop())
 
 const packageJson = JSON.parse(await readFile(path.join(ROOT, 'package.json'), 'utf8')) as {
   engines: { node: string }
+  scripts: { start: string }
   dependencies: Record<string, string>
   devDependencies: Record<string, string>
 }
@@ -264,6 +265,7 @@ t.test('the Dockerfile runtime stage, reproduced: production dependencies only, 
   // The image's command, as the image runs it (NODE_ENV=production from the stage), against the local S3 server.
   const [command, ...args] = runtime.cmd!
   t.equal(command, 'node', `CMD runs node directly: ${runtime.cmd!.join(' ')}`)
+  t.same(runtime.cmd, packageJson.scripts.start.split(' '), "CMD is npm start's command, node options included")
   const service = await startService({
     entry: args,
     cwd: app,

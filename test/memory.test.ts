@@ -6,7 +6,7 @@ import { piecesOf, streamUpload } from './helpers/client.js'
 import { png, pngOfSize, sha256 } from './helpers/images.js'
 import { multipartBody } from './helpers/multipart.js'
 import { r2Env, startS3 } from './helpers/s3.js'
-import { startService as startServiceProcess } from './helpers/service-process.js'
+import { buildService, startService as startServiceProcess } from './helpers/service-process.js'
 
 // Memory is measured where it is spent: the peak RSS of the service in a process of its own.
 t.setTimeout(600_000)
@@ -18,10 +18,11 @@ const s3 = await startS3()
 t.teardown(() => s3.stop())
 
 /** Starts src/server.ts on the local S3 server, in a process of its own (its memory is what is measured). */
-async function startService(t: Test, env: NodeJS.ProcessEnv = {}) {
+async function startService(t: Test, env: NodeJS.ProcessEnv = {}, built?: { cwd: string }) {
   const service = await startServiceProcess({
     env: { ...r2Env(s3.endpoint), LOG_LEVEL: 'info', USAGE_SCAN_INTERVAL_S: '0', ...env },
     keepLogs: false,
+    ...(built && { entry: 'built', cwd: built.cwd }),
   })
   t.teardown(() => service.kill())
   return service
@@ -126,8 +127,11 @@ for (const [kind, make] of Object.entries(uploads)) {
   )
 }
 
-t.test('16 concurrent chunked form uploads of 50 MiB: each stored byte-exact, peak RSS under 300 MiB (goal: 200)', async (t) => {
-  const service = await startService(t)
+t.test('16 concurrent chunked form uploads of 50 MiB: each stored byte-exact, peak RSS under 250 MiB (goal: 200)', async (t) => {
+  // The service as production runs it: compiled, with npm start's node options (tsx alone adds ~15 MiB).
+  const built = await buildService()
+  t.teardown(() => built.remove())
+  const service = await startService(t, {}, built)
   const file = pngOfSize(50 * MiB, 7)
   const { payload, headers } = multipartBody([{ name: 'file', filename: 'large.png', contentType: 'image/png', data: file }])
   // No Content-Length: Node sends the body chunked, so the service cannot know its length until it ends.
@@ -145,10 +149,10 @@ t.test('16 concurrent chunked form uploads of 50 MiB: each stored byte-exact, pe
     if (answer.value.status !== 201) continue
     t.equal(await s3.sha256Of((JSON.parse(answer.value.body) as { key: string }).key), sha256(file), `upload ${index + 1}: byte-exact`)
   }
-  // Spooling must keep far below the part queue it replaced (457 MiB for 16 × 50 MiB): a hard bound.
-  t.ok(peak < 300 * MiB, `peak RSS ${(peak / MiB).toFixed(1)} MiB (< 300 MiB, well below a part queue's)`)
-  // Issue #10's 200 MiB is not reliably met yet, so it is reported as a known gap rather than a pass:
-  // Node 20 measured 177–203 MiB, Node 24 227–258. With --max-semi-space-size=2 Node 24 measured 186–202,
-  // so much of the rest is V8's young generation, filled with short-lived stream garbage.
-  t.ok(peak < 200 * MiB, `peak RSS ${(peak / MiB).toFixed(1)} MiB (< 200 MiB)`, { todo: 'not reliably met yet: 177–258 MiB measured' })
+  // A part queue took 457 MiB here; spooling holds 256 KiB and a few blocks per upload: a hard bound.
+  t.ok(peak < 250 * MiB, `peak RSS ${(peak / MiB).toFixed(1)} MiB (< 250 MiB, well below a part queue's)`)
+  // Issue #10's 200 MiB is met on Node 20 (157 MiB) but not reliably on Node 24 (165–212 MiB), so it is
+  // reported as a known gap rather than a pass. Of the rise over the idle ~98 MiB, 30–70 MiB is external
+  // memory (socket and file read Buffers) dead but not yet collected; see the README's memory section.
+  t.ok(peak < 200 * MiB, `peak RSS ${(peak / MiB).toFixed(1)} MiB (< 200 MiB)`, { todo: 'not reliably met on Node 24: 165–212 MiB measured' })
 })

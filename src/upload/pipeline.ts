@@ -22,10 +22,10 @@ const TYPE_SNIFF_BYTES = 4100
 const MAX_IMAGE_HEADER_BYTES = 1024 * 1024
 export const CACHE_CONTROL = 'public, max-age=31536000, immutable'
 /**
- * A body of unknown length is held up to this size (a typical portrait fits), past it spooled to a file:
- * 16 uploads at once then hold 16 MiB, not 80.
+ * A body of unknown length is held up to this size, past it spooled to a file: 16 uploads at once then
+ * hold 4 MiB, not 80. (Bodies of unknown length are rare: browsers, curl -F and aiohttp all send lengths.)
  */
-const SPOOL_AFTER_BYTES = 1024 * 1024
+const SPOOL_AFTER_BYTES = 256 * 1024
 /** Bodies of unknown length are spooled to files named so in the temporary directory (TMPDIR). */
 export const SPOOL_FILE_PREFIX = 'image-upload-'
 
@@ -95,8 +95,8 @@ export async function storeUpload(source: UploadSource, policy: UploadPolicy, si
   // Without one, a driver that wants lengths gets a body past SPOOL_AFTER_BYTES spooled, not held.
   const spools = source.declaredLength === undefined && policy.driver.prefersKnownLength
   if (source.declaredLength === undefined || source.declaredLength <= SINGLE_REQUEST_MAX_BYTES) {
-    // A declared length is the exact size to hold: one allocation, no regrowth and no copying over.
-    if (source.declaredLength !== undefined) reader.reserve(source.declaredLength)
+    // The exact size to hold, allocated once: no regrowth and no copies left for the collector.
+    reader.reserve(source.declaredLength ?? (spools ? SPOOL_AFTER_BYTES + 1 : 0))
     await reader.fillTo((spools ? SPOOL_AFTER_BYTES : SINGLE_REQUEST_MAX_BYTES) + 1)
   }
   if (reader.ended) {

@@ -1,13 +1,39 @@
-import { type ChildProcessByStdio, spawn } from 'node:child_process'
+import { type ChildProcessByStdio, execFile, spawn } from 'node:child_process'
+import { cp, mkdtemp, readFile, rm, symlink } from 'node:fs/promises'
+import { createRequire } from 'node:module'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
 import type { Readable } from 'node:stream'
 import { fileURLToPath } from 'node:url'
+import { promisify } from 'node:util'
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 
+/** `npm start`'s command, `node <options> dist/server.js` (the Dockerfile's CMD is the same): its node options. */
+const startScript = (JSON.parse(await readFile(path.join(ROOT, 'package.json'), 'utf8')) as { scripts: { start: string } }).scripts.start
+export const PRODUCTION_NODE_OPTIONS = startScript.split(' ').slice(1, -1)
+
 /** The node arguments that run the service: its source through tsx (no build), or dist/ as `npm start` does. */
 const ENTRIES = {
-  source: ['--import', 'tsx', 'src/server.ts'],
-  built: ['dist/server.js'],
+  source: [...PRODUCTION_NODE_OPTIONS, '--import', 'tsx', 'src/server.ts'],
+  built: [...PRODUCTION_NODE_OPTIONS, 'dist/server.js'],
+}
+
+/**
+ * The service compiled as the image's build stage does (`tsc -p tsconfig.build.json`), in a directory of its
+ * own laid out like the image's /app (dist/, openapi.yaml, package.json, node_modules): start it with
+ * `entry: 'built'` and this `cwd`. What is measured is then the code production runs, without tsx.
+ */
+export async function buildService(): Promise<{ cwd: string; remove(): Promise<void> }> {
+  const cwd = await mkdtemp(path.join(tmpdir(), 'service-build-'))
+  const tsc = createRequire(import.meta.url).resolve('typescript/bin/tsc')
+  await promisify(execFile)(process.execPath, [tsc, '-p', 'tsconfig.build.json', '--outDir', path.join(cwd, 'dist')], {
+    cwd: ROOT,
+    env: { PATH: process.env.PATH },
+  })
+  for (const file of ['openapi.yaml', 'package.json']) await cp(path.join(ROOT, file), path.join(cwd, file))
+  await symlink(path.join(ROOT, 'node_modules'), path.join(cwd, 'node_modules'), 'dir')
+  return { cwd, remove: () => rm(cwd, { recursive: true, force: true }) }
 }
 
 /** The message of the line the service logs once it listens; its `address` names the port it got. */
