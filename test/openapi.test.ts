@@ -623,8 +623,8 @@ t.test('answers conform to the document', async (t) => {
     t.equal(health.headers['x-ratelimit-limit'], undefined, 'nor counted')
   })
 
-  t.test('503 server_busy with Retry-After while MAX_CONCURRENT_UPLOADS uploads are in flight', async (t) => {
-    const { app } = await buildTestApp(t, { MAX_CONCURRENT_UPLOADS: '1' })
+  t.test('503 server_busy with Retry-After while MAX_CONCURRENT_UPLOADS uploads are in flight and none may wait', async (t) => {
+    const { app } = await buildTestApp(t, { MAX_CONCURRENT_UPLOADS: '1', UPLOAD_QUEUE_WAIT_MS: '0' })
     const arrived = new Promise<void>((resolve) => {
       app.addHook('preHandler', async (request) => {
         if (request.method === 'POST') resolve()
