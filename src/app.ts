@@ -90,7 +90,12 @@ export async function buildApp(config: Config, options: BuildOptions = {}) {
   await app.register(usage, { scanIntervalS: config.usageScanIntervalS, rescanIntervalS: config.usageRescanIntervalS })
   await app.register(healthRoutes)
   await app.register(openapiRoutes)
-  const uploadSlots = new UploadSlots(config.maxConcurrentUploads, app.metrics.uploadsInFlight)
+  const uploadSlots = new UploadSlots(
+    { max: config.maxConcurrentUploads, waitMs: config.uploadQueue.waitMs, maxWaiting: config.uploadQueue.maxWaiting },
+    { inFlight: app.metrics.uploadsInFlight, waiting: app.metrics.uploadsWaiting },
+  )
+  // Closing: the uploads waiting for a slot are answered at once (503 server_busy), not when their wait ends.
+  app.addHook('preClose', async () => uploadSlots.close())
   await app.register(imageRoutes, { config, shutdown: shutdown.signal, uploadSlots })
   await app.register(importRoutes, {
     config,

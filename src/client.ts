@@ -5,6 +5,11 @@
 import type { ErrorCode } from './errors.js'
 
 const DEFAULT_TIMEOUT_MS = 30_000
+const DEFAULT_MAX_RETRIES = 6
+/** Answers that say nothing was done and when to try again (Retry-After): a call retries them. */
+const RETRIED_CODES: ReadonlySet<string> = new Set(['server_busy', 'rate_limited', 'storage_unavailable'])
+/** The wait before a retry when an answer to retry has no usable Retry-After. */
+const DEFAULT_RETRY_AFTER_S = 1
 /** An upload's default key prefix; an import must name one, so the client sends this when the caller does not. */
 const DEFAULT_CONTEXT = 'general'
 
@@ -13,8 +18,17 @@ export interface ImageServiceClientOptions {
   baseUrl: string
   /** Sent as `Authorization: Bearer <apiKey>`. */
   apiKey?: string
-  /** Bounds each call, from connecting to the last byte of the answer (default 30 000). */
+  /**
+   * Bounds each call, every try and the waits between them included, from connecting to the last byte
+   * of the answer (default 30 000).
+   */
   timeoutMs?: number
+  /**
+   * How many times a call is tried again after 503 `server_busy`, 429 `rate_limited` or 503
+   * `storage_unavailable`, each after the answer's Retry-After plus up to half as long again, and only
+   * while that fits in `timeoutMs` (default 6; 0: never). An upload from a stream is never retried.
+   */
+  maxRetries?: number
   /** What uploadWithFallback gives when the service offers no `fallback_url` (or cannot be reached). */
   defaultFallbackUrl?: string
 }
@@ -27,7 +41,10 @@ export interface UploadOptions {
   context?: string
   /** Stored with the object: names `^[a-z0-9][a-z0-9_]{0,63}$`, values any UTF-8. */
   metadata?: Record<string, string>
-  /** Sent as the `Idempotency-Key` header, so a retried upload is not stored twice. */
+  /**
+   * Sent as the `Idempotency-Key` header with every try of the call, so a retry is never stored twice
+   * (default: a new UUID per call). Give your own (a message id) to make your own later retries safe too.
+   */
   idempotencyKey?: string
   /**
    * `multipart` (the default for bytes) sends multipart/form-data, as the bot does; `raw` sends the bytes
@@ -121,6 +138,7 @@ export class ImageServiceClient {
   readonly #baseUrl: string
   readonly #authorization: Record<string, string>
   readonly #timeoutMs: number
+  readonly #maxRetries: number
   readonly #defaultFallbackUrl: string | undefined
 
   constructor(options: ImageServiceClientOptions) {
@@ -128,14 +146,18 @@ export class ImageServiceClient {
     this.#baseUrl = new URL(options.baseUrl).href.replace(/\/+$/, '')
     this.#authorization = options.apiKey ? { authorization: `Bearer ${options.apiKey}` } : {}
     this.#timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS
+    this.#maxRetries = options.maxRetries ?? DEFAULT_MAX_RETRIES
     this.#defaultFallbackUrl = options.defaultFallbackUrl
   }
 
-  /** Uploads one image; throws ImageServiceError or ImageServiceUnreachableError. */
+  /**
+   * Uploads one image; throws ImageServiceError or ImageServiceUnreachableError. Bytes are retried (see
+   * `maxRetries`); a stream is sent once, as it cannot be sent again.
+   */
   async upload(body: UploadBody, filename: string, options: UploadOptions = {}): Promise<StoredImage> {
-    const { context, metadata = {}, idempotencyKey, encoding = 'multipart', signal } = options
+    const { context, metadata = {}, idempotencyKey = crypto.randomUUID(), encoding = 'multipart', signal } = options
     if ('context' in metadata) throw new TypeError('Pass the context as options.context, not as metadata.')
-    const headers: Record<string, string> = idempotencyKey === undefined ? {} : { 'idempotency-key': idempotencyKey }
+    const headers: Record<string, string> = { 'idempotency-key': idempotencyKey }
     if (isBytes(body) && encoding === 'multipart') {
       // The contract wants text fields first, then the one file part.
       const form = new FormData()
@@ -156,6 +178,7 @@ export class ImageServiceClient {
         ...(!isBytes(body) && { duplex: 'half' as const }),
       },
       signal,
+      isBytes(body),
     )) as StoredImage
   }
 
@@ -180,17 +203,14 @@ export class ImageServiceClient {
    * URL as the `migrated_from` metadata entry; throws as upload does (a failing source: 502 `import_failed`).
    */
   async import(sourceUrl: string, options: ImportOptions = {}): Promise<StoredImage> {
-    const { context = DEFAULT_CONTEXT, filename, metadata, idempotencyKey, signal } = options
+    const { context = DEFAULT_CONTEXT, filename, metadata, idempotencyKey = crypto.randomUUID(), signal } = options
     const body = JSON.stringify({
       source_url: sourceUrl,
       context,
       ...(filename !== undefined && { filename }),
       ...(metadata !== undefined && { metadata }),
     })
-    const headers: Record<string, string> = {
-      'content-type': 'application/json',
-      ...(idempotencyKey !== undefined && { 'idempotency-key': idempotencyKey }),
-    }
+    const headers: Record<string, string> = { 'content-type': 'application/json', 'idempotency-key': idempotencyKey }
     return (await this.#call('POST', '/v1/images/import', { headers, body }, signal)) as StoredImage
   }
 
@@ -204,18 +224,47 @@ export class ImageServiceClient {
     await this.#call('DELETE', imagePath(key), {}, options.signal)
   }
 
-  /** One request; the decoded JSON answer (undefined when empty), or a typed error. */
-  async #call(method: string, path: string, init: RequestInit & { duplex?: 'half' }, signal: AbortSignal | undefined): Promise<unknown> {
+  /**
+   * One call: the decoded JSON answer (undefined when empty), or a typed error. An answer to retry is
+   * retried (the same request: one Idempotency-Key for every try) while the body can be sent again,
+   * tries are left, and the wait fits before the deadline; otherwise it is thrown as it is.
+   */
+  async #call(
+    method: string,
+    path: string,
+    init: RequestInit & { duplex?: 'half' },
+    signal: AbortSignal | undefined,
+    replayable = true,
+  ): Promise<unknown> {
     // Built before sending, so a bad header (a metadata name no header can carry) is a TypeError of its own.
     const headers = new Headers({ ...this.#authorization, ...(init.headers as Record<string, string>) })
     const timeout = AbortSignal.timeout(this.#timeoutMs)
+    const deadline = Date.now() + this.#timeoutMs
+    for (let retries = 0; ; retries++) {
+      try {
+        return await this.#send(method, path, { ...init, headers }, signal, timeout)
+      } catch (error) {
+        const waitMs = replayable && retries < this.#maxRetries ? retryWaitMs(error) : undefined
+        if (waitMs === undefined || Date.now() + waitMs >= deadline) throw error
+        await pause(waitMs, signal)
+      }
+    }
+  }
+
+  /** One try. */
+  async #send(
+    method: string,
+    path: string,
+    init: RequestInit & { duplex?: 'half' },
+    signal: AbortSignal | undefined,
+    timeout: AbortSignal,
+  ): Promise<unknown> {
     let response: Response
     let text: string
     try {
       response = await fetch(`${this.#baseUrl}${path}`, {
         ...init,
         method,
-        headers,
         signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
       })
       text = await response.text()
@@ -234,6 +283,30 @@ export class ImageServiceClient {
       throw new ImageServiceError(response.status, 'unexpected_response', 'The answer is not JSON.')
     }
   }
+}
+
+/** The wait before trying again after `error`, in ms, or undefined when it is not to be retried. */
+function retryWaitMs(error: unknown): number | undefined {
+  if (!(error instanceof ImageServiceError && RETRIED_CODES.has(error.code))) return undefined
+  // Never sooner than the service asked; up to half as long again, so that clients refused together
+  // do not all come back at the same moment.
+  return (error.retryAfter ?? DEFAULT_RETRY_AFTER_S) * 1000 * (1 + Math.random() / 2)
+}
+
+/** Resolves after `ms`; rejects with the signal's reason as soon as it aborts. */
+function pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason)
+    const onAbort = () => {
+      clearTimeout(timer)
+      reject(signal?.reason)
+    }
+    const timer = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort)
+      resolve()
+    }, ms)
+    signal?.addEventListener('abort', onAbort, { once: true })
+  })
 }
 
 /** `/v1/images/<key>`, each segment percent-encoded, so the service sees (and judges) the key as given. */

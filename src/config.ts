@@ -99,6 +99,9 @@ const hostNames = z.string().transform((list, context): string[] => {
   return names
 })
 
+/** UPLOAD_QUEUE_MAX's default, per upload slot: a burst twice the slots waits rather than being refused. */
+const DEFAULT_QUEUE_PER_SLOT = 2
+
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const
 
 /**
@@ -152,6 +155,8 @@ const environmentSchema = z.object({
   API_KEYS: apiKeys.default([]),
   RATE_LIMIT_PER_MINUTE: wholeNumber(1, 1_000_000).default(120),
   MAX_CONCURRENT_UPLOADS: wholeNumber(1, 10_000).default(16),
+  UPLOAD_QUEUE_WAIT_MS: optionalString.pipe(wholeNumber(0, 600_000).optional()),
+  UPLOAD_QUEUE_MAX: optionalString.pipe(wholeNumber(0, 100_000).optional()),
   CORS_ORIGINS: origins.default([]),
   REQUEST_TIMEOUT_MS: wholeNumber(1000, 3_600_000).default(300_000),
   HEADERS_TIMEOUT_MS: wholeNumber(1000, 600_000).default(10_000),
@@ -209,6 +214,13 @@ export interface Config {
   apiKeys: ApiKey[]
   rateLimitPerMinute: number
   maxConcurrentUploads: number
+  /** Uploads that find every slot taken wait for one, fairly shared between API keys (see UploadSlots). */
+  uploadQueue: {
+    /** The longest an upload waits for a slot before 503 server_busy; 0: refused at once. */
+    waitMs: number
+    /** Uploads waiting at once, on the whole instance. */
+    maxWaiting: number
+  }
   corsOrigins: string[]
   /** When set, /metrics is served on this port only; otherwise on the public port, behind an API key. */
   metricsPort: number | undefined
@@ -243,6 +255,13 @@ function checkCombinations(settings: Environment, context: z.RefinementCtx): voi
   if (production && settings.API_KEYS.length === 0) {
     report('API_KEYS', 'required under NODE_ENV=production (name:token entries); the service never runs open in production')
   }
+  const idleLimit = waitLimitMs(settings)
+  if (settings.UPLOAD_QUEUE_WAIT_MS !== undefined && settings.UPLOAD_QUEUE_WAIT_MS >= idleLimit) {
+    report(
+      'UPLOAD_QUEUE_WAIT_MS',
+      `must be below IDLE_TIMEOUT_MS and REQUEST_TIMEOUT_MS (${idleLimit}): the connection of an upload waiting for a slot is idle`,
+    )
+  }
   if (production && settings.IMPORT_ALLOW_INSECURE_LOCAL_SOURCES === 'true') {
     report(
       'IMPORT_ALLOW_INSECURE_LOCAL_SOURCES',
@@ -265,6 +284,12 @@ function checkCombinations(settings: Environment, context: z.RefinementCtx): voi
     report('R2_PUBLIC_URL', 'required with the r2 driver (the public base URL of the bucket, e.g. https://images.example.com)')
   }
 }
+
+/** A waiting upload's body is not read meanwhile: its connection is idle, and its request's clock runs. */
+const waitLimitMs = (settings: Environment) => Math.min(settings.IDLE_TIMEOUT_MS, settings.REQUEST_TIMEOUT_MS)
+
+/** UPLOAD_QUEUE_WAIT_MS's default: 10 s, or half the connection's idle limit when that is shorter. */
+const defaultQueueWaitMs = (settings: Environment) => Math.min(10_000, Math.floor(waitLimitMs(settings) / 2))
 
 const storageDriverOf = (settings: Environment) => settings.STORAGE_DRIVER ?? (settings.R2_ACCESS_KEY_ID ? 'r2' : 'fs')
 
@@ -314,6 +339,10 @@ export function loadConfig(env: NodeJS.ProcessEnv): Config {
     apiKeys: settings.API_KEYS,
     rateLimitPerMinute: settings.RATE_LIMIT_PER_MINUTE,
     maxConcurrentUploads: settings.MAX_CONCURRENT_UPLOADS,
+    uploadQueue: {
+      waitMs: settings.UPLOAD_QUEUE_WAIT_MS ?? defaultQueueWaitMs(settings),
+      maxWaiting: settings.UPLOAD_QUEUE_MAX ?? DEFAULT_QUEUE_PER_SLOT * settings.MAX_CONCURRENT_UPLOADS,
+    },
     corsOrigins: settings.CORS_ORIGINS,
     metricsPort: settings.METRICS_PORT,
     usageScanIntervalS: settings.USAGE_SCAN_INTERVAL_S,

@@ -145,8 +145,8 @@ async function stalledUpload(server: { host: string; port: number }, token: stri
   return { socket, answer: () => answer, closed }
 }
 
-t.test('concurrency guard: 503 server_busy with Retry-After at once, normal service after', async (t) => {
-  const { app } = await buildTestApp(t, { API_KEYS: `bot:${T1}`, MAX_CONCURRENT_UPLOADS: '1' })
+t.test('concurrency guard without a queue: 503 server_busy with Retry-After at once, normal service after', async (t) => {
+  const { app } = await buildTestApp(t, { API_KEYS: `bot:${T1}`, MAX_CONCURRENT_UPLOADS: '1', UPLOAD_QUEUE_MAX: '0' })
   const server = await listen(app)
   const body = png(64, 64)
   const first = await stalledUpload(server, T1, body, 20)

@@ -1,4 +1,7 @@
+import { once } from 'node:events'
+import net from 'node:net'
 import { Readable } from 'node:stream'
+import { setTimeout as sleep } from 'node:timers/promises'
 import t, { type Test } from 'tap'
 import { ImageServiceClient, ImageServiceError, ImageServiceUnreachableError } from '../src/client.js'
 import { buildTestApp } from './helpers/app.js'
@@ -118,14 +121,78 @@ t.test('a backend failure is 503 storage_unavailable with Retry-After and the se
     ...r2Env(`http://127.0.0.1:${await closedPort()}`),
     DEFAULT_PORTRAIT_URL: SERVICE_FALLBACK,
   })
+  let tries = 0
+  broken.addHook('onRequest', async () => {
+    tries++
+  })
   const brokenClient = new ImageServiceClient({
     baseUrl: `http://127.0.0.1:${(await listen(broken)).port}`,
+    // Retry-After: 5 does not fit in it: the answer is given up on at once, not retried.
+    timeoutMs: 4000,
     defaultFallbackUrl: CLIENT_FALLBACK,
   })
+  const started = Date.now()
   const outcome = await brokenClient.uploadWithFallback(pngOfSize(1024), 'a.png')
   t.equal(outcome.url, SERVICE_FALLBACK, "the service's fallback_url comes first")
   t.equal(outcome.image, undefined)
   t.match(outcome.error, { status: 503, code: 'storage_unavailable', retryAfter: 5 })
+  t.equal(tries, 1, 'not retried: the wait would end past the timeout')
+  t.ok(Date.now() - started < 4000, `answered in ${Date.now() - started} ms, without waiting for the deadline`)
+})
+
+t.test('503 server_busy: bytes are retried after Retry-After with one Idempotency-Key; a stream is sent once', async (t) => {
+  // One upload slot, no queue: while a raw upload holds the slot, every other upload is 503 server_busy.
+  const { app: busy } = await buildTestApp(t, { ...r2Env(s3.endpoint), MAX_CONCURRENT_UPLOADS: '1', UPLOAD_QUEUE_MAX: '0' })
+  const tries: { idempotencyKey: string; status: number }[] = []
+  busy.addHook('onResponse', async (request, reply) => {
+    if (request.method === 'POST') tries.push({ idempotencyKey: String(request.headers['idempotency-key']), status: reply.statusCode })
+  })
+  const server = await listen(busy)
+  const busyClient = new ImageServiceClient({ baseUrl: `http://127.0.0.1:${server.port}`, timeoutMs: 20_000 })
+  const held = pngOfSize(30_000, 26)
+  const holder = net.connect(server.port, server.host)
+  t.teardown(() => holder.destroy())
+  await once(holder, 'connect')
+  let holderAnswer = ''
+  holder.on('data', (chunk: Buffer) => (holderAnswer += chunk))
+  holder.write(`POST /v1/images HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: ${held.length}\r\n\r\n`)
+  holder.write(held.subarray(0, 100))
+  while ((await busy.metrics.uploadsInFlight.get()).values[0]?.value !== 1) await sleep(10)
+
+  const streamed = await rejection(t, busyClient.upload(Readable.from([pngOfSize(2048, 27)]), 'stream.png'))
+  t.match(streamed, { status: 503, code: 'server_busy', retryAfter: 1 }, 'a stream cannot be sent again: its 503 is thrown')
+  t.equal(tries.length, 1, 'after one try')
+
+  const data = pngOfSize(2048, 28)
+  const retried = busyClient.upload(data, 'retried.png')
+  // Frees the slot once the upload has been refused twice.
+  while (tries.length < 3) await sleep(10)
+  holder.write(held.subarray(100))
+  const image = await retried
+  t.equal(image.sha256, sha256(data))
+  t.equal(await s3.sha256Of(image.key), sha256(data), 'stored, byte for byte')
+  // The holder sent no Idempotency-Key.
+  const retriedTries = tries.slice(1).filter((attempt) => attempt.idempotencyKey !== 'undefined')
+  const keys = new Set(retriedTries.map((attempt) => attempt.idempotencyKey))
+  t.equal(keys.size, 1, `one Idempotency-Key for its ${retriedTries.length} tries`)
+  t.match([...keys][0], /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/, 'a UUID the client made')
+  t.same(
+    retriedTries.map((attempt) => attempt.status),
+    [...Array(retriedTries.length - 1).fill(503), 201],
+    'refused while the slot was held, then stored',
+  )
+  t.match(holderAnswer, /^HTTP\/1\.1 201 /, 'the upload that held the slot is stored too')
+})
+
+t.test('429 rate_limited whose Retry-After does not fit in the timeout is thrown at once', async (t) => {
+  const { app: limited } = await buildTestApp(t, { API_KEYS: `bot:${TOKEN}`, RATE_LIMIT_PER_MINUTE: '1' })
+  const limitedClient = new ImageServiceClient({ baseUrl: `http://127.0.0.1:${(await listen(limited)).port}`, apiKey: TOKEN })
+  await limitedClient.delete('general/2025/01/abcdefghijklmnop_a.png') // the minute's one request
+  const started = Date.now()
+  const refused = await rejection(t, limitedClient.delete('general/2025/01/abcdefghijklmnop_a.png'))
+  t.match(refused, { status: 429, code: 'rate_limited' })
+  t.ok((refused as ImageServiceError).retryAfter! > 30, `Retry-After ${(refused as ImageServiceError).retryAfter} s, past the 30 s timeout`)
+  t.ok(Date.now() - started < 2000, `thrown after ${Date.now() - started} ms`)
 })
 
 t.test('import: the service fetches the image from an allowed source and stores it; a retry is replayed; its errors', async (t) => {

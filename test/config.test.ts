@@ -75,6 +75,12 @@ const refusals: [string, NodeJS.ProcessEnv, RegExp][] = [
   ['a CORS origin that is not a URL', { CORS_ORIGINS: 'example.com' }, /CORS_ORIGINS/],
   ['RATE_LIMIT_PER_MINUTE=0', { RATE_LIMIT_PER_MINUTE: '0' }, /RATE_LIMIT_PER_MINUTE/],
   ['MAX_IMAGE_PIXELS=-1', { MAX_IMAGE_PIXELS: '-1' }, /MAX_IMAGE_PIXELS/],
+  ['UPLOAD_QUEUE_MAX=-1', { UPLOAD_QUEUE_MAX: '-1' }, /UPLOAD_QUEUE_MAX/],
+  [
+    'an upload queue wait as long as IDLE_TIMEOUT_MS',
+    { UPLOAD_QUEUE_WAIT_MS: '5000', IDLE_TIMEOUT_MS: '5000' },
+    /UPLOAD_QUEUE_WAIT_MS: must be below IDLE_TIMEOUT_MS and REQUEST_TIMEOUT_MS \(5000\)/,
+  ],
   [
     'an import host given as a URL',
     { IMPORT_ALLOWED_HOSTS: 'https://cdn.discordapp.com' },
@@ -102,6 +108,13 @@ for (const [name, env, message] of refusals) {
     t.throws(() => loadConfig(env), { name: ConfigError.name, message })
   })
 }
+
+t.test('the upload queue: 10 s of waiting at most, for twice as many uploads as there are slots, unless set', async (t) => {
+  t.same(loadConfig({}).uploadQueue, { waitMs: 10_000, maxWaiting: 32 })
+  t.equal(loadConfig({ IDLE_TIMEOUT_MS: '5000' }).uploadQueue.waitMs, 2500, 'half a shorter IDLE_TIMEOUT_MS')
+  t.same(loadConfig({ MAX_CONCURRENT_UPLOADS: '4' }).uploadQueue, { waitMs: 10_000, maxWaiting: 8 })
+  t.same(loadConfig({ UPLOAD_QUEUE_WAIT_MS: '0', UPLOAD_QUEUE_MAX: '0' }).uploadQueue, { waitMs: 0, maxWaiting: 0 })
+})
 
 t.test('TRUST_PROXY: false by default, fly, or a number of proxies', async (t) => {
   t.equal(loadConfig({}).trustProxy, false)

@@ -443,7 +443,11 @@ t.test('an import holds an upload slot while it downloads', async (t) => {
     release = () => res.end(image.subarray(1000))
   })
   const spy = spyNetwork({ loopback: true })
-  const { app } = await buildTestApp(t, { ...LOCAL_SOURCE_ENV, MAX_CONCURRENT_UPLOADS: '1' }, { importNetwork: spy.network })
+  const { app } = await buildTestApp(
+    t,
+    { ...LOCAL_SOURCE_ENV, MAX_CONCURRENT_UPLOADS: '1', UPLOAD_QUEUE_MAX: '0' },
+    { importNetwork: spy.network },
+  )
   const held = importImage(app, { source_url: source.url('/portrait.png'), context: 'portraits' })
   while (!release) await new Promise((resolve) => setTimeout(resolve, 10))
   const busy = await app.inject({ method: 'POST', url: '/v1/images', headers: { 'content-type': 'image/png' }, payload: png() })

@@ -102,6 +102,7 @@ const EXPECTED_TYPES = {
   http_request_duration_seconds: 'histogram',
   r2_operations_total: 'counter',
   r2_uploads_in_flight: 'gauge',
+  r2_uploads_waiting: 'gauge',
   r2_storage_bytes: 'gauge',
   r2_storage_objects: 'gauge',
   // Default process metrics.
@@ -134,6 +135,7 @@ t.test('every metric is exposed with its type, labels and buckets, and promtool 
 
   t.equal(sampleValue(samples, 'r2_uploads_total'), 3)
   t.equal(sampleValue(samples, 'r2_uploads_in_flight'), 0, 'nothing in flight once the answers are sent')
+  t.equal(sampleValue(samples, 'r2_uploads_waiting'), 0, 'nothing waiting for a slot')
   t.equal(sampleValue(samples, 'r2_storage_bytes'), 0, 'no usage scan has run (USAGE_SCAN_INTERVAL_S=0)')
   t.equal(sampleValue(samples, 'r2_storage_objects'), 0)
   t.ok((sampleValue(samples, 'process_cpu_user_seconds_total') ?? 0) > 0, 'process CPU time is reported')

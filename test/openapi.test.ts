@@ -150,6 +150,8 @@ t.test('the document agrees with the code it describes', async (t) => {
       'API_KEYS',
       'RATE_LIMIT_PER_MINUTE',
       'MAX_CONCURRENT_UPLOADS',
+      'UPLOAD_QUEUE_WAIT_MS',
+      'UPLOAD_QUEUE_MAX',
       'CORS_ORIGINS',
       'MAX_IMAGE_PIXELS',
       'MAX_UPLOAD_BYTES',
@@ -168,6 +170,7 @@ t.test('the document agrees with the code it describes', async (t) => {
     const defaults: [string, number][] = [
       ['RATE_LIMIT_PER_MINUTE', config.rateLimitPerMinute],
       ['MAX_CONCURRENT_UPLOADS', config.maxConcurrentUploads],
+      ['UPLOAD_QUEUE_WAIT_MS', config.uploadQueue.waitMs],
       ['MAX_IMAGE_PIXELS', config.maxImagePixels],
       ['MAX_UPLOAD_BYTES', config.maxUploadBytes],
       ['REQUEST_TIMEOUT_MS', config.timeouts.requestMs],
@@ -623,8 +626,8 @@ t.test('answers conform to the document', async (t) => {
     t.equal(health.headers['x-ratelimit-limit'], undefined, 'nor counted')
   })
 
-  t.test('503 server_busy with Retry-After while MAX_CONCURRENT_UPLOADS uploads are in flight', async (t) => {
-    const { app } = await buildTestApp(t, { MAX_CONCURRENT_UPLOADS: '1' })
+  t.test('503 server_busy with Retry-After while MAX_CONCURRENT_UPLOADS uploads are in flight and none may wait', async (t) => {
+    const { app } = await buildTestApp(t, { MAX_CONCURRENT_UPLOADS: '1', UPLOAD_QUEUE_WAIT_MS: '0' })
     const arrived = new Promise<void>((resolve) => {
       app.addHook('preHandler', async (request) => {
         if (request.method === 'POST') resolve()

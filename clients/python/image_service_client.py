@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+import random
+import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
 from types import TracebackType
@@ -49,6 +51,11 @@ __all__ = [
 ]
 
 DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_MAX_RETRIES = 6
+# Answers that say nothing was done and when to try again (Retry-After): a call retries them.
+RETRIED_CODES = frozenset({"server_busy", "rate_limited", "storage_unavailable"})
+# The wait before a retry when an answer to retry has no usable Retry-After.
+DEFAULT_RETRY_AFTER_S = 1
 
 
 @dataclass(frozen=True)
@@ -224,13 +231,18 @@ class ImageServiceClient:
         *,
         api_key: Optional[str] = None,
         timeout: float = DEFAULT_TIMEOUT_S,
+        max_retries: int = DEFAULT_MAX_RETRIES,
         default_fallback_url: Optional[str] = None,
     ) -> None:
-        """`timeout` bounds each call in seconds, connecting to reading the last byte of the answer.
+        """`timeout` bounds each call in seconds, every try and the waits between them included, connecting
+        to reading the last byte of the answer. `max_retries` is how many times a call is tried again after
+        503 server_busy, 429 rate_limited or 503 storage_unavailable, each after the answer's Retry-After
+        plus up to half as long again, and only while that fits in `timeout` (0: never).
         `default_fallback_url` is what upload_with_fallback returns when the service offers no fallback_url."""
         self._base_url = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout = timeout
+        self._max_retries = max_retries
         self._default_fallback_url = default_fallback_url
         self._session: Optional[aiohttp.ClientSession] = None
 
@@ -259,22 +271,28 @@ class ImageServiceClient:
         context: Optional[str] = None,
         idempotency_key: Optional[str] = None,
     ) -> UploadedImage:
-        """Uploads one image as multipart/form-data; `context` picks the key prefix (service default `general`)."""
+        """Uploads one image as multipart/form-data; `context` picks the key prefix (service default `general`).
+        Every try sends `idempotency_key` (default: a new UUID per call), so a retry is never stored twice."""
         metadata = dict(metadata or {})
         if "context" in metadata:
             raise ValueError("pass the context as context=, not as metadata")
-        # quote_fields=False: aiohttp would otherwise percent-encode the filename, and the service would store
-        # "my%20portrait.png". The filename is escaped instead as browsers do (WHATWG HTML, multipart/form-data).
-        form = aiohttp.FormData(quote_fields=False)
-        # The contract wants text fields first, then the one file part.
-        if context is not None:
-            form.add_field("context", context)
-        for name, value in metadata.items():
-            form.add_field(name, value)
         escaped = filename.replace("\r", "%0D").replace("\n", "%0A").replace('"', "%22")
-        form.add_field("file", data, filename=escaped, content_type="application/octet-stream")
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else {}
-        body = await self._call("POST", URL(f"{self._base_url}/v1/images"), data=form, headers=headers)
+
+        def form() -> aiohttp.FormData:
+            # A FormData is sent once: each try builds its own. quote_fields=False: aiohttp would otherwise
+            # percent-encode the filename, and the service would store "my%20portrait.png". The filename is
+            # escaped instead as browsers do (WHATWG HTML, multipart/form-data).
+            built = aiohttp.FormData(quote_fields=False)
+            # The contract wants text fields first, then the one file part.
+            if context is not None:
+                built.add_field("context", context)
+            for name, value in metadata.items():
+                built.add_field(name, value)
+            built.add_field("file", data, filename=escaped, content_type="application/octet-stream")
+            return built
+
+        headers = {"Idempotency-Key": idempotency_key if idempotency_key is not None else str(uuid.uuid4())}
+        body = await self._call("POST", URL(f"{self._base_url}/v1/images"), body=form, headers=headers)
         return UploadedImage(**{field.name: body[field.name] for field in fields(UploadedImage)})
 
     async def upload_with_fallback(
@@ -327,17 +345,49 @@ class ImageServiceClient:
     def _open_session(self) -> aiohttp.ClientSession:
         # Created on first use, inside the running event loop, as aiohttp requires.
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout, headers=self._headers)
+            self._session = aiohttp.ClientSession(headers=self._headers)
         return self._session
 
-    async def _call(self, method: str, url: URL, **request: Any) -> Any:
-        """Sends one request; returns the decoded JSON body (None when empty) or raises ImageServiceError."""
+    async def _call(
+        self,
+        method: str,
+        url: URL,
+        *,
+        body: Optional[Callable[[], aiohttp.FormData]] = None,
+        headers: Optional[Mapping[str, str]] = None,
+    ) -> Any:
+        """One call: the decoded JSON body (None when empty), or raises ImageServiceError. An answer to retry is
+        retried (the same request, `body` built again: one Idempotency-Key for every try) while tries are
+        left and the wait fits before the deadline; otherwise it is raised as it is."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
+        retries = 0
+        while True:
+            try:
+                return await self._send(method, url, body() if body else None, headers or {}, deadline - loop.time())
+            except ProblemError as error:
+                if error.code not in RETRIED_CODES or retries >= self._max_retries:
+                    raise
+                # Never sooner than the service asked; up to half as long again, so that clients refused
+                # together do not all come back at the same moment.
+                wait = (error.retry_after or DEFAULT_RETRY_AFTER_S) * random.uniform(1, 1.5)
+                if loop.time() + wait >= deadline:
+                    raise
+                await asyncio.sleep(wait)
+                retries += 1
+
+    async def _send(
+        self, method: str, url: URL, data: Optional[aiohttp.FormData], headers: Mapping[str, str], timeout: float
+    ) -> Any:
+        """One try, within `timeout` seconds."""
         try:
-            async with self._open_session().request(method, url, **request) as response:
+            async with self._open_session().request(
+                method, url, data=data, headers=headers, timeout=aiohttp.ClientTimeout(total=max(timeout, 0.001))
+            ) as response:
                 payload = await response.read()
         except asyncio.TimeoutError as error:
             raise ServiceUnreachableError(
-                f"no answer from {self._base_url} within {self._timeout.total} s", timed_out=True
+                f"no answer from {self._base_url} within {self._timeout} s", timed_out=True
             ) from error
         except aiohttp.ClientError as error:
             raise ServiceUnreachableError(f"could not reach {self._base_url}: {error}", timed_out=False) from error

@@ -205,7 +205,8 @@ async function run(options: Options): Promise<number> {
   const started = Date.now()
   const progress = new Progress(pending.length, process.stderr)
   const pacer = new StartPacer(options.intervalMs)
-  const client = new ImageServiceClient({ baseUrl: options.url, apiKey: options.apiKey, timeoutMs: options.timeoutMs })
+  // maxRetries 0: the tool paces and retries itself (--rate, --retries), each answered error under a new key.
+  const client = new ImageServiceClient({ baseUrl: options.url, apiKey: options.apiKey, timeoutMs: options.timeoutMs, maxRetries: 0 })
   const failures: { id: string; error: string }[] = []
   let next = 0
   const worker = async () => {

@@ -44,6 +44,7 @@ function createMetrics(registry: Registry) {
       registers,
     }),
     uploadsInFlight: new Gauge({ name: 'r2_uploads_in_flight', help: 'Uploads being handled now.', registers }),
+    uploadsWaiting: new Gauge({ name: 'r2_uploads_waiting', help: 'Uploads waiting for a free upload slot.', registers }),
     storageBytes: new Gauge({ name: 'r2_storage_bytes', help: 'Bytes stored in the bucket, at the last usage scan.', registers }),
     storageObjects: new Gauge({ name: 'r2_storage_objects', help: 'Objects in the bucket, at the last usage scan.', registers }),
   }

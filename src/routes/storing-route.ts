@@ -50,7 +50,7 @@ export function storingRoute(app: FastifyInstance, options: StoringRouteOptions)
     sourceOf: (signal: AbortSignal) => Promise<UploadSource>,
     requestFingerprint?: string,
   ) {
-    // Watched once the upload holds a slot.
+    // Watched from the moment the upload asks for a slot: a client may leave while it waits for one.
     let clientGone: AbortSignal | undefined
     let stored = false
     try {

@@ -17,28 +17,126 @@ function uploadPolicyOf(config: Config, driver: StorageDriver): UploadPolicy {
   }
 }
 
+/** One upload waiting for a slot. */
+interface Waiter {
+  key: string
+  /** Ends the wait, once: with the slot a finished upload hands over (no argument), or refused with this error. */
+  settle(refused?: unknown): void
+}
+
+export interface UploadSlotSettings {
+  /** MAX_CONCURRENT_UPLOADS. */
+  max: number
+  /** UPLOAD_QUEUE_WAIT_MS: the longest an upload waits for a slot; 0, refused at once. */
+  waitMs: number
+  /** UPLOAD_QUEUE_MAX: uploads waiting at once. */
+  maxWaiting: number
+}
+
+const busy = (detail: string) => new ApiError('server_busy', detail)
+
 /**
- * Uploads and imports in flight on this instance. Each holds memory and backend connections: past
- * MAX_CONCURRENT_UPLOADS, one more is refused at once rather than queued.
+ * Uploads and imports in flight on this instance. Each holds memory and backend connections, so at most
+ * MAX_CONCURRENT_UPLOADS run; one more waits, its body unread, up to UPLOAD_QUEUE_WAIT_MS for a slot, so
+ * that a burst (the bot's portraits after an event) is served rather than refused. The wait is fair
+ * between API keys: each key has its own queue (first come, first served), and a freed slot goes to the
+ * keys in turn. When UPLOAD_QUEUE_MAX uploads wait, a newcomer whose key has fewer waiting than the key
+ * with the most takes the place of that key's newest one (longest queue drop), which is refused; so one
+ * key flooding the queue delays only itself. (No queue library shares a bound between keys this way.)
  */
 export class UploadSlots {
   private inFlight = 0
+  private waiting = 0
+  /** The waiting uploads of each key; the map's order is the order in which keys take their turn. */
+  private readonly queues = new Map<string, Waiter[]>()
+  private closed = false
 
   constructor(
-    private readonly max: number,
-    private readonly gauge: Gauge,
+    private readonly settings: UploadSlotSettings,
+    private readonly gauges: { inFlight: Gauge; waiting: Gauge },
   ) {}
 
-  async run<T>(work: () => Promise<T>): Promise<T> {
-    if (this.inFlight >= this.max) {
-      throw new ApiError('server_busy', `This instance is already handling ${this.max} uploads; retry shortly.`)
-    }
-    this.gauge.set(++this.inFlight)
+  /** Runs `work` in a slot, once `key` has one; the wait ends early (thrown) when `signal` aborts. */
+  async run<T>(key: string, signal: AbortSignal, work: () => Promise<T>): Promise<T> {
+    await this.acquire(key, signal)
     try {
       return await work()
     } finally {
-      this.gauge.set(--this.inFlight)
+      this.release()
     }
+  }
+
+  /** The service is closing: the waiting uploads are refused (another instance will answer), and no more wait. */
+  close(): void {
+    this.closed = true
+    for (const queue of [...this.queues.values()]) {
+      for (const waiter of [...queue]) waiter.settle(busy('This instance is shutting down; retry (another instance will answer).'))
+    }
+  }
+
+  private acquire(key: string, signal: AbortSignal): Promise<void> {
+    signal.throwIfAborted()
+    if (this.inFlight < this.settings.max) {
+      this.gauges.inFlight.set(++this.inFlight)
+      return Promise.resolve()
+    }
+    const { waitMs, maxWaiting, max } = this.settings
+    const refusal = `This instance is already handling ${max} uploads`
+    if (this.closed || waitMs === 0) return Promise.reject(busy(`${refusal}; retry shortly.`))
+    const queue = this.queues.get(key) ?? []
+    if (this.waiting >= maxWaiting) {
+      const longest = this.longestQueue()
+      if (longest === undefined || longest.length <= queue.length) {
+        return Promise.reject(busy(`${refusal} and ${this.waiting} are waiting; retry shortly.`))
+      }
+      longest.at(-1)!.settle(busy(`${refusal}; this upload gave its place in the queue to another API key's. Retry shortly.`))
+    }
+    return new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => waiter.settle(busy(`${refusal}; none was free within ${waitMs} ms. Retry shortly.`)), waitMs)
+      const onAbort = () => waiter.settle(signal.reason)
+      let settled = false
+      const waiter: Waiter = {
+        key,
+        settle: (refused) => {
+          if (settled) return
+          settled = true
+          clearTimeout(timer)
+          signal.removeEventListener('abort', onAbort)
+          this.remove(waiter, refused === undefined)
+          if (refused === undefined) resolve()
+          else reject(refused)
+        },
+      }
+      signal.addEventListener('abort', onAbort, { once: true })
+      queue.push(waiter)
+      if (!this.queues.has(key)) this.queues.set(key, queue)
+      this.gauges.waiting.set(++this.waiting)
+    })
+  }
+
+  /** A freed slot goes to the first key in turn, which then goes to the back of the line; else it is free. */
+  private release(): void {
+    const next = this.queues.values().next()
+    if (next.done) {
+      this.gauges.inFlight.set(--this.inFlight)
+      return
+    }
+    next.value[0]!.settle()
+  }
+
+  /** Takes a waiter out of its queue; a key whose turn came (`served`) takes its next one after the other keys. */
+  private remove(waiter: Waiter, served: boolean): void {
+    const queue = this.queues.get(waiter.key)!
+    queue.splice(queue.indexOf(waiter), 1)
+    this.gauges.waiting.set(--this.waiting)
+    if (served || queue.length === 0) this.queues.delete(waiter.key)
+    if (served && queue.length > 0) this.queues.set(waiter.key, queue)
+  }
+
+  private longestQueue(): Waiter[] | undefined {
+    let longest: Waiter[] | undefined
+    for (const queue of this.queues.values()) if (queue.length > (longest?.length ?? 0)) longest = queue
+    return longest
   }
 }
 
@@ -123,8 +221,10 @@ export class Uploader {
     sourceOf: (signal: AbortSignal) => Promise<UploadSource>,
     requestFingerprint?: string,
   ): Promise<UploadOutcome> {
-    return this.options.slots.run(async () => {
-      const signal = AbortSignal.any([request.watchClientGone(), this.options.shutdown])
+    // Watched from the start: a client that leaves while its upload waits for a slot leaves the queue.
+    const clientGone = request.watchClientGone()
+    return this.options.slots.run(request.scope, clientGone, async () => {
+      const signal = AbortSignal.any([clientGone, this.options.shutdown])
       return this.storeOnce(request, sourceOf, requestFingerprint, signal)
     })
   }

@@ -2,6 +2,7 @@
 
     client_check.py live <base_url> <api_key> <image_path> <client_fallback_url>
     client_check.py unreachable <stopped_url> <hung_url> <api_key> <client_fallback_url>
+    client_check.py burst <base_url> <api_key> <directory of portrait-<n>.png> <count> <client_fallback_url>
 """
 
 from __future__ import annotations
@@ -90,6 +91,22 @@ async def unreachable(stopped_url: str, hung_url: str, api_key: str, client_fall
     return result
 
 
+async def burst(base_url: str, api_key: str, directory: str, count: str, client_fallback_url: str) -> list[dict[str, Any]]:
+    """Uploads every portrait at once, as the bot does after an event, with the client's default retries."""
+    portraits = []
+    for n in range(int(count)):
+        with open(f"{directory}/portrait-{n}.png", "rb") as file:
+            portraits.append(file.read())
+    async with ImageServiceClient(base_url, api_key=api_key, default_fallback_url=client_fallback_url) as client:
+        outcomes = await asyncio.gather(
+            *(client.upload_with_fallback(data, f"portrait-{n}.png", context="burst-python") for n, data in enumerate(portraits))
+        )
+    return [
+        {**outcome(result), "sent_sha256": hashlib.sha256(data).hexdigest(), "image": result.image and dataclasses.asdict(result.image)}
+        for data, result in zip(portraits, outcomes)
+    ]
+
+
 if __name__ == "__main__":
     mode, *arguments = sys.argv[1:]
-    print(json.dumps(asyncio.run({"live": live, "unreachable": unreachable}[mode](*arguments))))
+    print(json.dumps(asyncio.run({"live": live, "unreachable": unreachable, "burst": burst}[mode](*arguments))))
