@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto'
-import { mkdtemp, rm } from 'node:fs/promises'
+import { mkdtemp, rm, utimes } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import type { Readable } from 'node:stream'
@@ -33,6 +33,8 @@ export interface LocalS3 {
   keys(prefix?: string): Promise<string[]>
   /** The keys of images: everything but the service's own Idempotency-Key records. */
   imageKeys(): Promise<string[]>
+  /** Sets an object's Last-Modified (s3rver's is its file's mtime), as if it had been stored at `date`. */
+  backdate(key: string, date: Date): Promise<void>
   stop(): Promise<void>
 }
 
@@ -87,6 +89,11 @@ export async function startS3(options: { ownProcess?: boolean } = {}): Promise<L
     keys,
     async imageKeys() {
       return (await keys()).filter((key) => !key.startsWith(RECORDS_PREFIX))
+    },
+    async backdate(key, date) {
+      const segments = key.split('/')
+      const file = `${segments.pop()}._S3rver_object`
+      await utimes(path.join(directory, TEST_BUCKET, ...segments, file), date, date)
     },
     async stop() {
       client.destroy()
