@@ -85,6 +85,32 @@ export interface ImageMetadata {
   metadata: Record<string, string>
 }
 
+/** One object of a listing (`GET /v1/images`). */
+export interface ListedImage {
+  key: string
+  url: string
+  size: number
+  /** ISO 8601. */
+  last_modified: string
+  etag: string
+}
+
+/** One page of a listing: `next_cursor` is null on the last page. */
+export interface ImagePage {
+  items: ListedImage[]
+  next_cursor: string | null
+}
+
+export interface ListOptions {
+  /** Only keys that start with this: a key, or a key and `/` (`portraits/2025/05/`). */
+  prefix?: string
+  /** Items per page, 1 to 1000 (the service's default is 100). */
+  limit?: number
+  /** The previous page's `next_cursor`. */
+  cursor?: string
+  signal?: AbortSignal
+}
+
 /** What uploadWithFallback gives: the URL to use, and either the stored image or the error. */
 export type UploadOutcome =
   | { url: string; image: StoredImage; error?: undefined }
@@ -217,6 +243,31 @@ export class ImageServiceClient {
   /** The stored object's size, type, dates and metadata; ImageServiceError `not_found` when there is none. */
   async metadata(key: string, options: { signal?: AbortSignal } = {}): Promise<ImageMetadata> {
     return (await this.#call('GET', imagePath(key), {}, options.signal)) as ImageMetadata
+  }
+
+  /**
+   * One page of the stored objects, in key order. A page may hold fewer than `limit` items (even none)
+   * while `next_cursor` is set: listPages follows the cursors for you.
+   */
+  async list(options: ListOptions = {}): Promise<ImagePage> {
+    const { prefix, limit, cursor, signal } = options
+    const query = new URLSearchParams({
+      ...(prefix !== undefined && prefix !== '' && { prefix }),
+      ...(limit !== undefined && { limit: String(limit) }),
+      ...(cursor !== undefined && { cursor }),
+    })
+    const page = (await this.#call('GET', query.size > 0 ? `/v1/images?${query}` : '/v1/images', {}, signal)) as ImagePage
+    return { items: page.items, next_cursor: page.next_cursor ?? null }
+  }
+
+  /** Every page from `cursor` (default: the first) to the last: `for await (const page of client.listPages({ prefix }))`. */
+  async *listPages(options: ListOptions = {}): AsyncGenerator<ImagePage, void, undefined> {
+    let cursor = options.cursor
+    do {
+      const page = await this.list({ ...options, cursor })
+      yield page
+      cursor = page.next_cursor ?? undefined
+    } while (cursor !== undefined)
   }
 
   /** Deletes the object; deleting one that is already gone succeeds too. */

@@ -339,3 +339,50 @@ t.test('a service that never answers: the timeout, the caller signal, and what t
   )
   t.equal(aborted, reason, "the caller's abort reason is thrown as it is")
 })
+
+t.test('list and listPages: a page, then every page through the cursors', async (t) => {
+  // In its own process: s3rver answers truncated listings there only (see helpers/s3rver-main.ts).
+  const paging = await startS3({ ownProcess: true })
+  t.teardown(() => paging.stop())
+  const { app: listingApp } = await buildTestApp(t, { ...r2Env(paging.endpoint), API_KEYS: `bot:${TOKEN}` })
+  const listing = new ImageServiceClient({ baseUrl: `http://127.0.0.1:${(await listen(listingApp)).port}`, apiKey: TOKEN })
+  const sizes = new Map<string, number>()
+  for (const seed of [1, 2, 3, 4, 5]) {
+    const data = pngOfSize(1000 + seed, seed)
+    const image = await listing.upload(data, `p${seed}.png`, { context: 'portraits', idempotencyKey: `list-${seed}` })
+    t.equal(await paging.sha256Of(image.key), sha256(data), 'stored byte-exact')
+    sizes.set(image.key, data.length)
+  }
+  await listing.upload(pngOfSize(900, 9), 'g.png', { context: 'general' })
+  const portraits = [...sizes.keys()].sort()
+
+  const first = await listing.list({ prefix: 'portraits/', limit: 2 })
+  t.same(
+    first.items.map((item) => item.key),
+    portraits.slice(0, 2),
+  )
+  t.match(first.items[0], {
+    url: `https://images.example.test/${portraits[0]}`,
+    size: sizes.get(portraits[0]!),
+    etag: /\S/,
+    last_modified: /^\d{4}-/,
+  })
+  t.type(first.next_cursor, 'string')
+  const second = await listing.list({ prefix: 'portraits/', limit: 2, cursor: first.next_cursor! })
+  t.same(
+    second.items.map((item) => item.key),
+    portraits.slice(2, 4),
+  )
+
+  const pages: string[][] = []
+  for await (const page of listing.listPages({ prefix: 'portraits/', limit: 2 })) pages.push(page.items.map((item) => item.key))
+  t.same(pages, [portraits.slice(0, 2), portraits.slice(2, 4), portraits.slice(4)], 'every page, in order')
+  const everything: string[] = []
+  for await (const page of listing.listPages()) everything.push(...page.items.map((item) => item.key))
+  t.equal(everything.length, 6, 'no prefix: every image, and none of the five idempotency records')
+
+  const refused = await rejection(t, listing.list({ limit: 1001 }))
+  t.match(refused, { status: 400, code: 'invalid_request' })
+  t.ok(refused instanceof ImageServiceError)
+  t.match(await rejection(t, listing.list({ prefix: '../x' })), { status: 400, code: 'invalid_key' })
+})

@@ -122,7 +122,7 @@ t.test('progress: a bar redrawn in place on a terminal, plain lines otherwise', 
   const terminal = { isTTY: true, columns: 120, written: '', write: (text: string) => (terminal.written += text) }
   const bar = new Progress(4, terminal, () => now)
   now = 1000
-  bar.record('migrated')
+  bar.record('succeeded')
   // biome-ignore lint/suspicious/noControlCharactersInRegex: the terminal's escape sequence is what is checked
   t.match(terminal.written, /^\r\x1b\[2K\[#{8}\.{22}\] 1\/4 \(25 %\), migrated 1, failed 0, 1\.0\/s, ETA 0:03$/)
   now = 2000
@@ -135,8 +135,8 @@ t.test('progress: a bar redrawn in place on a terminal, plain lines otherwise', 
   )
   const log = { written: '', write: (text: string) => (log.written += text) }
   const lines = new Progress(2, log, () => now)
-  lines.record('migrated')
-  lines.record('migrated')
+  lines.record('succeeded')
+  lines.record('succeeded')
   t.equal(
     log.written,
     'progress: 1/2 (50 %), migrated 1, failed 0, 0.0/s, ETA ?\nprogress: 2/2 (100 %), migrated 2, failed 0, 0.0/s, ETA ?\n',

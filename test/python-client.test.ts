@@ -4,12 +4,14 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
+import { PutObjectCommand } from '@aws-sdk/client-s3'
 import t from 'tap'
 import { ERROR_CATALOGUE } from '../src/errors.js'
+import { RECORDS_PREFIX } from '../src/upload/keys.js'
 import { buildTestApp } from './helpers/app.js'
 import { listen, silentServer } from './helpers/http.js'
 import { pngOfSize, sha256 } from './helpers/images.js'
-import { r2Env, startS3 } from './helpers/s3.js'
+import { r2Env, startS3, TEST_BUCKET } from './helpers/s3.js'
 import { havePythonAiohttp, PYTHON } from './helpers/system-tools.js'
 
 // The bot's client (clients/python/image_service_client.py), run by Debian's Python with Debian's aiohttp,
@@ -119,5 +121,56 @@ if (havePythonAiohttp(t)) {
     // Text fields first, then the one file part, as the contract requires.
     const names = [...request.matchAll(/Content-Disposition: form-data; name="([^"]+)"/g)].map((match) => match[1])
     t.same(names, ['context', 'character_name', 'file'])
+  })
+}
+
+if (havePythonAiohttp(t)) {
+  t.test('the Python client: list_images, and iter_image_pages over every page', async (t) => {
+    // In its own process: s3rver answers truncated listings there only (see helpers/s3rver-main.ts).
+    const s3 = await startS3({ ownProcess: true })
+    t.teardown(() => s3.stop())
+    const { app } = await buildTestApp(t, { ...r2Env(s3.endpoint), API_KEYS: `bot:${TOKEN}` })
+    const { port } = await listen(app)
+    const seeded = [
+      ...Array.from({ length: 13 }, (_, i) => `portraits/2025/05/${String(i).padStart(20, 'p')}_seed.png`),
+      'general/2025/05/gggggggggggggggggggg_seed.png',
+      `${RECORDS_PREFIX}${'0'.repeat(64)}.json`,
+    ]
+    for (const key of seeded) await s3.client.send(new PutObjectCommand({ Bucket: TEST_BUCKET, Key: key, Body: key }))
+    const portrait = pngOfSize(2000, 5)
+    const uploaded = await app.inject({
+      method: 'POST',
+      url: '/v1/images?context=portraits&filename=Thorgar.png',
+      headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'image/png' },
+      payload: portrait,
+    })
+    t.equal(uploaded.statusCode, 201)
+    const { key: uploadedKey } = uploaded.json()
+    t.equal(await s3.sha256Of(uploadedKey), sha256(portrait), 'the upload is stored byte-exact')
+    const portraits = [...seeded.filter((key) => key.startsWith('portraits/')), uploadedKey].sort()
+
+    const listed = await runCheck('listing', `http://127.0.0.1:${port}`, TOKEN, 'portraits/', '4')
+
+    t.same(
+      listed.first.items.map((item: { key: string }) => item.key),
+      portraits.slice(0, 4),
+      'list_images: the first page',
+    )
+    t.match(listed.first.items[0], {
+      url: `https://images.example.test/${portraits[0]}`,
+      size: portraits[0]!.length,
+      etag: /^"[0-9a-f]+"$/,
+      last_modified: /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?\+00:00$/,
+    })
+    t.same(listed.second_keys, portraits.slice(4, 8), 'list_images with the cursor: the second page')
+    t.same(
+      listed.pages,
+      [portraits.slice(0, 4), portraits.slice(4, 8), portraits.slice(8, 12), portraits.slice(12)],
+      'iter_image_pages: every page, in order',
+    )
+    t.equal(listed.last_cursor, null, 'the last page has no cursor')
+    t.same(listed.default_page_keys, [...portraits, seeded[13]].sort(), 'no prefix, default limit: every image, no record')
+    t.match(listed.limit_0, { class: 'InvalidRequestError', status: 400, code: 'invalid_request' })
+    t.match(listed.bad_prefix, { class: 'InvalidKeyError', status: 400, code: 'invalid_key' })
   })
 }

@@ -10,7 +10,7 @@ import asyncio
 import json
 import random
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
 from types import TracebackType
@@ -24,6 +24,8 @@ __all__ = [
     "ImageServiceClient",
     "UploadedImage",
     "ImageMetadata",
+    "ListedImage",
+    "ImagePage",
     "UploadOutcome",
     "ImageServiceError",
     "ServiceUnreachableError",
@@ -83,6 +85,25 @@ class ImageMetadata:
     last_modified: datetime
     etag: str
     metadata: dict[str, str]
+
+
+@dataclass(frozen=True)
+class ListedImage:
+    """One object of a listing (GET /v1/images)."""
+
+    key: str
+    url: str
+    size: int
+    last_modified: datetime
+    etag: str
+
+
+@dataclass(frozen=True)
+class ImagePage:
+    """One page of a listing; next_cursor is None on the last page."""
+
+    items: list[ListedImage]
+    next_cursor: Optional[str]
 
 
 # Errors. Every call raises ImageServiceError or a subclass: ServiceUnreachableError when there was no
@@ -324,11 +345,45 @@ class ImageServiceClient:
             url=body["url"],
             size=body["size"],
             content_type=body["content_type"],
-            # fromisoformat takes a trailing Z only from Python 3.11 on.
-            last_modified=datetime.fromisoformat(body["last_modified"].replace("Z", "+00:00")),
+            last_modified=_timestamp(body["last_modified"]),
             etag=body["etag"],
             metadata=body["metadata"],
         )
+
+    async def list_images(self, prefix: str = "", limit: Optional[int] = None, cursor: Optional[str] = None) -> ImagePage:
+        """One page of the stored objects, in key order: those whose keys start with `prefix` (a key, or a key
+        and "/"), at most `limit` (1 to 1000; the service's default is 100), after the page whose next_cursor
+        is `cursor`. A page may hold fewer items, even none, while next_cursor is set: iter_image_pages
+        follows the cursors for you."""
+        params = {"prefix": prefix} if prefix else {}
+        if limit is not None:
+            params["limit"] = str(limit)
+        if cursor is not None:
+            params["cursor"] = cursor
+        body = await self._call("GET", URL(f"{self._base_url}/v1/images"), params=params)
+        items = [
+            ListedImage(
+                key=item["key"],
+                url=item["url"],
+                size=item["size"],
+                last_modified=_timestamp(item["last_modified"]),
+                etag=item["etag"],
+            )
+            for item in body["items"]
+        ]
+        return ImagePage(items=items, next_cursor=body.get("next_cursor"))
+
+    async def iter_image_pages(
+        self, prefix: str = "", limit: Optional[int] = None, cursor: Optional[str] = None
+    ) -> AsyncIterator[ImagePage]:
+        """Every page from `cursor` (default: the first) to the last:
+        `async for page in client.iter_image_pages("portraits/"): ...`"""
+        while True:
+            page = await self.list_images(prefix, limit, cursor)
+            yield page
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
 
     async def delete(self, key: str) -> None:
         """Deletes the object; deleting one that is already gone succeeds too."""
@@ -399,6 +454,11 @@ class ImageServiceClient:
             return json.loads(payload)
         except ValueError as error:
             raise ProblemError(response.status, "The answer is not JSON.") from error
+
+
+def _timestamp(text: str) -> datetime:
+    # fromisoformat takes a trailing Z only from Python 3.11 on.
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def _problem_error(status: int, retry_after: Optional[str], payload: bytes) -> ProblemError:

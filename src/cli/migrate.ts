@@ -7,7 +7,9 @@ import { createHash } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { parseArgs } from 'node:util'
 import { ImageServiceClient, ImageServiceError, ImageServiceUnreachableError, type StoredImage } from '../client.js'
+import { EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, intervalOfRate, serviceUrlOf, UsageError, wholeNumber } from './arguments.js'
 import { isMigrated, type MapLine, MigrationMap } from './migration-map.js'
+import { RETRY_STATUSES, retryDelayMs, StartPacer } from './pacer.js'
 import { Progress } from './progress.js'
 import { formatOfPath, InputError, type InputFormat, type MigrationRecord, readRecords } from './records.js'
 
@@ -30,17 +32,7 @@ const USAGE = `Usage: npm run migrate -- --input <records.csv|records.jsonl> --m
   --retries <n>        tries again after 429, 503 or no answer (default 3)
   --help`
 
-/** Bad arguments or input: nothing was attempted. */
-const EXIT_USAGE = 2
-/** Some records failed; the map says which and why. */
-const EXIT_FAILED = 1
-const EXIT_INTERRUPTED = 130
-/** Statuses after which the same record is tried again in this run: the service asks to come back later. */
-const RETRY_STATUSES = new Set([429, 503])
-const MAX_RETRY_WAIT_S = 60
 const LISTED_FAILURES = 20
-
-class UsageError extends Error {}
 
 interface Options {
   input: string
@@ -55,12 +47,6 @@ interface Options {
   format: InputFormat
   timeoutMs: number
   retries: number
-}
-
-function wholeNumber(text: string, name: string, min: number, max: number): number {
-  const value = Number(text)
-  if (!/^\d+$/.test(text) || value < min || value > max) throw new UsageError(`--${name} must be a whole number from ${min} to ${max}`)
-  return value
 }
 
 function optionsOf(argv: string[], env: NodeJS.ProcessEnv): Options | undefined {
@@ -84,11 +70,8 @@ function optionsOf(argv: string[], env: NodeJS.ProcessEnv): Options | undefined 
   if (values.help) return undefined
   if (!values.input) throw new UsageError('--input is required')
   if (!values.map) throw new UsageError('--map is required')
-  const url = (values.url ?? env.IMAGE_SERVICE_URL ?? '').replace(/\/+$/, '')
-  if (!/^https?:\/\/[^/]/.test(url) || !URL.canParse(url))
-    throw new UsageError("--url (or IMAGE_SERVICE_URL) must be the service's http(s) base URL")
-  const rate = /^(\d+(?:\.\d+)?)\/(s|min)$/.exec(values.rate)
-  if (!rate || Number(rate[1]) <= 0) throw new UsageError('--rate must look like 5/s or 120/min')
+  const url = serviceUrlOf(values.url, env)
+  const intervalMs = intervalOfRate(values.rate)
   const format = values.format ?? formatOfPath(values.input)
   if (format !== 'csv' && format !== 'jsonl') throw new UsageError('--format must be csv or jsonl (or the input named .csv or .jsonl)')
   return {
@@ -97,26 +80,12 @@ function optionsOf(argv: string[], env: NodeJS.ProcessEnv): Options | undefined 
     url,
     apiKey: values['api-key'] ?? env.IMAGE_SERVICE_API_KEY,
     concurrency: wholeNumber(values.concurrency, 'concurrency', 1, 64),
-    intervalMs: (rate[2] === 's' ? 1000 : 60_000) / Number(rate[1]),
+    intervalMs,
     rateText: values.rate,
     context: values.context,
     format,
     timeoutMs: wholeNumber(values.timeout, 'timeout', 1, 3600) * 1000,
     retries: wholeNumber(values.retries, 'retries', 0, 100),
-  }
-}
-
-/** Starts at most one request per interval, whichever worker asks. */
-class StartPacer {
-  private next = 0
-
-  constructor(private readonly intervalMs: number) {}
-
-  async wait(): Promise<void> {
-    const now = Date.now()
-    const at = Math.max(now, this.next)
-    this.next = at + this.intervalMs
-    if (at > now) await sleep(at - now)
   }
 }
 
@@ -164,7 +133,7 @@ async function migrateOne(
     } catch (error) {
       if (error instanceof ImageServiceUnreachableError) {
         if (tries >= options.retries) return failed(`no answer from the service: ${error.message}`)
-        await sleep(1000 * 2 ** tries)
+        await sleep(retryDelayMs(tries))
         continue
       }
       if (!(error instanceof ImageServiceError)) throw error
@@ -172,7 +141,7 @@ async function migrateOne(
       if (error.status >= 400) {
         keyNumber++
         if (!RETRY_STATUSES.has(error.status) || tries >= options.retries) return failed(error.message.trim(), error.status)
-        await sleep(1000 * (error.retryAfter ? Math.min(error.retryAfter, MAX_RETRY_WAIT_S) : 2 ** tries))
+        await sleep(retryDelayMs(tries, error.retryAfter))
         continue
       }
     }
@@ -214,7 +183,7 @@ async function run(options: Options): Promise<number> {
       const record = pending[next++]!
       const line = await migrateOne(record, options, client, pacer, firstKeyNumber(record, map.get(record.id)))
       await map.append(line)
-      if (isMigrated(line)) progress.record('migrated')
+      if (isMigrated(line)) progress.record('succeeded')
       else {
         failures.push({ id: line.id, error: line.error })
         progress.record('failed')
@@ -230,7 +199,7 @@ async function run(options: Options): Promise<number> {
   const seconds = ((Date.now() - started) / 1000).toFixed(1)
   const notAttempted = pending.length - progress.done
   console.log(
-    `Migrated ${progress.migrated}, failed ${failures.length}, skipped ${skipped} (already migrated)` +
+    `Migrated ${progress.succeeded}, failed ${failures.length}, skipped ${skipped} (already migrated)` +
       `${notAttempted > 0 ? `, not attempted ${notAttempted}` : ''}, of ${records.length} records, in ${seconds} s.`,
   )
   console.log(`Map: ${options.map} (one line per id, its latest outcome).`)

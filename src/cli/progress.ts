@@ -16,9 +16,9 @@ function duration(seconds: number): string {
   return h > 0 ? `${h}:${String(m).padStart(2, '0')}:${String(s).padStart(2, '0')}` : `${m}:${String(s).padStart(2, '0')}`
 }
 
-/** Counts, rate and ETA of the records this run attempts. */
+/** Counts, rate and ETA of what this run attempts (records to migrate, objects to delete). */
 export class Progress {
-  migrated = 0
+  succeeded = 0
   failed = 0
   private readonly started: number
   private lastDrawn = 0
@@ -29,15 +29,17 @@ export class Progress {
     private readonly total: number,
     private readonly stream: ProgressStream,
     private readonly now: () => number = Date.now,
+    /** What a success is called on the line ("migrated", "deleted"). */
+    private readonly succeededLabel = 'migrated',
   ) {
     this.started = now()
   }
 
   get done(): number {
-    return this.migrated + this.failed
+    return this.succeeded + this.failed
   }
 
-  record(outcome: 'migrated' | 'failed'): void {
+  record(outcome: 'succeeded' | 'failed'): void {
     this[outcome]++
     const interval = this.stream.isTTY ? REDRAW_MS : LINE_EVERY_MS
     if (this.now() - this.lastDrawn >= interval || this.done === this.total) this.draw()
@@ -56,7 +58,7 @@ export class Progress {
     const rate = elapsed > 0 ? this.done / elapsed : 0
     const eta = rate > 0 ? (this.total - this.done) / rate : Number.POSITIVE_INFINITY
     const share = this.total === 0 ? 1 : this.done / this.total
-    const counts = `${this.done}/${this.total} (${Math.floor(share * 100)} %), migrated ${this.migrated}, failed ${this.failed}, ${rate.toFixed(1)}/s, ETA ${duration(eta)}`
+    const counts = `${this.done}/${this.total} (${Math.floor(share * 100)} %), ${this.succeededLabel} ${this.succeeded}, failed ${this.failed}, ${rate.toFixed(1)}/s, ETA ${duration(eta)}`
     if (!this.stream.isTTY) {
       this.stream.write(`progress: ${counts}\n`)
       return

@@ -3,6 +3,7 @@
     client_check.py live <base_url> <api_key> <image_path> <client_fallback_url>
     client_check.py unreachable <stopped_url> <hung_url> <api_key> <client_fallback_url>
     client_check.py burst <base_url> <api_key> <directory of portrait-<n>.png> <count> <client_fallback_url>
+    client_check.py listing <base_url> <api_key> <prefix> <limit>
 """
 
 from __future__ import annotations
@@ -107,6 +108,24 @@ async def burst(base_url: str, api_key: str, directory: str, count: str, client_
     ]
 
 
+async def listing(base_url: str, api_key: str, prefix: str, limit: str) -> dict[str, Any]:
+    async with ImageServiceClient(base_url, api_key=api_key, timeout=10) as client:
+        first = await client.list_images(prefix, int(limit))
+        pages = [page async for page in client.iter_image_pages(prefix, int(limit))]
+        return {
+            "first": {
+                "items": [{**dataclasses.asdict(item), "last_modified": item.last_modified.isoformat()} for item in first.items],
+                "next_cursor": first.next_cursor,
+            },
+            "second_keys": [item.key for item in (await client.list_images(prefix, int(limit), first.next_cursor)).items],
+            "default_page_keys": [item.key for item in (await client.list_images()).items],
+            "pages": [[item.key for item in page.items] for page in pages],
+            "last_cursor": pages[-1].next_cursor,
+            "limit_0": await raised(client.list_images(prefix, 0)),
+            "bad_prefix": await raised(client.list_images("portraits//")),
+        }
+
+
 if __name__ == "__main__":
     mode, *arguments = sys.argv[1:]
-    print(json.dumps(asyncio.run({"live": live, "unreachable": unreachable, "burst": burst}[mode](*arguments))))
+    print(json.dumps(asyncio.run({"live": live, "unreachable": unreachable, "burst": burst, "listing": listing}[mode](*arguments))))
