@@ -20,6 +20,7 @@ import imageRoutes from './routes/images.js'
 import importRoutes from './routes/import.js'
 import openapiRoutes from './routes/openapi.js'
 import usageRoutes from './routes/usage.js'
+import whoamiRoutes from './routes/whoami.js'
 import { type StorageDriver, servesFiles } from './storage/driver.js'
 import { createDriver } from './storage/index.js'
 import { UploadSlots } from './upload/uploader.js'
@@ -99,6 +100,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}) {
     network: { ...SYSTEM_NETWORK, ...options.importNetwork },
   })
   await app.register(usageRoutes)
+  await app.register(whoamiRoutes)
   if (servesFiles(driver)) await app.register(fileRoutes, { driver })
   if (config.metricsPort === undefined) serveMetrics(app, app.metricsRegistry, true)
   return app

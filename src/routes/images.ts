@@ -3,7 +3,7 @@ import multipart, { type Multipart } from '@fastify/multipart'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { Config } from '../config.js'
 import { ApiError, objectNotFound } from '../errors.js'
-import { IMAGES_PREFIX, STORING_ROUTE } from '../http/route-options.js'
+import { IMAGES_PREFIX, type RouteFlags, STORING_ROUTE } from '../http/route-options.js'
 import { watchFormFraming } from '../upload/form-length.js'
 import { keyFromPath, publicUrlOf } from '../upload/keys.js'
 import {
@@ -159,7 +159,8 @@ export default async function imageRoutes(
     ),
   )
 
-  app.head(`${IMAGES_PREFIX}*`, async (request, reply) => {
+  const reading = { config: { scope: 'read' } satisfies RouteFlags }
+  app.head(`${IMAGES_PREFIX}*`, reading, async (request, reply) => {
     const object = await findObject(app, keyOf(request))
     reply.headers({
       'content-type': object.contentType,
@@ -172,7 +173,7 @@ export default async function imageRoutes(
     return reply.send()
   })
 
-  app.get(`${IMAGES_PREFIX}*`, { exposeHeadRoute: false }, async (request) => {
+  app.get(`${IMAGES_PREFIX}*`, { ...reading, exposeHeadRoute: false }, async (request) => {
     const key = keyOf(request)
     const object = await findObject(app, key)
     return {
@@ -186,7 +187,7 @@ export default async function imageRoutes(
     }
   })
 
-  app.delete(`${IMAGES_PREFIX}*`, async (request, reply) => {
+  app.delete(`${IMAGES_PREFIX}*`, { config: { scope: 'delete' } satisfies RouteFlags }, async (request, reply) => {
     await app.storage.delete(keyOf(request))
     return reply.code(204).send()
   })
