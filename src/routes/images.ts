@@ -5,7 +5,7 @@ import type { Config } from '../config.js'
 import { ApiError, objectNotFound } from '../errors.js'
 import { IMAGES_PREFIX, type RouteFlags, STORING_ROUTE } from '../http/route-options.js'
 import { watchFormFraming } from '../upload/form-length.js'
-import { keyFromPath, publicUrlOf } from '../upload/keys.js'
+import { assertValidPrefix, keyFromPath, publicUrlOf, RECORDS_PREFIX } from '../upload/keys.js'
 import {
   assertQueryParameterDecodes,
   assertValidContext,
@@ -123,6 +123,36 @@ async function multipartUploadSource(request: FastifyRequest, maxBytes: number):
   throw new ApiError('invalid_request', 'The form has no file part named "file".')
 }
 
+/** A listing's page size: the default, and the most ListObjectsV2 returns in one request. */
+const LIST_LIMIT = { default: 100, max: 1000 }
+
+interface ListQuery {
+  prefix?: string
+  limit?: string
+  cursor?: string
+}
+
+function listLimitOf(text: string | undefined): number {
+  if (text === undefined) return LIST_LIMIT.default
+  const limit = Number(text)
+  if (!/^\d+$/.test(text) || limit < 1 || limit > LIST_LIMIT.max) {
+    throw new ApiError('invalid_request', `limit must be a whole number from 1 to ${LIST_LIMIT.max}.`)
+  }
+  return limit
+}
+
+/** A page's cursor: the key the next page starts after, base64url-encoded, so that clients pass it on as it is. */
+const cursorOf = (startAfter: string): string => Buffer.from(startAfter).toString('base64url')
+
+function startAfterOf(cursor: string): string {
+  const startAfter = Buffer.from(cursor, 'base64url').toString()
+  // Only a cursor this service wrote decodes and encodes back to itself.
+  if (cursor === '' || cursorOf(startAfter) !== cursor) {
+    throw new ApiError('invalid_request', 'The cursor is not one this service gave; list again from the first page.')
+  }
+  return startAfter
+}
+
 const keyOf = (request: FastifyRequest): string => keyFromPath(request.url, IMAGES_PREFIX)
 
 async function findObject(app: FastifyInstance, key: string) {
@@ -131,7 +161,7 @@ async function findObject(app: FastifyInstance, key: string) {
   return object
 }
 
-/** POST /v1/images and the per-key HEAD, GET and DELETE. */
+/** POST /v1/images, the listing (GET /v1/images) and the per-key HEAD, GET and DELETE. */
 export default async function imageRoutes(
   app: FastifyInstance,
   options: { config: Config; shutdown: AbortSignal; uploadSlots: UploadSlots },
@@ -160,6 +190,34 @@ export default async function imageRoutes(
   )
 
   const reading = { config: { scope: 'read' } satisfies RouteFlags }
+  const listQuery = {
+    type: 'object',
+    properties: { prefix: { type: 'string' }, limit: { type: 'string' }, cursor: { type: 'string' } },
+  } as const
+  app.get<{ Querystring: ListQuery }>(
+    '/v1/images',
+    { ...reading, schema: { querystring: listQuery }, exposeHeadRoute: false },
+    async (request) => {
+      const { prefix = '', limit, cursor } = request.query
+      const page = await app.storage.list({
+        prefix: assertValidPrefix(prefix),
+        limit: listLimitOf(limit),
+        startAfter: cursor === undefined ? undefined : startAfterOf(cursor),
+        hidden: RECORDS_PREFIX,
+      })
+      return {
+        items: page.objects.map((object) => ({
+          key: object.key,
+          url: publicUrlOf(config.publicUrl, object.key),
+          size: object.size,
+          last_modified: object.lastModified.toISOString(),
+          etag: object.etag,
+        })),
+        next_cursor: page.next === undefined ? null : cursorOf(page.next),
+      }
+    },
+  )
+
   app.head(`${IMAGES_PREFIX}*`, reading, async (request, reply) => {
     const object = await findObject(app, keyOf(request))
     reply.headers({

@@ -31,6 +31,35 @@ export interface StoredObject {
   metadata: Record<string, string>
 }
 
+/** One "/"-separated segment of a key, as the contract's key grammar allows it. */
+export const isKeySegment = (segment: string): boolean => /^[A-Za-z0-9._-]+$/.test(segment) && segment !== '.' && segment !== '..'
+
+/** An object as a listing describes it, without a request of its own. */
+export interface ListedObject {
+  key: string
+  size: number
+  etag: string
+  lastModified: Date
+}
+
+export interface ListRequest {
+  /** Only keys that start with this ('' for all). */
+  prefix: string
+  /** Only keys after this one, in key order (a page's `next`). */
+  startAfter?: string | undefined
+  /** At most this many objects (1 to 1000, as ListObjectsV2 takes). */
+  limit: number
+  /** Keys under this prefix are never listed: the service's own records, which share the bucket. */
+  hidden?: string
+}
+
+export interface ListPage {
+  /** In key order (UTF-8 byte order, as S3 lists); fewer than `limit`, even none, does not mean the last page. */
+  objects: ListedObject[]
+  /** Where the next page starts (its `startAfter`); absent on the last page. */
+  next?: string
+}
+
 /** An object with an open handle on its bytes: a delete landing meanwhile cannot fail the read. */
 export interface OpenedObject {
   object: StoredObject
@@ -66,6 +95,8 @@ export interface StorageDriver {
   read(key: string): Promise<Buffer | undefined>
   /** Deletes the object; deleting a missing object succeeds. */
   delete(key: string): Promise<void>
+  /** One page of the objects stored, in key order (R2: one ListObjectsV2, a Class A operation). */
+  list(request: ListRequest): Promise<ListPage>
   /** Bytes and objects stored, counted by listing everything (R2: one Class A operation per 1000 objects). */
   usage(): Promise<{ bytes: number; objects: number }>
   /** Throws the contract error that explains why the backend cannot serve requests. */

@@ -1,12 +1,22 @@
 import { createHash, randomUUID } from 'node:crypto'
-import { constants, createWriteStream } from 'node:fs'
+import { constants, createWriteStream, type Dirent } from 'node:fs'
 import fs, { type FileHandle } from 'node:fs/promises'
 import path from 'node:path'
 import { Readable, Transform } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { ConfigError } from '../config.js'
 import { ApiError } from '../errors.js'
-import { KeyExistsError, type ObjectWrite, type OpenedObject, type StorageDriver, type StoredObject } from './driver.js'
+import {
+  isKeySegment,
+  KeyExistsError,
+  type ListedObject,
+  type ListPage,
+  type ListRequest,
+  type ObjectWrite,
+  type OpenedObject,
+  type StorageDriver,
+  type StoredObject,
+} from './driver.js'
 
 interface Sidecar {
   contentType: string
@@ -138,6 +148,35 @@ export class FsDriver implements StorageDriver {
     }
   }
 
+  /**
+   * A page in the order S3 lists (see keysInOrder): the keys are walked lazily, one directory read at a
+   * time, until the page is full, and one more key tells whether another page follows.
+   */
+  async list(request: ListRequest): Promise<ListPage> {
+    const keys: string[] = []
+    let more = false
+    try {
+      for await (const key of keysInOrder(this.objectsDir, '', request)) {
+        if (keys.length === request.limit) {
+          more = true
+          break
+        }
+        keys.push(key)
+      }
+    } catch (error) {
+      throw asStorageError(error)
+    }
+    const objects: ListedObject[] = []
+    for (let start = 0; start < keys.length; start += HEADS_AT_ONCE) {
+      const batch = keys.slice(start, start + HEADS_AT_ONCE)
+      const found = await Promise.all(batch.map(async (key) => ({ key, object: await this.head(key) })))
+      // An object deleted since its directory was read is left out.
+      for (const { key, object } of found)
+        if (object) objects.push({ key, size: object.size, etag: object.etag, lastModified: object.lastModified })
+    }
+    return more ? { objects, next: keys.at(-1)! } : { objects }
+  }
+
   async usage(): Promise<{ bytes: number; objects: number }> {
     try {
       const entries = await fs.readdir(this.objectsDir, { recursive: true, withFileTypes: true })
@@ -159,6 +198,42 @@ export class FsDriver implements StorageDriver {
   }
 
   async close(): Promise<void> {}
+}
+
+/** Objects described at once while a page is listed (each costs a file handle). */
+const HEADS_AT_ONCE = 32
+
+/**
+ * The keys under `dir` (whose keys start with `base`) that `request` asks for, in S3's order: UTF-8 byte
+ * order of the whole key, which for the key grammar's ASCII is the order of JavaScript strings. A
+ * directory sorts as its name plus "/", the prefix every key inside shares, so a directory's keys come
+ * out exactly where they belong among its siblings'. Only directories that can hold a key of the page
+ * are read, one at a time, as the caller asks for more.
+ */
+async function* keysInOrder(dir: string, base: string, request: ListRequest): AsyncGenerator<string> {
+  const { prefix, startAfter, hidden } = request
+  let entries: Dirent[]
+  try {
+    entries = await fs.readdir(dir, { withFileTypes: true })
+  } catch (error) {
+    if (isMissing(error)) return
+    throw error
+  }
+  const named = entries
+    // A file the key grammar cannot name is no object a client could address.
+    .filter((entry) => isKeySegment(entry.name) && (entry.isDirectory() || entry.isFile()))
+    .map((entry) => ({ entry, key: base + entry.name + (entry.isDirectory() ? '/' : '') }))
+    .filter(({ key }) => hidden === undefined || !key.startsWith(hidden))
+    .sort((a, b) => (a.key < b.key ? -1 : 1))
+  for (const { entry, key } of named) {
+    if (entry.isDirectory()) {
+      const mayHoldPrefix = key.startsWith(prefix) || prefix.startsWith(key)
+      const mayHoldLater = startAfter === undefined || key > startAfter || startAfter.startsWith(key)
+      if (mayHoldPrefix && mayHoldLater) yield* keysInOrder(path.join(dir, entry.name), key, request)
+    } else if (key.startsWith(prefix) && (startAfter === undefined || key > startAfter)) {
+      yield key
+    }
+  }
 }
 
 /**

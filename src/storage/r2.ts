@@ -8,6 +8,8 @@ import {
   GetObjectCommand,
   HeadBucketCommand,
   HeadObjectCommand,
+  ListObjectsV2Command,
+  type ListObjectsV2CommandOutput,
   PutObjectCommand,
   type PutObjectCommandInput,
   paginateListObjectsV2,
@@ -19,6 +21,8 @@ import type { R2Settings } from '../config.js'
 import { ApiError } from '../errors.js'
 import {
   KeyExistsError,
+  type ListPage,
+  type ListRequest,
   type ObjectWrite,
   type PricingClass,
   provesNothingWritten,
@@ -41,6 +45,9 @@ const R2_PRICING_CLASS: Record<string, PricingClass> = {
   DeleteObject: 'free',
   AbortMultipartUpload: 'free',
 }
+
+/** Sorts after every other character (UTF-8 order): `<prefix>` + this comes after every key under the prefix. */
+const AFTER_EVERY_CHARACTER = '\u{10FFFF}'
 
 /** R2 takes at most 5 GiB less 5 MiB in one request. */
 const SINGLE_PUT_MAX_BYTES = 5 * 1024 ** 3 - 5 * 1024 ** 2
@@ -285,6 +292,35 @@ export class R2Driver implements StorageDriver {
 
   async delete(key: string): Promise<void> {
     await this.guarded(this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: key })))
+  }
+
+  /**
+   * One ListObjectsV2 per page. Hidden keys are dropped from the page, which then holds fewer objects; a
+   * page that ends among them sends the next one past them all, so a run of records costs one page, not
+   * one per `limit` of them.
+   */
+  async list({ prefix, startAfter, limit, hidden }: ListRequest): Promise<ListPage> {
+    let page: ListObjectsV2CommandOutput
+    try {
+      page = await this.client.send(
+        new ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix || undefined, StartAfter: startAfter, MaxKeys: limit }),
+      )
+    } catch (error) {
+      throw storageErrorOf(error)
+    }
+    const isHidden = (key: string) => hidden !== undefined && key.startsWith(hidden)
+    const contents = page.Contents ?? []
+    const objects = contents
+      .filter((object) => !isHidden(object.Key!))
+      .map((object) => ({
+        key: object.Key!,
+        size: object.Size ?? 0,
+        etag: object.ETag ?? '',
+        lastModified: object.LastModified ?? new Date(0),
+      }))
+    const last = contents.at(-1)?.Key
+    if (!page.IsTruncated || last === undefined) return { objects }
+    return { objects, next: isHidden(last) ? `${hidden}${AFTER_EVERY_CHARACTER}` : last }
   }
 
   async usage(): Promise<{ bytes: number; objects: number }> {

@@ -1,8 +1,8 @@
 import { randomInt } from 'node:crypto'
 import { ApiError, objectNotFound } from '../errors.js'
+import { isKeySegment } from '../storage/driver.js'
 
 const MAX_KEY_BYTES = 1024
-const KEY_SEGMENT = /^[A-Za-z0-9._-]+$/
 const ID_LENGTH = 20
 const ID_ALPHABET = 'abcdefghijklmnopqrstuvwxyz'
 const MAX_STEM_LENGTH = 50
@@ -17,12 +17,17 @@ export const RECORDS_PREFIX = '.idempotency/'
 /** Checks a client-supplied key against the contract's grammar before any storage call is made. */
 export function assertValidKey(key: string): string {
   const segments = key.split('/')
-  const valid =
-    Buffer.byteLength(key) <= MAX_KEY_BYTES && segments.every((segment) => KEY_SEGMENT.test(segment) && segment !== '.' && segment !== '..')
+  const valid = Buffer.byteLength(key) <= MAX_KEY_BYTES && segments.every(isKeySegment)
   if (!valid) {
     throw new ApiError('invalid_key', 'A key is at most 1024 bytes of "/"-separated segments of [A-Za-z0-9._-], none empty, "." or "..".')
   }
   return key
+}
+
+/** Checks a listing's prefix: empty, a key, or a key and "/" (all of a "directory"). */
+export function assertValidPrefix(prefix: string): string {
+  if (prefix !== '') assertValidKey(prefix.endsWith('/') ? prefix.slice(0, -1) : prefix)
+  return prefix
 }
 
 /**

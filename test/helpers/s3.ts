@@ -3,11 +3,13 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import type { Readable } from 'node:stream'
+import { fileURLToPath } from 'node:url'
 import { GetObjectCommand, HeadObjectCommand, paginateListObjectsV2, S3Client } from '@aws-sdk/client-s3'
 import type { FastifyInstance } from 'fastify'
 import S3rver from 's3rver'
 import { R2Driver } from '../../src/storage/r2.js'
 import { RECORDS_PREFIX } from '../../src/upload/keys.js'
+import { spawnService } from './service-process.js'
 
 export const TEST_BUCKET = 'test-images'
 
@@ -23,8 +25,8 @@ export function r2Env(endpoint: string, bucket = TEST_BUCKET): NodeJS.ProcessEnv
   }
 }
 
-/** The local S3 protocol server (s3rver), in-process on 127.0.0.1 with one bucket, plus an independent client. */
-export async function startS3(): Promise<{
+/** A local S3 protocol server with one bucket, plus an independent client. */
+export interface LocalS3 {
   endpoint: string
   client: S3Client
   sha256Of(key: string): Promise<string>
@@ -32,10 +34,29 @@ export async function startS3(): Promise<{
   /** The keys of images: everything but the service's own Idempotency-Key records. */
   imageKeys(): Promise<string[]>
   stop(): Promise<void>
-}> {
+}
+
+/**
+ * The local S3 protocol server (s3rver) on 127.0.0.1 with one bucket, plus an independent client. In this
+ * process by default; `ownProcess` runs it in a child with the OpenSSL legacy provider, which it needs to
+ * answer a truncated ListObjectsV2 (a bucket of more than one page; see s3rver-main.ts).
+ */
+export async function startS3(options: { ownProcess?: boolean } = {}): Promise<LocalS3> {
   const directory = await mkdtemp(path.join(tmpdir(), 's3rver-'))
-  const server = new S3rver({ address: '127.0.0.1', port: 0, silent: true, directory, configureBuckets: [{ name: TEST_BUCKET }] })
-  const { port } = await server.run()
+  let port: number
+  let stopServer: () => Promise<unknown>
+  if (options.ownProcess) {
+    const child = spawnService({
+      nodeArgs: ['--openssl-legacy-provider'],
+      entry: ['--import', 'tsx', fileURLToPath(new URL('./s3rver-main.ts', import.meta.url)), directory, TEST_BUCKET],
+    })
+    port = Number((await child.waitForLog((line) => line.msg === 's3rver ready', 'that s3rver is ready')).port)
+    stopServer = () => child.stop()
+  } else {
+    const server = new S3rver({ address: '127.0.0.1', port: 0, silent: true, directory, configureBuckets: [{ name: TEST_BUCKET }] })
+    port = (await server.run()).port
+    stopServer = () => server.close()
+  }
   const endpoint = `http://127.0.0.1:${port}`
   const client = new S3Client({
     region: 'auto',
@@ -69,7 +90,7 @@ export async function startS3(): Promise<{
     },
     async stop() {
       client.destroy()
-      await server.close()
+      await stopServer()
       await rm(directory, { recursive: true, force: true })
     },
   }
