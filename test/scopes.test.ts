@@ -92,6 +92,12 @@ t.test('each scope on each route: 403 forbidden without it, the route works with
       send: (name) => app.inject({ method: 'HEAD', url: `/v1/images/${key}`, headers: bearer(name) }),
       ok: 200,
     },
+    {
+      route: 'GET /v1/images (list)',
+      scope: 'read',
+      send: (name) => app.inject({ url: '/v1/images?prefix=general/', headers: bearer(name) }),
+      ok: 200,
+    },
     { route: 'GET /v1/usage', scope: 'read', send: (name) => app.inject({ url: '/v1/usage', headers: bearer(name) }), ok: 200 },
     {
       route: 'DELETE /v1/images/{key}',
