@@ -14,6 +14,7 @@ import requestLog, { loggerOptions } from './plugins/request-log.js'
 import requestPolicy from './plugins/request-policy.js'
 import storagePlugin from './plugins/storage.js'
 import usage from './plugins/usage.js'
+import consoleRoutes from './routes/console.js'
 import fileRoutes from './routes/files.js'
 import healthRoutes from './routes/health.js'
 import imageRoutes from './routes/images.js'
@@ -101,6 +102,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}) {
   })
   await app.register(usageRoutes)
   await app.register(whoamiRoutes)
+  await app.register(consoleRoutes, { publicUrl: config.publicUrl })
   if (servesFiles(driver)) await app.register(fileRoutes, { driver })
   if (config.metricsPort === undefined) serveMetrics(app, app.metricsRegistry, true)
   return app

@@ -57,9 +57,9 @@ const IMPORT_ENV = LOCAL_SOURCE_ENV
 const importOptions = () => ({ importNetwork: spyNetwork({ loopback: true }).network })
 const importBody = (path = '/portrait.png') => JSON.stringify({ source_url: importSource.url(path), context: 'portraits' })
 
-/** A request for a documented operation: an upload or an import for POST, else `{key}` filled in; `headers` on top. */
+/** A request for a documented operation: an upload or an import for POST, else `{key}` (and the console's `{file}`) filled in; `headers` on top. */
 function requestFor(method: string, specPath: string, key: string, headers: Record<string, string> = {}): Parameters<typeof overSocket>[1] {
-  const url = specPath.replace('{key}', key)
+  const url = specPath.replace('{key}', key).replace('{file}', 'console.js')
   if (method !== 'POST') return { method, url, headers }
   if (specPath === '/v1/images/import')
     return { method, url, payload: importBody(), headers: { 'content-type': 'application/json', ...headers } }
