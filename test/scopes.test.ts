@@ -1,14 +1,20 @@
+import { execFile } from 'node:child_process'
 import { createHash } from 'node:crypto'
+import { fileURLToPath } from 'node:url'
+import { promisify } from 'node:util'
 import Fastify from 'fastify'
 import t from 'tap'
+import { ImageServiceClient, ImageServiceError } from '../src/client.js'
 import { ConfigError, loadConfig } from '../src/config.js'
 import auth from '../src/plugins/auth.js'
 import clientAddress from '../src/plugins/client-address.js'
 import { buildTestApp } from './helpers/app.js'
+import { listen } from './helpers/http.js'
 import { png } from './helpers/images.js'
 import { LOCAL_SOURCE_ENV, spyNetwork, startSource } from './helpers/import.js'
 import { multipartBody } from './helpers/multipart.js'
 import { r2Env, startS3 } from './helpers/s3.js'
+import { havePythonAiohttp, PYTHON } from './helpers/system-tools.js'
 
 const TOKENS = {
   reader: 'reader-'.padEnd(40, 'r'),
@@ -168,4 +174,33 @@ t.test('a /v1/* route that declares no scope is refused when it is registered', 
   await app.register(auth, { apiKeys: [], rateLimitPerMinute: 10 })
   app.get('/v1/declared', { config: { scope: 'read' } }, async () => ({}))
   t.throws(() => app.get('/v1/forgotten', async () => ({})), /GET \/v1\/forgotten declares no scope/)
+})
+
+t.test('both clients raise their typed forbidden error for a key without the scope', async (t) => {
+  const { app } = await buildTestApp(t, { API_KEYS, API_KEY_SCOPES })
+  const { port } = await listen(app)
+  const baseUrl = `http://127.0.0.1:${port}`
+
+  const reader = new ImageServiceClient({ baseUrl, apiKey: TOKENS.reader })
+  const refused = await reader.delete('general/2026/01/abcdefghijklmnopqrst_a.png').catch((error: unknown) => error)
+  t.ok(refused instanceof ImageServiceError, 'TypeScript: an ImageServiceError')
+  t.match(refused, { status: 403, code: 'forbidden', detail: /"reader".*"delete"/ })
+
+  if (!havePythonAiohttp(t)) return
+  const script = `
+import asyncio, json, sys
+from image_service_client import ImageServiceClient, ForbiddenError
+async def main():
+    async with ImageServiceClient(sys.argv[1], api_key=sys.argv[2]) as client:
+        try:
+            await client.delete("general/2026/01/abcdefghijklmnopqrst_a.png")
+        except ForbiddenError as error:
+            print(json.dumps({"class": type(error).__name__, "status": error.status, "code": error.code}))
+asyncio.run(main())
+`
+  const { stdout } = await promisify(execFile)(PYTHON, ['-c', script, baseUrl, TOKENS.reader], {
+    env: { PATH: process.env.PATH, PYTHONPATH: fileURLToPath(new URL('../clients/python', import.meta.url)), PYTHONDONTWRITEBYTECODE: '1' },
+    timeout: 60_000,
+  })
+  t.same(JSON.parse(stdout), { class: 'ForbiddenError', status: 403, code: 'forbidden' }, 'Python: ForbiddenError')
 })
