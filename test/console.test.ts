@@ -75,26 +75,33 @@ if (haveChromium(t)) {
     })
     await app.listen({ host: '127.0.0.1', port })
 
-    // An image the bot stored, with the metadata the console shows.
-    const seeded = png(6, 4)
-    const form = multipartBody([
-      { name: 'context', value: 'portraits' },
-      { name: 'character_name', value: CHARACTER },
-      { name: 'uploader_id', value: '1234567890' },
-      { name: 'file', filename: 'thorgar.png', data: seeded },
-    ])
-    const seededResponse = await app.inject({
-      method: 'POST',
-      url: '/v1/images',
-      payload: form.payload,
-      headers: { ...form.headers, authorization: `Bearer ${TOKENS.admin}` },
-    })
-    t.equal(seededResponse.statusCode, 201)
-    const seededKey = seededResponse.json().key as string
+    // Images the bot stored, with the metadata the console shows; the last one is opened below.
+    const seed = async (character: string, image: Buffer) => {
+      const form = multipartBody([
+        { name: 'context', value: 'portraits' },
+        { name: 'character_name', value: character },
+        { name: 'uploader_id', value: '1234567890' },
+        { name: 'file', filename: 'portrait.png', data: image },
+      ])
+      const response = await app.inject({
+        method: 'POST',
+        url: '/v1/images',
+        payload: form.payload,
+        headers: { ...form.headers, authorization: `Bearer ${TOKENS.admin}` },
+      })
+      t.equal(response.statusCode, 201)
+      const { key } = response.json() as { key: string }
+      t.equal(sha256(await readFile(path.join(dataDir, 'objects', key))), sha256(image), 'stored byte-exact')
+      return key
+    }
+    const olderFirst = [await seed('Ysolde', png(48, 48, [0x8a, 0x3b, 0x5c])), await seed('Brannoc', png(48, 48, [0x3c, 0x7a, 0x4e]))]
+    const others = olderFirst.reverse() // newest first, as the grid shows them
+    const seeded = png(60, 40, [0x2d, 0x5b, 0x8a])
+    const seededKey = await seed(CHARACTER, seeded)
 
     const files = await mkdtemp(path.join(tmpdir(), 'console-files-'))
     t.teardown(() => rm(files, { recursive: true, force: true }))
-    const portrait = png(5, 7)
+    const portrait = png(50, 70, [0xc0, 0x6a, 0x2a])
     await writeFile(path.join(files, 'portrait.png'), portrait)
     await writeFile(path.join(files, 'notes.png'), 'just some text, not an image')
 
@@ -183,7 +190,7 @@ if (haveChromium(t)) {
     const uploadedKey = (await page.$eval('#upload-status', (status) => status.textContent))!.match(/^Stored as (\S+) /)![1]!
     t.match(uploadedKey, /^portraits\/\d{4}\/\d{2}\/[a-z]{20}_portrait\.png$/)
     await waitForGrid(page, 'present', uploadedKey)
-    t.same(await gridKeys(page), [uploadedKey, seededKey], 'the grid shows the month newest first')
+    t.same(await gridKeys(page), [uploadedKey, seededKey, ...others], 'the grid shows the month newest first')
     const stored = path.join(dataDir, 'objects', uploadedKey)
     t.equal(sha256(await readFile(stored)), sha256(portrait), 'the stored object is the file the browser sent')
     t.ok((await storedFiles(dataDir)).includes(uploadedKey))
@@ -209,7 +216,7 @@ if (haveChromium(t)) {
     const details = await page.$eval('#details-fields', (fields) => fields.textContent)
     t.match(details, CHARACTER, 'character name')
     t.match(details, '1234567890', 'uploader')
-    t.match(details, '6 × 4 px', 'dimensions')
+    t.match(details, '60 × 40 px', 'dimensions')
     t.match(details, sha256(seeded), 'SHA-256')
     t.match(details, /Uploaded at\d{4}-\d{2}-\d{2}T/, 'uploaded at')
     await shoot(page, '4-details')
@@ -225,7 +232,7 @@ if (haveChromium(t)) {
     await shoot(page, '5-confirm-delete')
     await page.click('#confirm-yes')
     await waitForGrid(page, 'absent', uploadedKey)
-    t.same(await gridKeys(page), [seededKey])
+    t.same(await gridKeys(page), [seededKey, ...others])
     t.notOk((await storedFiles(dataDir)).includes(uploadedKey), 'deleted from storage')
     await shoot(page, '6-deleted')
 
