@@ -27,8 +27,10 @@ RUN npm ci --omit=dev --ignore-scripts \
  && npm cache clean --force
 
 COPY --from=build /app/dist ./dist
-# Read at run time from the package root (src/routes/openapi.ts: ../../openapi.yaml from dist/routes/).
+# Read at run time from the package root (src/routes/openapi.ts: ../../openapi.yaml from dist/routes/;
+# src/routes/console.ts: ../../console/ likewise). The console is plain HTML, CSS and ES modules: no build.
 COPY openapi.yaml ./
+COPY console ./console
 
 # The code stays root-owned and read-only for the service; only data/ (the fs driver's default
 # DATA_DIR, used when running the image locally with STORAGE_DRIVER=fs) is writable.

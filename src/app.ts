@@ -14,12 +14,14 @@ import requestLog, { loggerOptions } from './plugins/request-log.js'
 import requestPolicy from './plugins/request-policy.js'
 import storagePlugin from './plugins/storage.js'
 import usage from './plugins/usage.js'
+import consoleRoutes from './routes/console.js'
 import fileRoutes from './routes/files.js'
 import healthRoutes from './routes/health.js'
 import imageRoutes from './routes/images.js'
 import importRoutes from './routes/import.js'
 import openapiRoutes from './routes/openapi.js'
 import usageRoutes from './routes/usage.js'
+import whoamiRoutes from './routes/whoami.js'
 import { type StorageDriver, servesFiles } from './storage/driver.js'
 import { createDriver } from './storage/index.js'
 import { UploadSlots } from './upload/uploader.js'
@@ -104,6 +106,8 @@ export async function buildApp(config: Config, options: BuildOptions = {}) {
     network: { ...SYSTEM_NETWORK, ...options.importNetwork },
   })
   await app.register(usageRoutes)
+  await app.register(whoamiRoutes)
+  await app.register(consoleRoutes, { publicUrl: config.publicUrl })
   if (servesFiles(driver)) await app.register(fileRoutes, { driver })
   if (config.metricsPort === undefined) serveMetrics(app, app.metricsRegistry, true)
   return app

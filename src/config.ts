@@ -2,6 +2,7 @@ import { createHmac } from 'node:crypto'
 import path from 'node:path'
 import { z } from 'zod'
 import { DEFAULT_ALLOWED_TYPES, type ImageType, SUPPORTED_IMAGE_TYPES } from './image-types.js'
+import { SCOPES, type Scope } from './scopes.js'
 
 /** Thrown when the environment does not describe a service that can start; the message names the variable. */
 export class ConfigError extends Error {
@@ -44,11 +45,13 @@ const MIN_SECRET_LENGTH = 32
 export interface ApiKey {
   name: string
   token: string
+  /** Every scope unless API_KEY_SCOPES names the key. */
+  scopes: readonly Scope[]
 }
 
-/** `name:token,name:token`: several live keys at once, so one can be rotated without downtime. */
-const apiKeys = z.string().transform((list, context): ApiKey[] => {
-  const keys: ApiKey[] = []
+/** `name:token,name:token`: several live keys at once, so one can be rotated without downtime. Scopes come from API_KEY_SCOPES. */
+const apiKeys = z.string().transform((list, context): Omit<ApiKey, 'scopes'>[] => {
+  const keys: Omit<ApiKey, 'scopes'>[] = []
   for (const entry of list
     .split(',')
     .map((item) => item.trim())
@@ -68,6 +71,29 @@ const apiKeys = z.string().transform((list, context): ApiKey[] => {
     } else keys.push({ name, token })
   }
   return keys
+})
+
+/** `name:scope+scope,…`: the keys named here get only those scopes. */
+const apiKeyScopes = z.string().transform((list, context): Map<string, Scope[]> => {
+  const scopesByName = new Map<string, Scope[]>()
+  for (const entry of list
+    .split(',')
+    .map((item) => item.trim())
+    .filter(Boolean)) {
+    const colon = entry.indexOf(':')
+    const name = colon < 0 ? entry : entry.slice(0, colon)
+    const scopes = colon < 0 ? [] : entry.slice(colon + 1).split('+')
+    const unknown = scopes.find((scope) => !(SCOPES as readonly string[]).includes(scope))
+    if (!API_KEY_NAME.test(name)) context.addIssue({ code: 'custom', message: `a key name must match ${API_KEY_NAME.source}` })
+    else if (scopes.length === 0 || unknown !== undefined) {
+      context.addIssue({
+        code: 'custom',
+        message: `"${name}" needs scopes joined by + from ${SCOPES.join(', ')}${unknown === undefined ? '' : `; "${unknown.slice(0, 32)}" is none of them`}`,
+      })
+    } else if (scopesByName.has(name)) context.addIssue({ code: 'custom', message: `"${name}" is listed twice` })
+    else scopesByName.set(name, [...new Set(scopes as Scope[])])
+  }
+  return scopesByName
 })
 
 const origins = z
@@ -153,6 +179,7 @@ const environmentSchema = z.object({
   MAX_IMAGE_PIXELS: wholeNumber(1, Number.MAX_SAFE_INTEGER).default(50_000_000),
   DEFAULT_PORTRAIT_URL: optionalString.pipe(httpUrl.optional()),
   API_KEYS: apiKeys.default([]),
+  API_KEY_SCOPES: apiKeyScopes.default(new Map()),
   RATE_LIMIT_PER_MINUTE: wholeNumber(1, 1_000_000).default(120),
   MAX_CONCURRENT_UPLOADS: wholeNumber(1, 10_000).default(16),
   UPLOAD_QUEUE_WAIT_MS: optionalString.pipe(wholeNumber(0, 600_000).optional()),
@@ -262,6 +289,10 @@ function checkCombinations(settings: Environment, context: z.RefinementCtx): voi
       `must be below IDLE_TIMEOUT_MS and REQUEST_TIMEOUT_MS (${idleLimit}): the connection of an upload waiting for a slot is idle`,
     )
   }
+  const keyNames = new Set(settings.API_KEYS.map((key) => key.name))
+  for (const name of settings.API_KEY_SCOPES.keys()) {
+    if (!keyNames.has(name)) report('API_KEY_SCOPES', `"${name}" is not a key name in API_KEYS`)
+  }
   if (production && settings.IMPORT_ALLOW_INSECURE_LOCAL_SOURCES === 'true') {
     report(
       'IMPORT_ALLOW_INSECURE_LOCAL_SOURCES',
@@ -336,7 +367,7 @@ export function loadConfig(env: NodeJS.ProcessEnv): Config {
     allowedTypes: settings.ALLOWED_TYPES,
     maxImagePixels: settings.MAX_IMAGE_PIXELS,
     defaultPortraitUrl: settings.DEFAULT_PORTRAIT_URL,
-    apiKeys: settings.API_KEYS,
+    apiKeys: settings.API_KEYS.map((key) => ({ ...key, scopes: settings.API_KEY_SCOPES.get(key.name) ?? SCOPES })),
     rateLimitPerMinute: settings.RATE_LIMIT_PER_MINUTE,
     maxConcurrentUploads: settings.MAX_CONCURRENT_UPLOADS,
     uploadQueue: {

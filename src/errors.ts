@@ -10,6 +10,7 @@ export const ERROR_CATALOGUE = {
   empty_file: { status: 400, title: 'The file is empty' },
   import_refused: { status: 400, title: 'The import URL is not allowed' },
   unauthorized: { status: 401, title: 'A valid API key is required' },
+  forbidden: { status: 403, title: 'The API key may not do this' },
   not_found: { status: 404, title: 'Not found' },
   idempotency_conflict: { status: 409, title: 'The Idempotency-Key was used for a different upload' },
   image_too_large: { status: 413, title: 'The image is too large' },

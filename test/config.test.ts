@@ -163,9 +163,10 @@ t.test('API keys, origins and limits are parsed; tokens never appear in configur
     API_KEYS: `bot:${token}, ops:${'y'.repeat(32)}`,
     CORS_ORIGINS: 'https://app.example.com/, http://localhost:5173',
   })
+  const everyScope = ['read', 'upload', 'delete']
   t.same(config.apiKeys, [
-    { name: 'bot', token },
-    { name: 'ops', token: 'y'.repeat(32) },
+    { name: 'bot', token, scopes: everyScope },
+    { name: 'ops', token: 'y'.repeat(32), scopes: everyScope },
   ])
   t.same(config.corsOrigins, ['https://app.example.com', 'http://localhost:5173'])
   t.match(config, {

@@ -302,6 +302,11 @@ t.test('the Dockerfile runtime stage, reproduced: production dependencies only, 
   const contract = await fetch(`${base}/openapi.yaml`)
   t.equal(contract.status, 200, 'openapi.yaml is where the compiled code reads it')
   t.match(await contract.text(), /^openapi: /m)
+  for (const file of ['console', 'console/console.js']) {
+    const served = await fetch(`${base}/${file}`)
+    t.equal(served.status, 200, `/${file}: the console's files are where the compiled code reads them`)
+    await served.arrayBuffer()
+  }
 
   const refused = await fetch(`${base}/v1/images`, {
     method: 'POST',

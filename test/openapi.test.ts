@@ -57,9 +57,9 @@ const IMPORT_ENV = LOCAL_SOURCE_ENV
 const importOptions = () => ({ importNetwork: spyNetwork({ loopback: true }).network })
 const importBody = (path = '/portrait.png') => JSON.stringify({ source_url: importSource.url(path), context: 'portraits' })
 
-/** A request for a documented operation: an upload or an import for POST, else `{key}` filled in; `headers` on top. */
+/** A request for a documented operation: an upload or an import for POST, else `{key}` (and the console's `{file}`) filled in; `headers` on top. */
 function requestFor(method: string, specPath: string, key: string, headers: Record<string, string> = {}): Parameters<typeof overSocket>[1] {
-  const url = specPath.replace('{key}', key)
+  const url = specPath.replace('{key}', key).replace('{file}', 'console.js')
   if (method !== 'POST') return { method, url, headers }
   if (specPath === '/v1/images/import')
     return { method, url, payload: importBody(), headers: { 'content-type': 'application/json', ...headers } }
@@ -598,6 +598,47 @@ t.test('answers conform to the document', async (t) => {
       const res = await overSocket(app, requestFor(method, path, key, bearer(TOKEN)))
       t.equal(res.statusCode, served[method], `${method} ${path} with the right token`)
       conforms(t, method, path, res)
+    }
+  })
+
+  t.test('403 forbidden exactly where the key lacks the x-required-scope of the operation', async (t) => {
+    const fallback = 'https://cdn.example.test/default-portrait.png'
+    const lacking = { read: 'noread', upload: 'noupload', delete: 'nodelete' } as const
+    const tokens = { noread: 'noread-'.padEnd(40, '1'), noupload: 'noupload-'.padEnd(40, '2'), nodelete: 'nodelete-'.padEnd(40, '3') }
+    const { app } = await buildTestApp(
+      t,
+      {
+        API_KEYS: `${API_KEYS},${Object.entries(tokens)
+          .map(([name, token]) => `${name}:${token}`)
+          .join(',')}`,
+        API_KEY_SCOPES: 'noread:upload+delete,noupload:read+delete,nodelete:read+upload',
+        DEFAULT_PORTRAIT_URL: fallback,
+        ...IMPORT_ENV,
+      },
+      importOptions(),
+    )
+    const { key } = JSON.parse((await overSocket(app, requestFor('POST', '/v1/images', '', bearer(TOKEN)))).body) as StoredImage
+    const served: Record<string, number> = { POST: 201, HEAD: 200, GET: 200, DELETE: 204 }
+    const secured = operationsOf(spec).filter(({ path, operation }) => isSecured(operation) && path.startsWith('/v1/'))
+    // DELETE last: it removes the object the others read.
+    secured.sort((a, b) => Number(a.method === 'DELETE') - Number(b.method === 'DELETE'))
+    for (const { method, path, operation } of secured) {
+      const scope = (operation as { 'x-required-scope'?: string })['x-required-scope']
+      t.ok(scope === 'none' || scope === 'read' || scope === 'upload' || scope === 'delete', `${method} ${path} names its scope`)
+      for (const [name, token] of Object.entries(tokens)) {
+        const res = await overSocket(app, requestFor(method, path, key, bearer(token)))
+        const label = `${method} ${path} (needs ${scope}) with ${name}`
+        if (scope !== 'none' && lacking[scope as keyof typeof lacking] === name) {
+          t.equal(res.statusCode, 403, label)
+          const problem = conforms(t, method, path, res) as { code: string; fallback_url?: string } | undefined
+          if (method === 'HEAD') continue
+          t.equal(problem?.code, 'forbidden', `${label}: forbidden`)
+          t.equal(problem?.fallback_url, method === 'POST' ? fallback : undefined, `${label}: fallback_url on upload errors only`)
+        } else if (method !== 'DELETE') {
+          t.equal(res.statusCode, served[method], label)
+          conforms(t, method, path, res)
+        }
+      }
     }
   })
 

@@ -37,6 +37,7 @@ __all__ = [
     "EmptyFileError",
     "ImportRefusedError",
     "UnauthorizedError",
+    "ForbiddenError",
     "NotFoundError",
     "IdempotencyConflictError",
     "ImageTooLargeError",
@@ -173,6 +174,12 @@ class ImportRefusedError(ProblemError):
 
 class UnauthorizedError(ProblemError):
     code = "unauthorized"
+
+
+class ForbiddenError(ProblemError):
+    """The key is valid but lacks the scope (read, upload, delete) the operation needs."""
+
+    code = "forbidden"
 
 
 class NotFoundError(ProblemError):

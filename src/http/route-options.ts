@@ -1,4 +1,5 @@
 import type { FastifyRequest } from 'fastify'
+import type { Scope } from '../scopes.js'
 
 /**
  * What a route declares about itself, in its options' `config`, and which plugin acts on each flag:
@@ -13,6 +14,12 @@ export interface RouteFlags {
   offersFallback?: boolean
   /** A route outside /v1/* that still needs an API key: /metrics on the public port (auth). */
   requiresApiKey?: boolean
+  /**
+   * The scope a key needs on this route, or 'none' for one any valid key may call (auth answers 403
+   * `forbidden` to a key without it). Every /v1/* route declares one: auth refuses to register a route
+   * that does not, so a new route is never open to every key by omission.
+   */
+  scope?: Scope | 'none'
 }
 
 declare module 'fastify' {
@@ -23,7 +30,7 @@ declare module 'fastify' {
 export const routeFlagsOf = (request: FastifyRequest): RouteFlags => request.routeOptions.config
 
 /** The flags of a route that stores an image: an upload, an import. */
-export const STORING_ROUTE = { acceptsBody: true, offersFallback: true } as const satisfies RouteFlags
+export const STORING_ROUTE = { acceptsBody: true, offersFallback: true, scope: 'upload' } as const satisfies RouteFlags
 
 /** Path prefixes matched outside the routes that own them. Every route under API_PREFIX needs an API key (auth). */
 export const API_PREFIX = '/v1/'

@@ -3,7 +3,7 @@ import multipart, { type Multipart } from '@fastify/multipart'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { Config } from '../config.js'
 import { ApiError, objectNotFound } from '../errors.js'
-import { IMAGES_PREFIX, STORING_ROUTE } from '../http/route-options.js'
+import { IMAGES_PREFIX, type RouteFlags, STORING_ROUTE } from '../http/route-options.js'
 import { watchFormFraming } from '../upload/form-length.js'
 import { assertValidPrefix, keyFromPath, publicUrlOf, RECORDS_PREFIX } from '../upload/keys.js'
 import {
@@ -189,31 +189,36 @@ export default async function imageRoutes(
     ),
   )
 
+  const reading = { config: { scope: 'read' } satisfies RouteFlags }
   const listQuery = {
     type: 'object',
     properties: { prefix: { type: 'string' }, limit: { type: 'string' }, cursor: { type: 'string' } },
   } as const
-  app.get<{ Querystring: ListQuery }>('/v1/images', { schema: { querystring: listQuery }, exposeHeadRoute: false }, async (request) => {
-    const { prefix = '', limit, cursor } = request.query
-    const page = await app.storage.list({
-      prefix: assertValidPrefix(prefix),
-      limit: listLimitOf(limit),
-      startAfter: cursor === undefined ? undefined : startAfterOf(cursor),
-      hidden: RECORDS_PREFIX,
-    })
-    return {
-      items: page.objects.map((object) => ({
-        key: object.key,
-        url: publicUrlOf(config.publicUrl, object.key),
-        size: object.size,
-        last_modified: object.lastModified.toISOString(),
-        etag: object.etag,
-      })),
-      next_cursor: page.next === undefined ? null : cursorOf(page.next),
-    }
-  })
+  app.get<{ Querystring: ListQuery }>(
+    '/v1/images',
+    { ...reading, schema: { querystring: listQuery }, exposeHeadRoute: false },
+    async (request) => {
+      const { prefix = '', limit, cursor } = request.query
+      const page = await app.storage.list({
+        prefix: assertValidPrefix(prefix),
+        limit: listLimitOf(limit),
+        startAfter: cursor === undefined ? undefined : startAfterOf(cursor),
+        hidden: RECORDS_PREFIX,
+      })
+      return {
+        items: page.objects.map((object) => ({
+          key: object.key,
+          url: publicUrlOf(config.publicUrl, object.key),
+          size: object.size,
+          last_modified: object.lastModified.toISOString(),
+          etag: object.etag,
+        })),
+        next_cursor: page.next === undefined ? null : cursorOf(page.next),
+      }
+    },
+  )
 
-  app.head(`${IMAGES_PREFIX}*`, async (request, reply) => {
+  app.head(`${IMAGES_PREFIX}*`, reading, async (request, reply) => {
     const object = await findObject(app, keyOf(request))
     reply.headers({
       'content-type': object.contentType,
@@ -226,7 +231,7 @@ export default async function imageRoutes(
     return reply.send()
   })
 
-  app.get(`${IMAGES_PREFIX}*`, { exposeHeadRoute: false }, async (request) => {
+  app.get(`${IMAGES_PREFIX}*`, { ...reading, exposeHeadRoute: false }, async (request) => {
     const key = keyOf(request)
     const object = await findObject(app, key)
     return {
@@ -240,7 +245,7 @@ export default async function imageRoutes(
     }
   })
 
-  app.delete(`${IMAGES_PREFIX}*`, async (request, reply) => {
+  app.delete(`${IMAGES_PREFIX}*`, { config: { scope: 'delete' } satisfies RouteFlags }, async (request, reply) => {
     await app.storage.delete(keyOf(request))
     return reply.code(204).send()
   })

@@ -26,9 +26,9 @@ export function pngHeaderOnly(width: number, height: number): Buffer {
   return Buffer.concat([pngHeader(width, height), pngChunk('IEND', Buffer.alloc(0))])
 }
 
-/** A real, decodable PNG of one colour. */
-export function png(width = 4, height = 3): Buffer {
-  const row = Buffer.concat([Buffer.from([0]), Buffer.alloc(width * 3, 0x7f)])
+/** A real, decodable PNG of one colour (grey unless `rgb` is given). */
+export function png(width = 4, height = 3, rgb: [number, number, number] = [0x7f, 0x7f, 0x7f]): Buffer {
+  const row = Buffer.concat([Buffer.from([0]), Buffer.from(Array.from({ length: width }, () => rgb).flat())])
   const pixels = Buffer.concat(Array.from({ length: height }, () => row))
   return Buffer.concat([pngHeader(width, height), pngChunk('IDAT', deflateSync(pixels)), pngChunk('IEND', Buffer.alloc(0))])
 }

@@ -42,3 +42,10 @@ export function havePythonAiohttp(t: Test): boolean {
 export function haveCurl(t: Test): boolean {
   return haveTool(t, existsSync(CURL), `${CURL} is missing: install Debian's curl package (apt-get install -y curl)`)
 }
+
+/** Debian's Chromium (package chromium), driven headless by the console's browser test; .ci/run installs it. */
+export const CHROMIUM = '/usr/bin/chromium'
+
+export function haveChromium(t: Test): boolean {
+  return haveTool(t, existsSync(CHROMIUM), `${CHROMIUM} is missing: install Debian's chromium package (apt-get install -y chromium)`)
+}
