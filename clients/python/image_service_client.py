@@ -367,7 +367,7 @@ class ImageServiceClient:
             params["limit"] = str(limit)
         if cursor is not None:
             params["cursor"] = cursor
-        body = await self._call("GET", URL(f"{self._base_url}/v1/images"), params=params)
+        body = await self._call("GET", URL(f"{self._base_url}/v1/images").with_query(params))
         items = [
             ListedImage(
                 key=item["key"],
