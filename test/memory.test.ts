@@ -154,5 +154,7 @@ t.test('16 concurrent chunked form uploads of 50 MiB: each stored byte-exact, pe
   // Issue #10's 200 MiB is met on Node 20 (157 MiB) but not reliably on Node 24 (165–212 MiB), so it is
   // reported as a known gap rather than a pass. Of the rise over the idle ~98 MiB, 30–70 MiB is external
   // memory (socket and file read Buffers) dead but not yet collected; see the README's memory section.
-  t.ok(peak < 200 * MiB, `peak RSS ${(peak / MiB).toFixed(1)} MiB (< 200 MiB)`, { todo: 'not reliably met on Node 24: 165–212 MiB measured' })
+  t.ok(peak < 200 * MiB, `peak RSS ${(peak / MiB).toFixed(1)} MiB (< 200 MiB)`, {
+    todo: 'not reliably met on Node 24: 165–212 MiB measured',
+  })
 })
