@@ -1,4 +1,6 @@
+import { execFile } from 'node:child_process'
 import http from 'node:http'
+import { promisify } from 'node:util'
 import type { InjectOptions } from 'fastify'
 import t from 'tap'
 import { FsDriver } from '../src/storage/fs.js'
@@ -6,6 +8,7 @@ import { buildTestApp, storedFiles } from './helpers/app.js'
 import { listen, rawRequest } from './helpers/http.js'
 import { gif, jpeg, png, pngOfSize, sha256, webp } from './helpers/images.js'
 import { type FormPart, multipartBody } from './helpers/multipart.js'
+import { CURL, haveCurl } from './helpers/system-tools.js'
 
 const KEY_PATTERN = /^(?<context>[a-z0-9][a-z0-9_-]*)\/\d{4}\/\d{2}\/[a-z]{20}_(?<stem>[A-Za-z0-9_-]{1,50})\.(?<ext>jpg|png|gif|webp)$/
 const filePart = (data: Buffer, filename = 'portrait.png', contentType = 'image/png'): FormPart => ({
@@ -317,6 +320,40 @@ t.test('/files serves like a CDN: stored type, cache headers, ETag and 304', asy
   const again = await app.inject({ method: 'GET', url: `/files/${key}`, headers: { 'if-none-match': served.headers.etag as string } })
   t.equal(again.statusCode, 304)
   t.equal(again.rawPayload.length, 0)
+})
+
+t.test("/files with curl: a 304, to GET or HEAD, carries no Content-Length; a HEAD 200 the image's", async (t) => {
+  if (!haveCurl(t)) return
+  const { app } = await buildTestApp(t)
+  const { port } = await listen(app)
+  const image = pngOfSize(40_000, 9)
+  const { key } = (await app.inject(form(filePart(image, 'a.png')))).json()
+  const url = `http://127.0.0.1:${port}/files/${key}`
+  /** The status line and headers curl received, names lower-cased. */
+  const curl = async (...args: string[]) => {
+    const { stdout } = await promisify(execFile)(CURL, ['-sS', '-D', '-', '-o', '/dev/null', ...args, url])
+    const [status = '', ...lines] = stdout.trim().split('\r\n')
+    return {
+      status,
+      headers: Object.fromEntries(
+        lines.map((line) => [line.slice(0, line.indexOf(':')).toLowerCase(), line.slice(line.indexOf(':') + 1).trim()]),
+      ),
+    }
+  }
+  const whole = await promisify(execFile)(CURL, ['-sS', url], { encoding: 'buffer' })
+  t.equal(sha256(whole.stdout), sha256(image), 'GET: the stored bytes, byte-exact')
+  const head = await curl('-I')
+  t.match(head.status, / 200 /)
+  t.equal(head.headers['content-length'], String(image.length), "HEAD 200: the image's Content-Length")
+  const etag = head.headers.etag ?? ''
+  t.equal(etag, `"${sha256(image)}"`)
+  for (const method of [['-I'], []]) {
+    const what = method.length ? 'HEAD' : 'GET'
+    const answer = await curl(...method, '-H', `If-None-Match: ${etag}`)
+    t.match(answer.status, / 304 /, `${what} with a matching If-None-Match: 304`)
+    t.notOk('content-length' in answer.headers, `${what} 304: no Content-Length`)
+    t.equal(answer.headers.etag, etag, `${what} 304: the ETag`)
+  }
 })
 
 t.test('health, readiness, request ids and unknown routes', async (t) => {
