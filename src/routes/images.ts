@@ -10,6 +10,7 @@ import {
   assertQueryParameterDecodes,
   assertValidContext,
   checkedFilename,
+  checkedFormFilename,
   clientMetadata,
   metadataFromRequestHeaders,
   metadataToResponseHeaders,
@@ -106,7 +107,7 @@ async function multipartUploadSource(request: FastifyRequest, maxBytes: number):
     }
     const file = part.file
     return {
-      filename: checkedFilename(part.filename),
+      filename: checkedFormFilename(part.filename),
       context: assertValidContext(context),
       metadata: clientMetadata(fields),
       body: readClientBody(coalesced(file)),
