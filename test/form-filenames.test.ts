@@ -8,7 +8,7 @@ import t, { type Test } from 'tap'
 import { buildTestApp } from './helpers/app.js'
 import { listen } from './helpers/http.js'
 import { pngOfSize, sha256 } from './helpers/images.js'
-import { r2Env, startS3 } from './helpers/s3.js'
+import { HeadObjectCommand, r2Env, startS3, TEST_BUCKET } from './helpers/s3.js'
 import { CURL, haveCurl, havePythonAiohttp, PYTHON } from './helpers/system-tools.js'
 
 // A form's filename as real clients send it: browsers, curl, undici and the Python client write `"` as
@@ -66,6 +66,8 @@ t.test('curl -F file=@"Thorgar \\"Bold\\".png": the filename as the file is name
   t.match(request, /filename="Thorgar %22Bold%22\.png"/, 'curl wrote the quotes as %22')
   const answer = JSON.parse(sent.stdout) as Answer
   await checkStored(t, 'curl', answer, data, BOLD, /^portraits\/\d{4}\/\d{2}\/[a-z]{20}_Thorgar__Bold_\.png$/)
+  const inBucket = await s3.client.send(new HeadObjectCommand({ Bucket: TEST_BUCKET, Key: answer.key }))
+  t.equal(inBucket.Metadata?.filename, BOLD, 'in the bucket, the filename metadata is the name itself, as S3 tools show it')
 })
 
 t.test("undici's FormData: quotes decoded, other % text kept as sent, CR and LF refused", async (t) => {
