@@ -115,7 +115,9 @@ export async function buildApp(config: Config, options: BuildOptions = {}) {
 
 /** The metrics-only server for METRICS_PORT: GET /metrics and nothing else, no key needed. */
 export async function buildMetricsApp(registry: Registry) {
-  const metricsApp = Fastify({ logger: false })
+  // Request ids as on the public port: UUIDs (or the caller's X-Request-Id), named in X-Request-Id.
+  const metricsApp = Fastify({ logger: false, requestIdHeader: false, genReqId: requestIdOf })
+  await metricsApp.register(requestIds)
   await metricsApp.register(problemDetails, {})
   serveMetrics(metricsApp, registry, false)
   return metricsApp

@@ -409,7 +409,7 @@ function corpus(): Case[] {
     ]
     for (const [what, request, codes] of metadata) add('metadata', `${image.kind}: ${what}`, request, { statuses: [400], codes })
 
-    // Content types that are not an upload.
+    // Declared types say nothing (any of them, or none, is a raw body): text is refused by its content.
     const contentTypes = [
       'text/plain',
       'application/json',
@@ -425,15 +425,24 @@ function corpus(): Case[] {
     for (const contentType of contentTypes) {
       add(
         'content type',
-        `${image.kind} as ${JSON.stringify(contentType)}`,
-        post('/v1/images', [['Content-Type', contentType]], image.data),
+        `text as ${JSON.stringify(contentType)} (with ${image.kind} tests)`,
+        post('/v1/images', [['Content-Type', contentType]], NOT_AN_IMAGE),
         { statuses: [415], codes: ['unsupported_media_type'] },
       )
     }
-    add('content type', `${image.kind} with no Content-Type`, post('/v1/images', [], image.data), {
+    add('content type', `text with no Content-Type (with ${image.kind} tests)`, post('/v1/images', [], NOT_AN_IMAGE), {
       statuses: [415],
       codes: ['unsupported_media_type'],
     })
+    add(
+      'content type',
+      `${image.kind} as multipart/mixed, which is no form`,
+      post('/v1/images', [['Content-Type', 'multipart/mixed; boundary=x']], image.data),
+      {
+        statuses: [415],
+        codes: ['unsupported_media_type'],
+      },
+    )
     add(
       'content type',
       `${image.kind} as image/png but the bytes are text`,

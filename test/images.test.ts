@@ -1,4 +1,9 @@
+import { execFile } from 'node:child_process'
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import http from 'node:http'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { promisify } from 'node:util'
 import type { InjectOptions } from 'fastify'
 import t from 'tap'
 import { FsDriver } from '../src/storage/fs.js'
@@ -6,6 +11,7 @@ import { buildTestApp, storedFiles } from './helpers/app.js'
 import { listen, rawRequest } from './helpers/http.js'
 import { gif, jpeg, png, pngOfSize, sha256, webp } from './helpers/images.js'
 import { type FormPart, multipartBody } from './helpers/multipart.js'
+import { CURL, haveCurl } from './helpers/system-tools.js'
 
 const KEY_PATTERN = /^(?<context>[a-z0-9][a-z0-9_-]*)\/\d{4}\/\d{2}\/[a-z]{20}_(?<stem>[A-Za-z0-9_-]{1,50})\.(?<ext>jpg|png|gif|webp)$/
 const filePart = (data: Buffer, filename = 'portrait.png', contentType = 'image/png'): FormPart => ({
@@ -225,7 +231,7 @@ t.test('multipart shape: text fields, then exactly one file part named file', as
   t.same(await storedFiles(dataDir), [], 'nothing stored')
 })
 
-t.test('raw bodies: declared types, empty bodies, other content types', async (t) => {
+t.test('raw bodies: empty bodies, and multipart types that are no form', async (t) => {
   const { app, dataDir } = await buildTestApp(t)
   for (const request of [
     { method: 'POST' as const, url: '/v1/images', headers: { 'content-type': 'image/png' }, payload: '' },
@@ -235,12 +241,55 @@ t.test('raw bodies: declared types, empty bodies, other content types', async (t
     t.equal(empty.statusCode, 400)
     t.equal(empty.json().code, 'empty_file')
   }
-  for (const contentType of ['text/plain', 'application/json', 'text/html']) {
+  for (const contentType of ['multipart/mixed; boundary=x', 'multipart/related; boundary=x']) {
     const response = await app.inject({ method: 'POST', url: '/v1/images', headers: { 'content-type': contentType }, payload: png() })
     t.equal(response.statusCode, 415, contentType)
-    t.equal(response.json().code, 'unsupported_media_type')
+    t.match(response.json(), { code: 'unsupported_media_type', detail: /^multipart\/\w+ is not accepted: send multipart\/form-data/ })
   }
   t.same(await storedFiles(dataDir), [])
+})
+
+t.test('curl --data-binary: any declared type, or none, is a raw upload; the content decides, and a 415 says what it is', async (t) => {
+  if (!haveCurl(t)) return
+  const { app, dataDir } = await buildTestApp(t)
+  const { port } = await listen(app)
+  const directory = await mkdtemp(path.join(tmpdir(), 'raw-curl-'))
+  t.teardown(() => rm(directory, { recursive: true, force: true }))
+  const image = pngOfSize(30_000, 11)
+  await writeFile(path.join(directory, 'portrait.png'), image)
+  await writeFile(path.join(directory, 'notes.pdf'), '%PDF-1.4\n1 0 obj\n<<>>\nendobj\ntrailer\n<<>>\n%%EOF\n')
+  const curl = async (file: string, ...headers: string[]) => {
+    const args = ['-sS', '--data-binary', `@${path.join(directory, file)}`, ...headers.flatMap((header) => ['-H', header])]
+    const { stdout } = await promisify(execFile)(CURL, [...args, `http://127.0.0.1:${port}/v1/images?filename=portrait.png`])
+    return JSON.parse(stdout) as { key?: string; sha256?: string; content_type?: string; status?: number; code?: string; detail?: string }
+  }
+  const declarations: [string, string[]][] = [
+    ["curl's default, application/x-www-form-urlencoded", []],
+    ['no Content-Type at all', ['Content-Type:']],
+    ['text/plain', ['Content-Type: text/plain']],
+    ['application/json', ['Content-Type: application/json']],
+    ['a wrong image type', ['Content-Type: image/jpeg']],
+    ['application/octet-stream', ['Content-Type: application/octet-stream']],
+  ]
+  for (const [what, headers] of declarations) {
+    const answer = await curl('portrait.png', ...headers)
+    t.match(answer, { content_type: 'image/png', sha256: sha256(image) }, `${what}: 201, stored as the PNG it is`)
+    const served = await app.inject({ url: `/files/${answer.key}` })
+    t.equal(sha256(served.rawPayload), sha256(image), `${what}: stored byte-exact`)
+  }
+  const stored = await storedFiles(dataDir)
+  t.equal(stored.length, declarations.length)
+  const refused = await curl('notes.pdf')
+  t.match(
+    refused,
+    {
+      status: 415,
+      code: 'unsupported_media_type',
+      detail: 'The content is application/pdf; allowed: image/jpeg, image/png, image/gif, image/webp.',
+    },
+    'a PDF: 415 naming the type detected and the types allowed',
+  )
+  t.same(await storedFiles(dataDir), stored, 'nothing more stored')
 })
 
 t.test('size: the limit is inclusive and enforced for both body kinds', async (t) => {
@@ -317,6 +366,40 @@ t.test('/files serves like a CDN: stored type, cache headers, ETag and 304', asy
   const again = await app.inject({ method: 'GET', url: `/files/${key}`, headers: { 'if-none-match': served.headers.etag as string } })
   t.equal(again.statusCode, 304)
   t.equal(again.rawPayload.length, 0)
+})
+
+t.test("/files with curl: a 304, to GET or HEAD, carries no Content-Length; a HEAD 200 the image's", async (t) => {
+  if (!haveCurl(t)) return
+  const { app } = await buildTestApp(t)
+  const { port } = await listen(app)
+  const image = pngOfSize(40_000, 9)
+  const { key } = (await app.inject(form(filePart(image, 'a.png')))).json()
+  const url = `http://127.0.0.1:${port}/files/${key}`
+  /** The status line and headers curl received, names lower-cased. */
+  const curl = async (...args: string[]) => {
+    const { stdout } = await promisify(execFile)(CURL, ['-sS', '-D', '-', '-o', '/dev/null', ...args, url])
+    const [status = '', ...lines] = stdout.trim().split('\r\n')
+    return {
+      status,
+      headers: Object.fromEntries(
+        lines.map((line) => [line.slice(0, line.indexOf(':')).toLowerCase(), line.slice(line.indexOf(':') + 1).trim()]),
+      ),
+    }
+  }
+  const whole = await promisify(execFile)(CURL, ['-sS', url], { encoding: 'buffer' })
+  t.equal(sha256(whole.stdout), sha256(image), 'GET: the stored bytes, byte-exact')
+  const head = await curl('-I')
+  t.match(head.status, / 200 /)
+  t.equal(head.headers['content-length'], String(image.length), "HEAD 200: the image's Content-Length")
+  const etag = head.headers.etag ?? ''
+  t.equal(etag, `"${sha256(image)}"`)
+  for (const method of [['-I'], []]) {
+    const what = method.length ? 'HEAD' : 'GET'
+    const answer = await curl(...method, '-H', `If-None-Match: ${etag}`)
+    t.match(answer.status, / 304 /, `${what} with a matching If-None-Match: 304`)
+    t.notOk('content-length' in answer.headers, `${what} 304: no Content-Length`)
+    t.equal(answer.headers.etag, etag, `${what} 304: the ETag`)
+  }
 })
 
 t.test('health, readiness, request ids and unknown routes', async (t) => {

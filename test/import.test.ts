@@ -337,9 +337,11 @@ t.test('imports from a local source are stored like uploads, read back byte-exac
   t.equal(largeStored.filename, 'Thorgar the Large.png', "the filename sent wins over the URL's")
   t.equal(await s3.sha256Of(largeStored.key), sha256(large), 'streamed to storage byte-exact')
 
-  const moved = await importImage(app, { source_url: source.url('/moved'), context: 'portraits' })
+  // Sent without a context, as an upload may be: it defaults to `general`.
+  const moved = await importImage(app, { source_url: source.url('/moved') })
   t.equal(moved.statusCode, 201, 'a redirect to an allowed source is followed')
   t.equal(moved.json().filename, 'moved', 'the filename comes from the URL the client sent')
+  t.match(moved.json().key, /^general\/\d{4}\/\d{2}\/[a-z]{16,}_moved\.png$/, 'no context: the key is under general/, as an upload')
   t.equal(await s3.sha256Of(moved.json().key), sha256(portrait))
 
   const failures: [string, number, string, RegExp][] = [
@@ -469,7 +471,8 @@ t.test('the request: JSON with source_url and context, optional filename and met
     ['an array', [], 'invalid_request', /JSON object/],
     ['no source_url', { context: 'portraits' }, 'invalid_request', /source_url is required/],
     ['a source_url over 2048 characters', { source_url: `${url}?${'x'.repeat(2048)}`, context: 'portraits' }, 'invalid_request', /2048/],
-    ['no context', { source_url: url }, 'invalid_context', /context is required/],
+    ['a context that is not a string', { source_url: url, context: 7 }, 'invalid_context', /context, when sent, is a string/],
+    ['a null context', { source_url: url, context: null }, 'invalid_context', /context, when sent, is a string/],
     ['a bad context', { source_url: url, context: 'Bad!' }, 'invalid_context', /context must match/],
     [
       'an unknown member',

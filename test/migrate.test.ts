@@ -117,30 +117,52 @@ t.test('CSV parsing: quotes, commas and line breaks in fields, CRLF, and the err
   t.throws(() => parseCsv('a,"b"c\n'), { message: /only a comma or a line break may follow/ })
 })
 
-t.test('progress: a bar redrawn in place on a terminal, plain lines otherwise', async (t) => {
+t.test('progress: a bar redrawn in place on a terminal, plain lines otherwise; no rate or ETA before they mean something', async (t) => {
   let now = 0
   const terminal = { isTTY: true, columns: 120, written: '', write: (text: string) => (terminal.written += text) }
-  const bar = new Progress(4, terminal, () => now)
-  now = 1000
+  const bar = new Progress(20, terminal, () => now)
+  now = 100
+  bar.record('failed') // an instant 404
+  t.match(
+    terminal.written,
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: the terminal's escape sequence is what is checked
+    /^\r\x1b\[2K\[#{2}\.{28}\] 1\/20 \(5 %\), migrated 0, failed 1, \?\/s, ETA \?$/,
+    'one instant answer: no rate, no ETA',
+  )
+  for (now = 200; now <= 500; now += 100) bar.record('succeeded')
+  t.match(terminal.written, /\] 5\/20 \(25 %\), migrated 4, failed 1, \?\/s, ETA \?$/, '5 records in half a second: still none')
+  now = 5000
   bar.record('succeeded')
-  // biome-ignore lint/suspicious/noControlCharactersInRegex: the terminal's escape sequence is what is checked
-  t.match(terminal.written, /^\r\x1b\[2K\[#{8}\.{22}\] 1\/4 \(25 %\), migrated 1, failed 0, 1\.0\/s, ETA 0:03$/)
-  now = 2000
-  bar.record('failed')
   bar.finish()
   t.match(
     terminal.written,
-    /\[#{15}\.{15}\] 2\/4 \(50 %\), migrated 1, failed 1, 1\.0\/s, ETA 0:02\n$/,
-    'the last drawing, then a line break',
+    /\[#{9}\.{21}\] 6\/20 \(30 %\), migrated 5, failed 1, 1\.2\/s, ETA 0:12\n$/,
+    'then rate and ETA; the last drawing ends the line',
   )
   const log = { written: '', write: (text: string) => (log.written += text) }
   const lines = new Progress(2, log, () => now)
   lines.record('succeeded')
   lines.record('succeeded')
-  t.equal(
-    log.written,
-    'progress: 1/2 (50 %), migrated 1, failed 0, 0.0/s, ETA ?\nprogress: 2/2 (100 %), migrated 2, failed 0, 0.0/s, ETA ?\n',
-  )
+  t.equal(log.written, 'progress: 1/2 (50 %), migrated 1, failed 0, ?/s, ETA ?\nprogress: 2/2 (100 %), migrated 2, failed 0, ?/s, ETA ?\n')
+})
+
+t.test('progress on a terminal fits its width, whatever the counts, and keeps the ETA', async (t) => {
+  for (const columns of [24, 40, 60, 80, 100, 200]) {
+    for (const total of [20, 123_456]) {
+      let now = 0
+      const terminal = { isTTY: true, columns, written: '', write: (text: string) => (terminal.written += text) }
+      const progress = new Progress(total, terminal, () => now)
+      for (let record = 1; record <= 7; record++) {
+        now = record * 1000
+        progress.record(record % 3 ? 'succeeded' : 'failed')
+      }
+      // biome-ignore lint/suspicious/noControlCharactersInRegex: the terminal's escape sequence is what is split on
+      const drawn = terminal.written.split(/\r\x1b\[2K/).at(-1) ?? ''
+      t.ok(drawn.length <= columns - 1, `${columns} columns, ${total} records: ${drawn.length} characters, under the width (${drawn})`)
+      t.match(drawn, /ETA \d+:\d{2}(:\d{2})?$/, `${columns} columns, ${total} records: the ETA is shown`)
+      if (columns >= 80) t.match(drawn, /^\[[#.]+\] 7\//, `${columns} columns, ${total} records: with a bar and the counts`)
+    }
+  }
 })
 
 t.test(

@@ -402,6 +402,12 @@ t.test('answers conform to the document', async (t) => {
     const cases: [string, Parameters<typeof overSocket>[1], number, string][] = [
       ['not an image', raw('/v1/images', { 'content-type': 'image/png' }, 'hello, world'), 415, 'unsupported_media_type'],
       ['a JSON body', raw('/v1/images', { 'content-type': 'application/json' }, '{}'), 415, 'unsupported_media_type'],
+      [
+        'a multipart body that is no form',
+        raw('/v1/images', { 'content-type': 'multipart/mixed; boundary=x' }, png()),
+        415,
+        'unsupported_media_type',
+      ],
       ['a bad context', raw('/v1/images?context=Bad!', { 'content-type': 'image/png' }, png()), 400, 'invalid_context'],
       ['service-owned metadata', raw('/v1/images', { 'content-type': 'image/png', 'x-meta-sha256': 'x' }, png()), 400, 'invalid_metadata'],
       ['an empty file', form([{ name: 'file', filename: 'a.png', data: Buffer.alloc(0) }]), 400, 'empty_file'],
@@ -453,7 +459,12 @@ t.test('answers conform to the document', async (t) => {
       ['a host outside the allow-list', importOf(body('https://images.example.com/a.png')), 400, 'import_refused'],
       ['a private address', importOf(body('https://10.0.0.1/a.png')), 400, 'import_refused'],
       ['an unknown member', importOf(body(importSource.url('/portrait.png'), { sourceUrl: 'x' })), 400, 'invalid_request'],
-      ['no context', importOf(JSON.stringify({ source_url: importSource.url('/portrait.png') })), 400, 'invalid_context'],
+      [
+        'a context that is not a string',
+        importOf(JSON.stringify({ source_url: importSource.url('/portrait.png'), context: 7 })),
+        400,
+        'invalid_context',
+      ],
       [
         'migrated_from in the metadata',
         importOf(body(importSource.url('/portrait.png'), { metadata: { migrated_from: 'x' } })),

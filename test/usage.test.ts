@@ -41,7 +41,8 @@ function uploadRequest(data: Buffer, headers: Record<string, string> = {}) {
 }
 
 const round2 = (value: number) => Math.round(value * 100) / 100
-const gauge = async (app: FastifyInstance, name: 'storageBytes' | 'storageObjects') => (await app.metrics[name].get()).values[0]?.value
+const gauge = async (app: FastifyInstance, name: 'storageBytes' | 'storageObjects' | 'usageLastScan') =>
+  (await app.metrics[name].get()).values[0]?.value
 const currentMonth = () => new Date().toISOString().slice(0, 7)
 
 t.test('GET /v1/usage after uploads matches the bucket, states the limits and percentages, and rescans only when asked', async (t) => {
@@ -193,14 +194,23 @@ t.test('the first scan runs when the app is ready, not one interval later', asyn
   const listed = await listBucket()
   t.ok(listed.objects > 0, 'the bucket holds objects')
   t.equal(await gauge(app, 'storageBytes'), 0, 'nothing scanned before ready')
+  t.equal(await gauge(app, 'usageLastScan'), 0, 'r2_usage_last_scan_timestamp_seconds says so: 0')
   await app.ready()
   const started = Date.now()
-  while (Date.now() - started < 2500 && (await gauge(app, 'storageObjects')) !== listed.objects) {
+  while (Date.now() - started < 2500 && (await gauge(app, 'usageLastScan')) === 0) {
     await new Promise((resolve) => setTimeout(resolve, 20))
   }
   t.equal(await gauge(app, 'storageObjects'), listed.objects, `r2_storage_objects set in ${Date.now() - started} ms`)
   t.equal(await gauge(app, 'storageBytes'), listed.bytes, 'r2_storage_bytes too')
   t.same(sent(), ['ListObjectsV2'], 'by one listing')
+  const scannedAt = (await app.inject({ url: '/v1/usage' })).json().scanned_at as string
+  t.equal(
+    await gauge(app, 'usageLastScan'),
+    Date.parse(scannedAt) / 1000,
+    "r2_usage_last_scan_timestamp_seconds: the scan's time, as /v1/usage says it",
+  )
+  t.ok(Date.parse(scannedAt) >= started - 50 && Date.parse(scannedAt) <= Date.now(), 'which is now')
+  t.match((await app.inject('/metrics')).body, /^r2_usage_last_scan_timestamp_seconds \d{10}\.?\d*$/m, 'exposed on /metrics')
 })
 
 t.test('the local-disk driver: /v1/usage?rescan=true counts its stored files', async (t) => {

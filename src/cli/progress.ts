@@ -8,6 +8,14 @@ export interface ProgressStream {
 const REDRAW_MS = 100
 const LINE_EVERY_MS = 2000
 const BAR_WIDTH = 30
+/** A bar narrower than this says nothing the percentage does not: it is left out. */
+const MIN_BAR_WIDTH = 10
+/**
+ * Rate and ETA are shown once this many records have ended and this much time has passed: from one
+ * record answered in a millisecond (an instant 404), a rate is noise and an ETA a false promise.
+ */
+const ESTIMATE_AFTER_RECORDS = 5
+const ESTIMATE_AFTER_MS = 3000
 
 function duration(seconds: number): string {
   if (!Number.isFinite(seconds)) return '?'
@@ -55,17 +63,32 @@ export class Progress {
     this.lastDrawn = this.now()
     this.drawnDone = this.done
     const elapsed = (this.lastDrawn - this.started) / 1000
-    const rate = elapsed > 0 ? this.done / elapsed : 0
-    const eta = rate > 0 ? (this.total - this.done) / rate : Number.POSITIVE_INFINITY
+    const estimable = this.done >= ESTIMATE_AFTER_RECORDS && elapsed * 1000 >= ESTIMATE_AFTER_MS
+    const rate = estimable ? this.done / elapsed : undefined
+    const eta = `ETA ${rate === undefined ? '?' : duration((this.total - this.done) / rate)}`
     const share = this.total === 0 ? 1 : this.done / this.total
-    const counts = `${this.done}/${this.total} (${Math.floor(share * 100)} %), ${this.succeededLabel} ${this.succeeded}, failed ${this.failed}, ${rate.toFixed(1)}/s, ETA ${duration(eta)}`
+    const position = `${this.done}/${this.total}`
+    const percentage = `${Math.floor(share * 100)} %`
+    const speed = `${rate === undefined ? '?' : rate.toFixed(1)}/s`
+    const tally = `${this.succeededLabel} ${this.succeeded}, failed ${this.failed}`
+    // Most detailed first; the ETA is in every one, so a narrow terminal loses the rest before it.
+    const texts = [
+      `${position} (${percentage}), ${tally}, ${speed}, ${eta}`,
+      `${position} (${percentage}), failed ${this.failed}, ${eta}`,
+      `${position}, ${eta}`,
+      eta,
+    ]
     if (!this.stream.isTTY) {
-      this.stream.write(`progress: ${counts}\n`)
+      this.stream.write(`progress: ${texts[0]}\n`)
       return
     }
-    const filled = Math.round(share * BAR_WIDTH)
-    const line = `[${'#'.repeat(filled)}${'.'.repeat(BAR_WIDTH - filled)}] ${counts}`
-    // \r and clear-line: the bar is redrawn in place, cut to the terminal's width so it never wraps.
-    this.stream.write(`\r\x1b[2K${line.slice(0, Math.max(20, (this.stream.columns || 80) - 1))}`)
+    // One cell short of the width: writing the last column makes some terminals wrap.
+    const width = Math.max(1, (this.stream.columns || 80) - 1)
+    const text = texts.find((candidate) => candidate.length <= width) ?? eta.slice(0, width)
+    const barWidth = Math.min(BAR_WIDTH, width - text.length - 3)
+    const filled = Math.round(share * barWidth)
+    const bar = barWidth >= MIN_BAR_WIDTH ? `[${'#'.repeat(filled)}${'.'.repeat(barWidth - filled)}] ` : ''
+    // \r and clear-line: the line is redrawn in place.
+    this.stream.write(`\r\x1b[2K${bar}${text}`)
   }
 }

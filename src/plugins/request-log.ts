@@ -14,6 +14,26 @@ export function loggerOptions(config: Config): FastifyServerOptions['logger'] {
   }
 }
 
+/** Each request's count of body bytes that have arrived (after any chunked framing is removed). */
+const bodyBytesRead = new WeakMap<FastifyRequest['raw'], () => number>()
+
+/**
+ * Counts body bytes as Node hands them to the request stream: a chunked body has no Content-Length to
+ * go by, and a body cut short or left unread is less than its Content-Length. Bytes already buffered
+ * when counting starts are in the stream, unread (nothing reads before the first hook).
+ */
+function countBodyBytes(request: FastifyRequest): () => number {
+  const incoming = request.raw
+  let bytes = incoming.readableLength
+  const push = incoming.push
+  incoming.push = function (chunk: unknown, encoding?: BufferEncoding) {
+    if (typeof chunk === 'string') bytes += Buffer.byteLength(chunk, encoding)
+    else if (chunk instanceof Uint8Array) bytes += chunk.byteLength
+    return push.call(this, chunk, encoding)
+  }
+  return () => bytes
+}
+
 /**
  * One line per request, answered or not; the request id and the key's name are on the logger's bindings
  * (reqId, apiKey).
@@ -29,7 +49,7 @@ export function logResponse(request: FastifyRequest, reply: FastifyReply): void 
       route: request.routeOptions.url ?? null,
       status,
       durationMs: Math.round(reply.elapsedTime),
-      bytesIn: Number(request.headers['content-length'] ?? 0),
+      bytesIn: bodyBytesRead.get(request.raw)?.() ?? 0,
       bytesOut: Number(reply.getHeader('content-length') ?? 0),
       ...(code && { code }),
     },
@@ -44,7 +64,10 @@ export function logResponse(request: FastifyRequest, reply: FastifyReply): void 
  */
 export default fp(
   async (app) => {
-    app.addHook('onRequest', async (request, reply) => onUnfinishedResponse(reply, () => logResponse(request, reply)))
+    app.addHook('onRequest', async (request, reply) => {
+      bodyBytesRead.set(request.raw, countBodyBytes(request))
+      onUnfinishedResponse(reply, () => logResponse(request, reply))
+    })
     app.addHook('onResponse', async (request, reply) => logResponse(request, reply))
   },
   { name: 'request-log' },

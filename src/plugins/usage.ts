@@ -51,6 +51,7 @@ export default fp(
       last = { bytes, objects, at: new Date() }
       app.metrics.storageBytes.set(bytes)
       app.metrics.storageObjects.set(objects)
+      app.metrics.usageLastScan.set(last.at.getTime() / 1000)
     }
     const scan = () => (scanning ??= list().finally(() => (scanning = undefined)))
     // A listing costs a Class A operation per 1000 objects: any key asking for one on every request

@@ -10,6 +10,7 @@ import {
   assertQueryParameterDecodes,
   assertValidContext,
   checkedFilename,
+  checkedFormFilename,
   clientMetadata,
   metadataFromRequestHeaders,
   metadataToResponseHeaders,
@@ -18,8 +19,6 @@ import { coalesced, type UploadSource } from '../upload/pipeline.js'
 import type { UploadSlots } from '../upload/uploader.js'
 import { storingRoute } from './storing-route.js'
 
-/** Raw-body uploads: any image/* type or octet-stream; the declared type is never trusted. */
-const RAW_BODY_TYPES = /^(image\/[\w.+-]+|application\/octet-stream)\s*(;.*)?$/i
 const MAX_FORM_PARTS = 100
 
 /**
@@ -106,7 +105,7 @@ async function multipartUploadSource(request: FastifyRequest, maxBytes: number):
     }
     const file = part.file
     return {
-      filename: checkedFilename(part.filename),
+      filename: checkedFormFilename(part.filename),
       context: assertValidContext(context),
       metadata: clientMetadata(fields),
       body: readClientBody(coalesced(file)),
@@ -167,9 +166,20 @@ export default async function imageRoutes(
   options: { config: Config; shutdown: AbortSignal; uploadSlots: UploadSlots },
 ) {
   const { config, shutdown, uploadSlots } = options
-  // This context reads upload bodies only: multipart, or the raw image as an unparsed stream.
+  // This context reads upload bodies only: multipart, or the raw image as an unparsed stream. Any other
+  // Content-Type, or none, is a raw body (curl --data-binary declares application/x-www-form-urlencoded):
+  // the content decides the type, never the declaration.
   app.removeAllContentTypeParsers()
-  app.addContentTypeParser(RAW_BODY_TYPES, (_request, payload, done) => done(null, payload))
+  app.addContentTypeParser('*', (_request, payload, done) => done(null, payload))
+  // A multipart body that is no form (multipart/mixed, related…) is neither of the two request forms.
+  app.addContentTypeParser(/^multipart\/(?!form-data\b)/i, (request, _payload, done) =>
+    done(
+      new ApiError(
+        'unsupported_media_type',
+        `${request.headers['content-type']?.split(';')[0]} is not accepted: send multipart/form-data, or the image itself as the body.`,
+      ),
+    ),
+  )
   await app.register(multipart, { throwFileSizeLimit: false })
 
   const uploads = storingRoute(app, { config, shutdown, slots: uploadSlots })

@@ -27,7 +27,7 @@ const isObject = (value: unknown): value is Record<string, unknown> => typeof va
 
 /** Checks the JSON body strictly: an unknown member is a mistake worth hearing about, not something to drop. */
 function importRequestOf(body: unknown): ImportRequest {
-  const shape = 'The body is a JSON object {"source_url", "context", "filename"?, "metadata"?}'
+  const shape = 'The body is a JSON object {"source_url", "context"?, "filename"?, "metadata"?}'
   if (!isObject(body)) throw new ApiError('invalid_request', `${shape}.`)
   const unknown = Object.keys(body).find((member) => !MEMBERS.includes(member))
   if (unknown !== undefined) throw new ApiError('invalid_request', `${shape}; "${unknown.slice(0, 64)}" is not one of its members.`)
@@ -35,8 +35,10 @@ function importRequestOf(body: unknown): ImportRequest {
   if (typeof sourceUrl !== 'string' || sourceUrl.length === 0 || sourceUrl.length > MAX_SOURCE_URL_LENGTH) {
     throw new ApiError('invalid_request', `source_url is required: a URL of at most ${MAX_SOURCE_URL_LENGTH} characters.`)
   }
-  if (typeof context !== 'string')
-    throw new ApiError('invalid_context', 'context is required, a string matching ^[a-z0-9][a-z0-9_-]{0,62}$.')
+  // Absent, it defaults to `general`, as for an upload; sent, it is a string like an upload's.
+  if (context !== undefined && typeof context !== 'string') {
+    throw new ApiError('invalid_context', 'context, when sent, is a string matching ^[a-z0-9][a-z0-9_-]{0,62}$.')
+  }
   if (filename !== undefined && typeof filename !== 'string') throw new ApiError('invalid_request', 'filename, when sent, is a string.')
   if (!isObject(metadata) || Object.values(metadata).some((value) => typeof value !== 'string')) {
     throw new ApiError('invalid_metadata', 'metadata, when sent, is an object of string values.')

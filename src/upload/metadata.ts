@@ -41,6 +41,19 @@ export function checkedFilename(filename: string | undefined): string | undefine
   return base
 }
 
+/** The escapes the WHATWG multipart/form-data rules write in a part's filename (browsers, curl, undici). */
+const FORM_FILENAME_ESCAPES: Readonly<Record<string, string>> = { '%22': '"', '%0D': '\r', '%0A': '\n' }
+
+/**
+ * A form's file part's filename as its client named it: `%22`, `%0D` and `%0A` decoded, and nothing
+ * else. Those three are the only encodings in it; any other `%` is the name's own text (`100% real.png`,
+ * `a%20b.png`, even `%zz`), since clients do not escape `%` itself. A decoded CR or LF is then refused
+ * like any control character.
+ */
+export function checkedFormFilename(filename: string | undefined): string | undefined {
+  return checkedFilename(filename?.replace(/%(?:22|0D|0A)/g, (sequence) => FORM_FILENAME_ESCAPES[sequence] ?? sequence))
+}
+
 /**
  * Refuses a query parameter whose percent-encoding does not decode to UTF-8 (`%zz`, `%FF`, a cut
  * sequence): the query parser keeps such text as it was sent, which would be stored as a name the

@@ -10,7 +10,7 @@ export const PROMTOOL = '/usr/bin/promtool'
 
 /**
  * Debian's Python, by absolute path: a python3 earlier on PATH (pyenv, a virtualenv) may lack the
- * python3-aiohttp package that .ci/run installs.
+ * python3-aiohttp and python3-boto3 packages that .ci/run installs.
  */
 export const PYTHON = '/usr/bin/python3'
 
@@ -37,6 +37,12 @@ export function havePythonAiohttp(t: Test): boolean {
     imported,
     `${PYTHON} cannot import aiohttp: install Debian's python3-aiohttp package (apt-get install -y python3-aiohttp)`,
   )
+}
+
+/** True when Debian's Python can import boto3, the AWS SDK operators read the bucket with. */
+export function havePythonBoto3(t: Test): boolean {
+  const imported = spawnSync(PYTHON, ['-c', 'import boto3'], { stdio: 'ignore' }).status === 0
+  return haveTool(t, imported, `${PYTHON} cannot import boto3: install Debian's python3-boto3 package (apt-get install -y python3-boto3)`)
 }
 
 export function haveCurl(t: Test): boolean {
