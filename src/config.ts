@@ -49,16 +49,22 @@ export interface ApiKey {
   scopes: readonly Scope[]
 }
 
+/** `name:value,name:value` as name and value pairs (a value may hold colons; an entry without one has none). */
+function namedEntries(list: string): { name: string; value: string | undefined }[] {
+  return list
+    .split(',')
+    .map((item) => item.trim())
+    .filter(Boolean)
+    .map((entry) => {
+      const colon = entry.indexOf(':')
+      return colon < 0 ? { name: entry, value: undefined } : { name: entry.slice(0, colon), value: entry.slice(colon + 1) }
+    })
+}
+
 /** `name:token,name:token`: several live keys at once, so one can be rotated without downtime. Scopes come from API_KEY_SCOPES. */
 const apiKeys = z.string().transform((list, context): Omit<ApiKey, 'scopes'>[] => {
   const keys: Omit<ApiKey, 'scopes'>[] = []
-  for (const entry of list
-    .split(',')
-    .map((item) => item.trim())
-    .filter(Boolean)) {
-    const colon = entry.indexOf(':')
-    const name = colon < 0 ? entry : entry.slice(0, colon)
-    const token = colon < 0 ? '' : entry.slice(colon + 1)
+  for (const { name, value: token = '' } of namedEntries(list)) {
     // Never echo a token back: configuration errors end up in logs.
     if (!API_KEY_NAME.test(name)) context.addIssue({ code: 'custom', message: `a key name must match ${API_KEY_NAME.source}` })
     else if (token.length < MIN_TOKEN_LENGTH || /\s/.test(token)) {
@@ -76,13 +82,8 @@ const apiKeys = z.string().transform((list, context): Omit<ApiKey, 'scopes'>[] =
 /** `name:scope+scope,…`: the keys named here get only those scopes. */
 const apiKeyScopes = z.string().transform((list, context): Map<string, Scope[]> => {
   const scopesByName = new Map<string, Scope[]>()
-  for (const entry of list
-    .split(',')
-    .map((item) => item.trim())
-    .filter(Boolean)) {
-    const colon = entry.indexOf(':')
-    const name = colon < 0 ? entry : entry.slice(0, colon)
-    const scopes = colon < 0 ? [] : entry.slice(colon + 1).split('+')
+  for (const { name, value } of namedEntries(list)) {
+    const scopes = value === undefined ? [] : value.split('+')
     const unknown = scopes.find((scope) => !(SCOPES as readonly string[]).includes(scope))
     if (!API_KEY_NAME.test(name)) context.addIssue({ code: 'custom', message: `a key name must match ${API_KEY_NAME.source}` })
     else if (scopes.length === 0 || unknown !== undefined) {

@@ -1,5 +1,3 @@
-import { spawn } from 'node:child_process'
-import { once } from 'node:events'
 import { readdir, readFile, writeFile } from 'node:fs/promises'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -9,15 +7,14 @@ import type { FailedLine, MapLine, MigratedLine } from '../src/cli/migration-map
 import { Progress } from '../src/cli/progress.js'
 import { parseCsv } from '../src/cli/records.js'
 import { buildTestApp } from './helpers/app.js'
+import { runCli } from './helpers/cli.js'
 import { listen } from './helpers/http.js'
 import { pngOfSize, sha256 } from './helpers/images.js'
 import { LOCAL_SOURCE_ENV, spyNetwork, startSource } from './helpers/import.js'
 import { r2Env, startS3 } from './helpers/s3.js'
-import { serviceEnv } from './helpers/service-process.js'
 
 t.setTimeout(40_000)
 
-const MIGRATE_ARGS = ['--import', 'tsx', 'src/cli/migrate.ts']
 const TOKEN = 'migration-token-'.padEnd(40, 'x')
 const AUTHORIZATION = { authorization: `Bearer ${TOKEN}` }
 const RECORDS = 50
@@ -25,21 +22,8 @@ const RECORDS = 50
 /** A line of the map as the CLI writes it, each field readable without first telling which kind it is. */
 type ReadLine = MapLine & Partial<MigratedLine & FailedLine>
 
-/** Runs the CLI to its end; `whenRunning` may act on the process meanwhile (kill it). */
-async function migrate(args: string[], whenRunning?: (child: ReturnType<typeof spawn>) => Promise<void>) {
-  const child = spawn(process.execPath, [...MIGRATE_ARGS, ...args], {
-    env: serviceEnv({ IMAGE_SERVICE_API_KEY: TOKEN }),
-    stdio: ['ignore', 'pipe', 'pipe'],
-  })
-  let stdout = ''
-  let stderr = ''
-  child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk))
-  child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk))
-  const exited = once(child, 'exit') as Promise<[number | null, NodeJS.Signals | null]>
-  await whenRunning?.(child)
-  const [code, signal] = await exited
-  return { code, signal, stdout, stderr }
-}
+/** Runs the CLI to its end; `whenRunning` may act on the process meanwhile (interrupt it). */
+const migrate = (args: string[], whenRunning?: Parameters<typeof runCli>[3]) => runCli('migrate', TOKEN, args, whenRunning)
 
 async function readMap(file: string): Promise<ReadLine[]> {
   const text = await readFile(file, 'utf8').catch(() => '')

@@ -1,41 +1,25 @@
-import { spawn } from 'node:child_process'
-import { once } from 'node:events'
 import { writeFile } from 'node:fs/promises'
 import path from 'node:path'
 import { PutObjectCommand } from '@aws-sdk/client-s3'
 import t from 'tap'
 import { ApiError } from '../src/errors.js'
 import { buildTestApp } from './helpers/app.js'
+import { runCli } from './helpers/cli.js'
 import { listen } from './helpers/http.js'
 import { pngOfSize, sha256 } from './helpers/images.js'
 import { r2Env, startS3, TEST_BUCKET } from './helpers/s3.js'
-import { serviceEnv } from './helpers/service-process.js'
 
 // `npm run reconcile` against the service on s3rver with over a thousand objects. s3rver runs in a process
 // of its own: in this one it answers every truncated ListObjectsV2 with a 500 (see helpers/s3rver-main.ts).
 
 t.setTimeout(240_000)
 
-const RECONCILE_ARGS = ['--import', 'tsx', 'src/cli/reconcile.ts']
 const TOKEN = 'reconcile-token-'.padEnd(40, 'r')
 const PUBLIC_URL = 'https://images.example.test'
 const DAY_MS = 86_400_000
 
 /** Runs the CLI to its end; `whenRunning` may act on the process meanwhile (interrupt it). */
-async function reconcile(args: string[], whenRunning?: (child: ReturnType<typeof spawn>, stderr: () => string) => Promise<void>) {
-  const child = spawn(process.execPath, [...RECONCILE_ARGS, ...args], {
-    env: serviceEnv({ IMAGE_SERVICE_API_KEY: TOKEN }),
-    stdio: ['ignore', 'pipe', 'pipe'],
-  })
-  let stdout = ''
-  let stderr = ''
-  child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk))
-  child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk))
-  const exited = once(child, 'exit') as Promise<[number | null, NodeJS.Signals | null]>
-  await whenRunning?.(child, () => stderr)
-  const [code] = await exited
-  return { code, stdout, stderr }
-}
+const reconcile = (args: string[], whenRunning?: Parameters<typeof runCli>[3]) => runCli('reconcile', TOKEN, args, whenRunning)
 
 /** The orphans a run printed (one `key<TAB>size<TAB>last_modified` line each). */
 const printedOrphans = (stdout: string) =>

@@ -31,3 +31,57 @@ export function intervalOfRate(text: string): number {
   if (!rate || Number(rate[1]) <= 0) throw new UsageError('--rate must look like 5/s or 120/min')
   return (rate[2] === 's' ? 1000 : 60_000) / Number(rate[1])
 }
+
+/** At most this many failures are listed at the end of a run; the rest are counted. */
+const LISTED_FAILURES = 20
+
+/**
+ * The end of a run: the failures (what failed, and why), the first LISTED_FAILURES of them listed, a hint
+ * to run again when anything is left, and the exit code.
+ */
+export function finish(
+  failures: { what: string; error: string }[],
+  notAttempted: number,
+  stopped: boolean,
+  texts: { more: string; runAgain: string },
+): number {
+  if (failures.length > 0) {
+    console.log('Failed:')
+    for (const { what, error } of failures.slice(0, LISTED_FAILURES)) console.log(`  ${what}: ${error}`)
+    if (failures.length > LISTED_FAILURES) console.log(`  … and ${failures.length - LISTED_FAILURES} more${texts.more}`)
+  }
+  if (failures.length > 0 || notAttempted > 0) console.log(texts.runAgain)
+  if (stopped) return EXIT_INTERRUPTED
+  return failures.length > 0 ? EXIT_FAILED : 0
+}
+
+/**
+ * A tool's entry point: reads its options (unreadable: the reason and the usage, EXIT_USAGE; none, as with
+ * --help: the usage, 0), then runs it. `failure` turns an error it knows into an exit code, after saying
+ * what went wrong; any other error is thrown.
+ */
+export async function runTool<Options>(
+  usage: string,
+  optionsOf: (argv: string[], env: NodeJS.ProcessEnv) => Options | undefined,
+  run: (options: Options) => Promise<number>,
+  failure: (error: unknown, options: Options) => number | undefined,
+): Promise<number> {
+  let options: Options | undefined
+  try {
+    options = optionsOf(process.argv.slice(2), process.env)
+  } catch (error) {
+    console.error(`${(error as Error).message}\n\n${usage}`)
+    return EXIT_USAGE
+  }
+  if (!options) {
+    console.log(usage)
+    return 0
+  }
+  try {
+    return await run(options)
+  } catch (error) {
+    const code = failure(error, options)
+    if (code === undefined) throw error
+    return code
+  }
+}

@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { parseArgs } from 'node:util'
 import { ImageServiceClient, ImageServiceError, ImageServiceUnreachableError, type StoredImage } from '../client.js'
-import { EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, intervalOfRate, serviceUrlOf, UsageError, wholeNumber } from './arguments.js'
+import { EXIT_INTERRUPTED, EXIT_USAGE, finish, intervalOfRate, runTool, serviceUrlOf, UsageError, wholeNumber } from './arguments.js'
 import { isMigrated, type MapLine, MigrationMap } from './migration-map.js'
 import { RETRY_STATUSES, retryDelayMs, StartPacer } from './pacer.js'
 import { Progress } from './progress.js'
@@ -31,8 +31,6 @@ const USAGE = `Usage: npm run migrate -- --input <records.csv|records.jsonl> --m
   --timeout <seconds>  for one import request (default 120)
   --retries <n>        tries again after 429, 503 or no answer (default 3)
   --help`
-
-const LISTED_FAILURES = 20
 
 interface Options {
   input: string
@@ -203,35 +201,15 @@ async function run(options: Options): Promise<number> {
       `${notAttempted > 0 ? `, not attempted ${notAttempted}` : ''}, of ${records.length} records, in ${seconds} s.`,
   )
   console.log(`Map: ${options.map} (one line per id, its latest outcome).`)
-  if (failures.length > 0) {
-    console.log('Failed:')
-    for (const { id, error } of failures.slice(0, LISTED_FAILURES)) console.log(`  ${id}: ${error}`)
-    if (failures.length > LISTED_FAILURES) console.log(`  … and ${failures.length - LISTED_FAILURES} more (see the map)`)
-  }
-  if (failures.length > 0 || notAttempted > 0) console.log('Run the same command again to retry what did not migrate.')
-  if (stopping) return EXIT_INTERRUPTED
-  return failures.length > 0 ? EXIT_FAILED : 0
+  const listed = failures.map(({ id, error }) => ({ what: id, error }))
+  return finish(listed, notAttempted, stopping, {
+    more: ' (see the map)',
+    runAgain: 'Run the same command again to retry what did not migrate.',
+  })
 }
 
-async function main(): Promise<number> {
-  let options: Options | undefined
-  try {
-    options = optionsOf(process.argv.slice(2), process.env)
-  } catch (error) {
-    console.error(`${(error as Error).message}\n\n${USAGE}`)
-    return EXIT_USAGE
-  }
-  if (!options) {
-    console.log(USAGE)
-    return 0
-  }
-  try {
-    return await run(options)
-  } catch (error) {
-    if (!(error instanceof InputError)) throw error
-    console.error(`${options.input}: ${error.message}`)
-    return EXIT_USAGE
-  }
-}
-
-process.exitCode = await main()
+process.exitCode = await runTool(USAGE, optionsOf, run, (error, options) => {
+  if (!(error instanceof InputError)) return undefined
+  console.error(`${options.input}: ${error.message}`)
+  return EXIT_USAGE
+})

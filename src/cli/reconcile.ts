@@ -7,7 +7,17 @@ import { readFile } from 'node:fs/promises'
 import { parseArgs } from 'node:util'
 import { ImageServiceClient, ImageServiceError, type ListedImage } from '../client.js'
 import { assertValidKey } from '../upload/keys.js'
-import { EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, intervalOfRate, serviceUrlOf, UsageError, wholeNumber } from './arguments.js'
+import {
+  EXIT_FAILED,
+  EXIT_INTERRUPTED,
+  EXIT_USAGE,
+  finish,
+  intervalOfRate,
+  runTool,
+  serviceUrlOf,
+  UsageError,
+  wholeNumber,
+} from './arguments.js'
 import { StartPacer } from './pacer.js'
 import { Progress } from './progress.js'
 
@@ -34,7 +44,6 @@ Lists the stored objects under --prefix that --keep does not name (orphans). A d
 
 /** A page of the listing: the most the service gives at once. */
 const PAGE_LIMIT = 1000
-const LISTED_FAILURES = 20
 const DURATION_UNITS_MS = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 } as const
 
 /** The keep file cannot be used as it is: nothing was deleted. */
@@ -262,43 +271,20 @@ async function run(options: Options): Promise<number> {
     `Deleted ${progress.succeeded} of ${found.orphans.length} orphans, ${formatBytes(deletedBytes)}; failed ${failures.length}` +
       `${notAttempted > 0 ? `, not attempted ${notAttempted}` : ''}.`,
   )
-  if (failures.length > 0) {
-    console.log('Failed:')
-    for (const { key, error } of failures.slice(0, LISTED_FAILURES)) console.log(`  ${key}: ${error}`)
-    if (failures.length > LISTED_FAILURES) console.log(`  … and ${failures.length - LISTED_FAILURES} more`)
-  }
-  if (failures.length > 0 || notAttempted > 0) console.log('Run the same command again to delete what is left.')
-  if (stopping) return EXIT_INTERRUPTED
-  return failures.length > 0 ? EXIT_FAILED : 0
+  const listed = failures.map(({ key, error }) => ({ what: key, error }))
+  return finish(listed, notAttempted, stopping, { more: '', runAgain: 'Run the same command again to delete what is left.' })
 }
 
-async function main(): Promise<number> {
-  let options: Options | undefined
-  try {
-    options = optionsOf(process.argv.slice(2), process.env)
-  } catch (error) {
-    console.error(`${(error as Error).message}\n\n${USAGE}`)
+process.exitCode = await runTool(USAGE, optionsOf, run, (error, options) => {
+  if (error instanceof KeepFileError) {
+    console.error(`${options.keep}: ${error.message}`)
     return EXIT_USAGE
   }
-  if (!options) {
-    console.log(USAGE)
-    return 0
+  // The listing failed (its retries spent): nothing was deleted.
+  if (error instanceof ImageServiceError && error.status === 400) {
+    console.error(`The service refused the listing: ${error.message}`)
+    return EXIT_USAGE
   }
-  try {
-    return await run(options)
-  } catch (error) {
-    if (error instanceof KeepFileError) {
-      console.error(`${options.keep}: ${error.message}`)
-      return EXIT_USAGE
-    }
-    // The listing failed (its retries spent): nothing was deleted.
-    if (error instanceof ImageServiceError && error.status === 400) {
-      console.error(`The service refused the listing: ${error.message}`)
-      return EXIT_USAGE
-    }
-    console.error(`The listing failed, nothing was deleted: ${(error as Error).message}`)
-    return EXIT_FAILED
-  }
-}
-
-process.exitCode = await main()
+  console.error(`The listing failed, nothing was deleted: ${(error as Error).message}`)
+  return EXIT_FAILED
+})

@@ -1,0 +1,29 @@
+import { spawn } from 'node:child_process'
+import { once } from 'node:events'
+import { serviceEnv } from './service-process.js'
+
+export type CliProcess = ReturnType<typeof spawn>
+
+/**
+ * Runs one of the command-line tools (`src/cli/<tool>.ts`, through tsx) to its end with IMAGE_SERVICE_API_KEY
+ * set to `token`; `whenRunning` may act on the process meanwhile (interrupt it), seeing its stderr so far.
+ */
+export async function runCli(
+  tool: string,
+  token: string,
+  args: string[],
+  whenRunning?: (child: CliProcess, stderr: () => string) => Promise<void>,
+) {
+  const child = spawn(process.execPath, ['--import', 'tsx', `src/cli/${tool}.ts`, ...args], {
+    env: serviceEnv({ IMAGE_SERVICE_API_KEY: token }),
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  let stdout = ''
+  let stderr = ''
+  child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk))
+  child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk))
+  const exited = once(child, 'exit') as Promise<[number | null, NodeJS.Signals | null]>
+  await whenRunning?.(child, () => stderr)
+  const [code, signal] = await exited
+  return { code, signal, stdout, stderr }
+}
