@@ -21,7 +21,7 @@ const ENTRIES = {
 
 /**
  * The service compiled as the image's build stage does (`tsc -p tsconfig.build.json`), in a directory of its
- * own laid out like the image's /app (dist/, openapi.yaml, package.json, node_modules): start it with
+ * own laid out like the image's /app (dist/, openapi.yaml, console/, package.json, node_modules): start it with
  * `entry: 'built'` and this `cwd`. What is measured is then the code production runs, without tsx.
  */
 export async function buildService(): Promise<{ cwd: string; remove(): Promise<void> }> {
@@ -31,7 +31,8 @@ export async function buildService(): Promise<{ cwd: string; remove(): Promise<v
     cwd: ROOT,
     env: { PATH: process.env.PATH },
   })
-  for (const file of ['openapi.yaml', 'package.json']) await cp(path.join(ROOT, file), path.join(cwd, file))
+  // What the Dockerfile's runtime stage copies beside dist/ (test/deploy.test.ts checks the image itself).
+  for (const item of ['openapi.yaml', 'package.json', 'console']) await cp(path.join(ROOT, item), path.join(cwd, item), { recursive: true })
   await symlink(path.join(ROOT, 'node_modules'), path.join(cwd, 'node_modules'), 'dir')
   return { cwd, remove: () => rm(cwd, { recursive: true, force: true }) }
 }
