@@ -3,14 +3,19 @@ import { ApiError } from '../errors.js'
 
 /**
  * Which requests the service takes at all, decided from the request line and headers before anything
- * reads the body: none while the instance shuts down, none over HTTP/1.1 without a Host. Which requests
- * may carry a body is request-bodies' rule.
+ * reads the body: none while the instance shuts down, none over HTTP/1.1 without a Host; and no connection
+ * kept alive once the close has begun. Which requests may carry a body is request-bodies' rule.
  */
 export default fp(
   async (app) => {
     let closing = false
     app.addHook('preClose', async () => {
       closing = true
+    })
+    // A request still in flight when the close began is answered, then its connection closed: kept alive,
+    // it would hold the close until the keep-alive timeout unless its client hung up.
+    app.addHook('onSend', async (_request, reply) => {
+      if (closing) reply.header('connection', 'close')
     })
     app.addHook('onRequest', async (request, reply) => {
       if (closing) {
