@@ -10,7 +10,7 @@ const DEFAULT_MAX_RETRIES = 6
 const RETRIED_CODES: ReadonlySet<string> = new Set(['server_busy', 'rate_limited', 'storage_unavailable'])
 /** The wait before a retry when an answer to retry has no usable Retry-After. */
 const DEFAULT_RETRY_AFTER_S = 1
-/** An upload's default key prefix; an import must name one, so the client sends this when the caller does not. */
+/** The key prefix sent when the caller names none: the service's own default, stated so that uploads and imports agree. */
 const DEFAULT_CONTEXT = 'general'
 
 export interface ImageServiceClientOptions {

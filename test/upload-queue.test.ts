@@ -73,6 +73,20 @@ async function startApp(t: Test, env: NodeJS.ProcessEnv) {
 }
 
 /** The answer is a 201 whose image s3rver holds, byte for byte. */
+/**
+ * One slot, taken by alice's upload (held after its first 100 bytes), and bob's upload waiting for it;
+ * `seed` tells the two images apart between tests.
+ */
+async function oneHeldOneWaiting(t: Test, seed: number, waitingTag: string) {
+  const { app, server } = await startApp(t, { MAX_CONCURRENT_UPLOADS: '1' })
+  const heldImage = pngOfSize(30_000, seed)
+  const held = await upload(server, ALICE, 'held', heldImage, 100)
+  await until('the held upload to take the slot', async () => (await gauge(app, 'uploadsInFlight')) === 1)
+  const waiting = await upload(server, BOB, waitingTag, pngOfSize(30_000, seed + 1))
+  await until('an upload to wait', async () => (await gauge(app, 'uploadsWaiting')) === 1)
+  return { app, server, held, heldImage, waiting }
+}
+
 async function assertStored(t: Test, answer: Answer, image: Buffer, what: string) {
   t.equal(answer.status, 201, `${what}: 201 (${JSON.stringify(answer.body).slice(0, 200)})`)
   t.equal(answer.body.sha256, sha256(image), `${what}: the 201 has its SHA-256`)
@@ -154,12 +168,7 @@ t.test('a key flooding the queue does not stop another key: the slots go to the 
 })
 
 t.test('a client that hangs up while it waits leaves the queue', async (t) => {
-  const { app, server } = await startApp(t, { MAX_CONCURRENT_UPLOADS: '1' })
-  const heldImage = pngOfSize(30_000, 30)
-  const held = await upload(server, ALICE, 'held', heldImage, 100)
-  await until('the held upload to take the slot', async () => (await gauge(app, 'uploadsInFlight')) === 1)
-  const leaving = await upload(server, BOB, 'leaving', pngOfSize(30_000, 31))
-  await until('an upload to wait', async () => (await gauge(app, 'uploadsWaiting')) === 1)
+  const { app, server, held, heldImage, waiting: leaving } = await oneHeldOneWaiting(t, 30, 'leaving')
   leaving.socket.destroy()
   await until('the upload that left to leave the queue', async () => (await gauge(app, 'uploadsWaiting')) === 0)
   const closed = (await app.metrics.uploadErrors.get()).values.find((value) => value.labels.error_type === 'client_closed')
@@ -173,12 +182,7 @@ t.test('a client that hangs up while it waits leaves the queue', async (t) => {
 })
 
 t.test('closing answers the waiting uploads at once (503 server_busy) and lets the one in flight finish', async (t) => {
-  const { app, server } = await startApp(t, { MAX_CONCURRENT_UPLOADS: '1' })
-  const heldImage = pngOfSize(30_000, 40)
-  const held = await upload(server, ALICE, 'held', heldImage, 100)
-  await until('the held upload to take the slot', async () => (await gauge(app, 'uploadsInFlight')) === 1)
-  const waiting = await upload(server, BOB, 'waiting', pngOfSize(30_000, 41))
-  await until('an upload to wait', async () => (await gauge(app, 'uploadsWaiting')) === 1)
+  const { app, held, heldImage, waiting } = await oneHeldOneWaiting(t, 40, 'waiting')
 
   const closingSince = Date.now()
   const closed = app.close()
