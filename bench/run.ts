@@ -40,6 +40,8 @@
  *   BENCH_SERVICE_ENV=<json> more environment for the service, e.g. '{"MALLOC_MMAP_THRESHOLD_":"1048576"}'
  *   BENCH_SERVICE_NODE_OPTIONS='<options>'  the service's node options instead of npm start's (--max-semi-space-size=2)
  *   BENCH_PYTHON=/usr/bin/python3   the Python that runs the bot's client (with aiohttp)
+ *   BENCH_SUT_NODE=<path>   the node binary that runs the service and the naive route (the image's Node 24, say);
+ *                           by default this process's
  */
 import { execFileSync, spawn } from 'node:child_process'
 import { createHash } from 'node:crypto'
@@ -67,6 +69,8 @@ const ONLY = new RegExp(process.env.BENCH_ONLY ?? '')
 const CPU_PROF_DIR = process.env.BENCH_CPU_PROF && path.resolve(process.env.BENCH_CPU_PROF)
 const SERVICE_ENV = JSON.parse(process.env.BENCH_SERVICE_ENV ?? '{}') as Record<string, string>
 const PYTHON = process.env.BENCH_PYTHON ?? '/usr/bin/python3'
+const SUT_NODE = process.env.BENCH_SUT_NODE ?? process.execPath
+const SUT_NODE_VERSION = execFileSync(SUT_NODE, ['--version'], { encoding: 'utf8' }).trim()
 /** The service's node options: npm start's, unless BENCH_SERVICE_NODE_OPTIONS says otherwise (an A/B run). */
 const SERVICE_NODE_OPTIONS = process.env.BENCH_SERVICE_NODE_OPTIONS?.split(' ').filter(Boolean) ?? PRODUCTION_NODE_OPTIONS
 const API_TOKEN = 'bench-token-0123456789abcdef0123456789abcdef'
@@ -331,6 +335,7 @@ interface Sut {
 async function startSut(entry: string, env: NodeJS.ProcessEnv, nodeOptions: string[] = []): Promise<Sut> {
   const service = await startServiceProcess({
     entry: [entry],
+    node: SUT_NODE,
     env,
     nodeArgs: [...nodeOptions, ...(CPU_PROF_DIR ? ['--cpu-prof', `--cpu-prof-dir=${CPU_PROF_DIR}`] : [])],
     wrapper: CPUS ? ['taskset', '-c', CPUS.sut] : [],
@@ -920,7 +925,7 @@ const report = [
   `### Run of ${startedAt.toISOString().slice(0, 16).replace('T', ' ')} UTC: \`${command()}\``,
   '',
   ...(process.env.BENCH_NOTE ? [process.env.BENCH_NOTE, ''] : []),
-  `- Code: commit \`${commit}\`${dirty}. Node.js ${process.version}; the service run with \`node ${[...SERVICE_NODE_OPTIONS, 'dist/server.js'].join(' ')}\`; ${versions.python ?? 'Python client not run'}; ${cpus().length} × ${cpuModel}.`,
+  `- Code: commit \`${commit}\`${dirty}. Node.js ${process.version} (load generator), ${SUT_NODE_VERSION} (systems under test); the service run with \`node ${[...SERVICE_NODE_OPTIONS, 'dist/server.js'].join(' ')}\`; ${versions.python ?? 'Python client not run'}; ${cpus().length} × ${cpuModel}.`,
   CPUS
     ? `- Pinned with \`taskset\`: the load generator and s3rver (this process; the Python client's process in its scenarios) on CPU ${CPUS.load}, each system under test alone on CPU ${CPUS.sut}; read back from every process's threads (Cpus_allowed_list) in every scenario, column "CPUs". Other processes on the machine are not pinned: the core columns show their share.`
     : '- **Not pinned** (BENCH_CPUS=none): every process may run on every core.',
