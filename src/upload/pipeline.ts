@@ -74,6 +74,13 @@ export interface StoredUpload {
  */
 export async function storeUpload(source: UploadSource, policy: UploadPolicy, signal: AbortSignal): Promise<StoredUpload> {
   const reader = new CountingReader(source.body, policy.maxBytes, signal)
+  // A declared length says at once whether the body fits one request: no need to read that far to know.
+  // Without one, a driver that wants lengths gets a body past SPOOL_AFTER_BYTES spooled, not held.
+  const spools = source.declaredLength === undefined && policy.driver.prefersKnownLength
+  const holdsBody = source.declaredLength === undefined || source.declaredLength <= SINGLE_REQUEST_MAX_BYTES
+  // What is held is allocated once, at its final size, before the first byte: no regrowth, and the first
+  // chunk is not copied twice (a profile of 500 KB uploads showed both).
+  if (holdsBody) reader.reserve(source.declaredLength ?? (spools ? SPOOL_AFTER_BYTES + 1 : 0))
   await reader.fillTo(TYPE_SNIFF_BYTES)
   if (reader.size === 0) throw new ApiError('empty_file', 'The file has no bytes.')
 
@@ -90,14 +97,7 @@ export async function storeUpload(source: UploadSource, policy: UploadPolicy, si
   const metadata = { ...source.metadata, filename, width: String(width), height: String(height) }
   const write = { contentType, cacheControl: CACHE_CONTROL, metadata }
 
-  // A declared length says at once whether the body fits one request: no need to read that far to know.
-  // Without one, a driver that wants lengths gets a body past SPOOL_AFTER_BYTES spooled, not held.
-  const spools = source.declaredLength === undefined && policy.driver.prefersKnownLength
-  if (source.declaredLength === undefined || source.declaredLength <= SINGLE_REQUEST_MAX_BYTES) {
-    // The exact size to hold, allocated once: no regrowth and no copies left for the collector.
-    reader.reserve(source.declaredLength ?? (spools ? SPOOL_AFTER_BYTES + 1 : 0))
-    await reader.fillTo((spools ? SPOOL_AFTER_BYTES : SINGLE_REQUEST_MAX_BYTES) + 1)
-  }
+  if (holdsBody) await reader.fillTo((spools ? SPOOL_AFTER_BYTES : SINGLE_REQUEST_MAX_BYTES) + 1)
   if (reader.ended) {
     await source.beforeCommit?.()
     const sha256 = reader.sha256()
