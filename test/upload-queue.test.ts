@@ -190,6 +190,7 @@ t.test('closing answers the waiting uploads at once (503 server_busy) and lets t
   t.match(refused, { status: 503, body: { code: 'server_busy', detail: /shutting down/ } }, 'the waiting upload: 503 server_busy')
   t.ok(refused.at - closingSince < 2000, `answered ${refused.at - closingSince} ms after the close began`)
   t.match(refused.headers, /^retry-after: 1$/im)
+  t.match(refused.headers, /^connection: close$/im, 'a refusal sent during the close closes its connection too')
 
   held.finish()
   const heldAnswer = await held.answer

@@ -12,16 +12,13 @@ export default fp(
     app.addHook('preClose', async () => {
       closing = true
     })
-    // A request still in flight when the close began is answered, then its connection closed: kept alive,
-    // it would hold the close until the keep-alive timeout unless its client hung up.
+    // Every answer sent once the close has begun closes its connection: the refusals below, and requests
+    // still in flight, which kept alive would hold the close until the keep-alive timeout.
     app.addHook('onSend', async (_request, reply) => {
       if (closing) reply.header('connection', 'close')
     })
-    app.addHook('onRequest', async (request, reply) => {
-      if (closing) {
-        reply.header('connection', 'close')
-        throw new ApiError('server_busy', 'This instance is shutting down; retry (another instance will answer).')
-      }
+    app.addHook('onRequest', async (request) => {
+      if (closing) throw new ApiError('server_busy', 'This instance is shutting down; retry (another instance will answer).')
       // Node's requireHostHeader is off (app.ts): it would answer a bare 400 without saying why.
       if (request.raw.httpVersion === '1.1' && request.headers.host === undefined) {
         throw new ApiError('invalid_request', 'HTTP/1.1 requests need a Host header.')
