@@ -1,4 +1,5 @@
 /** What the command-line tools share about their arguments and how they end. */
+import type { ParseArgsConfig } from 'node:util'
 
 /** Bad arguments or input: nothing was attempted. */
 export const EXIT_USAGE = 2
@@ -10,14 +11,14 @@ export const EXIT_INTERRUPTED = 130
 /** An argument the tool cannot use: reported with the usage text, exit code EXIT_USAGE. */
 export class UsageError extends Error {}
 
-export function wholeNumber(text: string, name: string, min: number, max: number): number {
+function wholeNumber(text: string, name: string, min: number, max: number): number {
   const value = Number(text)
   if (!/^\d+$/.test(text) || value < min || value > max) throw new UsageError(`--${name} must be a whole number from ${min} to ${max}`)
   return value
 }
 
 /** The service's base URL, from --url or IMAGE_SERVICE_URL, without a trailing slash. */
-export function serviceUrlOf(url: string | undefined, env: NodeJS.ProcessEnv): string {
+function serviceUrlOf(url: string | undefined, env: NodeJS.ProcessEnv): string {
   const base = (url ?? env.IMAGE_SERVICE_URL ?? '').replace(/\/+$/, '')
   if (!/^https?:\/\/[^/]/.test(base) || !URL.canParse(base)) {
     throw new UsageError("--url (or IMAGE_SERVICE_URL) must be the service's http(s) base URL")
@@ -26,10 +27,49 @@ export function serviceUrlOf(url: string | undefined, env: NodeJS.ProcessEnv): s
 }
 
 /** `5/s` or `120/min`: milliseconds between the starts of two requests. */
-export function intervalOfRate(text: string): number {
+function intervalOfRate(text: string): number {
   const rate = /^(\d+(?:\.\d+)?)\/(s|min)$/.exec(text)
   if (!rate || Number(rate[1]) <= 0) throw new UsageError('--rate must look like 5/s or 120/min')
   return (rate[2] === 's' ? 1000 : 60_000) / Number(rate[1])
+}
+
+/** How a tool calls the service: where, with which key, how many at once, how fast and how patiently. */
+export interface ServiceCallOptions {
+  url: string
+  apiKey: string | undefined
+  concurrency: number
+  /** Milliseconds between the starts of two requests. */
+  intervalMs: number
+  timeoutMs: number
+  retries: number
+}
+
+/** The command-line options behind ServiceCallOptions, and --help, for parseArgs; --timeout is in seconds. */
+export function serviceCallArguments(timeoutSeconds: number) {
+  return {
+    url: { type: 'string' },
+    'api-key': { type: 'string' },
+    concurrency: { type: 'string', default: '4' },
+    rate: { type: 'string', default: '2/s' },
+    timeout: { type: 'string', default: String(timeoutSeconds) },
+    retries: { type: 'string', default: '3' },
+    help: { type: 'boolean', default: false },
+  } as const satisfies ParseArgsConfig['options']
+}
+
+/** Reads serviceCallArguments' values: the URL or IMAGE_SERVICE_URL, the key or IMAGE_SERVICE_API_KEY, the bounds. */
+export function serviceCallOptionsOf(
+  values: { url?: string; 'api-key'?: string; concurrency: string; rate: string; timeout: string; retries: string },
+  env: NodeJS.ProcessEnv,
+): ServiceCallOptions {
+  return {
+    url: serviceUrlOf(values.url, env),
+    apiKey: values['api-key'] ?? env.IMAGE_SERVICE_API_KEY,
+    concurrency: wholeNumber(values.concurrency, 'concurrency', 1, 64),
+    intervalMs: intervalOfRate(values.rate),
+    timeoutMs: wholeNumber(values.timeout, 'timeout', 1, 3600) * 1000,
+    retries: wholeNumber(values.retries, 'retries', 0, 100),
+  }
 }
 
 /** At most this many failures are listed at the end of a run; the rest are counted. */

@@ -7,7 +7,16 @@ import { createHash } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { parseArgs } from 'node:util'
 import { ImageServiceClient, ImageServiceError, ImageServiceUnreachableError, type StoredImage } from '../client.js'
-import { EXIT_INTERRUPTED, EXIT_USAGE, finish, intervalOfRate, runTool, serviceUrlOf, UsageError, wholeNumber } from './arguments.js'
+import {
+  EXIT_INTERRUPTED,
+  EXIT_USAGE,
+  finish,
+  runTool,
+  type ServiceCallOptions,
+  serviceCallArguments,
+  serviceCallOptionsOf,
+  UsageError,
+} from './arguments.js'
 import { isMigrated, type MapLine, MigrationMap } from './migration-map.js'
 import { RETRY_STATUSES, retryDelayMs, StartPacer } from './pacer.js'
 import { Progress } from './progress.js'
@@ -32,19 +41,12 @@ const USAGE = `Usage: npm run migrate -- --input <records.csv|records.jsonl> --m
   --retries <n>        tries again after 429, 503 or no answer (default 3)
   --help`
 
-interface Options {
+interface Options extends ServiceCallOptions {
   input: string
   map: string
-  url: string
-  apiKey: string | undefined
-  concurrency: number
-  /** Milliseconds between the starts of two requests. */
-  intervalMs: number
   rateText: string
   context: string
   format: InputFormat
-  timeoutMs: number
-  retries: number
 }
 
 function optionsOf(argv: string[], env: NodeJS.ProcessEnv): Options | undefined {
@@ -53,38 +55,19 @@ function optionsOf(argv: string[], env: NodeJS.ProcessEnv): Options | undefined 
     options: {
       input: { type: 'string' },
       map: { type: 'string' },
-      url: { type: 'string' },
-      'api-key': { type: 'string' },
-      concurrency: { type: 'string', default: '4' },
-      rate: { type: 'string', default: '2/s' },
       context: { type: 'string', default: 'general' },
       format: { type: 'string' },
-      timeout: { type: 'string', default: '120' },
-      retries: { type: 'string', default: '3' },
-      help: { type: 'boolean', default: false },
+      ...serviceCallArguments(120),
     },
     strict: true,
   })
   if (values.help) return undefined
   if (!values.input) throw new UsageError('--input is required')
   if (!values.map) throw new UsageError('--map is required')
-  const url = serviceUrlOf(values.url, env)
-  const intervalMs = intervalOfRate(values.rate)
+  const serviceCall = serviceCallOptionsOf(values, env)
   const format = values.format ?? formatOfPath(values.input)
   if (format !== 'csv' && format !== 'jsonl') throw new UsageError('--format must be csv or jsonl (or the input named .csv or .jsonl)')
-  return {
-    input: values.input,
-    map: values.map,
-    url,
-    apiKey: values['api-key'] ?? env.IMAGE_SERVICE_API_KEY,
-    concurrency: wholeNumber(values.concurrency, 'concurrency', 1, 64),
-    intervalMs,
-    rateText: values.rate,
-    context: values.context,
-    format,
-    timeoutMs: wholeNumber(values.timeout, 'timeout', 1, 3600) * 1000,
-    retries: wholeNumber(values.retries, 'retries', 0, 100),
-  }
+  return { input: values.input, map: values.map, ...serviceCall, rateText: values.rate, context: values.context, format }
 }
 
 /**

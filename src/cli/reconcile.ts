@@ -12,11 +12,11 @@ import {
   EXIT_INTERRUPTED,
   EXIT_USAGE,
   finish,
-  intervalOfRate,
   runTool,
-  serviceUrlOf,
+  type ServiceCallOptions,
+  serviceCallArguments,
+  serviceCallOptionsOf,
   UsageError,
-  wholeNumber,
 } from './arguments.js'
 import { StartPacer } from './pacer.js'
 import { Progress } from './progress.js'
@@ -49,18 +49,12 @@ const DURATION_UNITS_MS = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 } as
 /** The keep file cannot be used as it is: nothing was deleted. */
 class KeepFileError extends Error {}
 
-interface Options {
+interface Options extends ServiceCallOptions {
   keep: string
   prefix: string
-  url: string
-  apiKey: string | undefined
   olderThanMs: number
   olderThanText: string
   delete: boolean
-  concurrency: number
-  intervalMs: number
-  timeoutMs: number
-  retries: number
 }
 
 function durationMs(text: string, name: string): number {
@@ -75,15 +69,9 @@ function optionsOf(argv: string[], env: NodeJS.ProcessEnv): Options | undefined 
     options: {
       keep: { type: 'string' },
       prefix: { type: 'string' },
-      url: { type: 'string' },
-      'api-key': { type: 'string' },
       'older-than': { type: 'string', default: '24h' },
       delete: { type: 'boolean', default: false },
-      concurrency: { type: 'string', default: '4' },
-      rate: { type: 'string', default: '2/s' },
-      timeout: { type: 'string', default: '30' },
-      retries: { type: 'string', default: '3' },
-      help: { type: 'boolean', default: false },
+      ...serviceCallArguments(30),
     },
     strict: true,
   })
@@ -93,15 +81,10 @@ function optionsOf(argv: string[], env: NodeJS.ProcessEnv): Options | undefined 
   return {
     keep: values.keep,
     prefix: values.prefix,
-    url: serviceUrlOf(values.url, env),
-    apiKey: values['api-key'] ?? env.IMAGE_SERVICE_API_KEY,
+    ...serviceCallOptionsOf(values, env),
     olderThanMs: durationMs(values['older-than'], 'older-than'),
     olderThanText: values['older-than'],
     delete: values.delete,
-    concurrency: wholeNumber(values.concurrency, 'concurrency', 1, 64),
-    intervalMs: intervalOfRate(values.rate),
-    timeoutMs: wholeNumber(values.timeout, 'timeout', 1, 3600) * 1000,
-    retries: wholeNumber(values.retries, 'retries', 0, 100),
   }
 }
 
