@@ -40,13 +40,14 @@ export default async function fileRoutes(app: FastifyInstance, options: { driver
         ...(object.contentType === 'image/svg+xml' && { 'content-security-policy': policy ? `${String(policy)}; sandbox` : 'sandbox' }),
       })
       // A 304 carries no Content-Length: it has no content, and the representation's is not needed.
-      const notModified = matchesEtag(request.headers['if-none-match'], object.etag)
-      if (notModified || request.method === 'HEAD') {
+      if (matchesEtag(request.headers['if-none-match'], object.etag)) {
         await handle.close()
-        if (notModified) return reply.code(304).send()
-        return reply.header('content-length', String(object.size)).send()
+        return reply.code(304).send()
       }
-      return reply.header('content-length', String(object.size)).send(handle.createReadStream())
+      reply.header('content-length', String(object.size))
+      if (request.method === 'GET') return reply.send(handle.createReadStream())
+      await handle.close()
+      return reply.send()
     },
   })
 }
