@@ -16,7 +16,8 @@ import { isolatedSpoolDir } from './helpers/spool.js'
 // chunked form (over one part: spooled to a temporary file, then one PutObject). Proven for each: no new
 // object in the bucket (listed on the S3 server itself), no spool file left, no multipart upload left neither completed nor aborted (the recorder between the service
 // and the S3 server sees every request: s3rver itself cannot list multipart uploads), the metrics and the
-// log count the abort, and the same instance then stores a whole upload byte-exact.
+// log count the abort (the SDK's warning of a failed streamed PutObject included, in the log and not on
+// the console), and the same instance then stores a whole upload byte-exact.
 
 const KiB = 1024
 const MiB = 1024 * 1024
@@ -38,6 +39,16 @@ const logStream = new Writable({
     for (const line of chunk.toString('utf8').split('\n')) if (line) logLines.push(JSON.parse(line) as Record<string, unknown>)
     done()
   },
+})
+// What the service or a library it uses prints on the console, outside its log.
+const consoleWarnings: unknown[][] = []
+const consoleWarn = console.warn
+console.warn = (...args: unknown[]) => {
+  consoleWarnings.push(args)
+  consoleWarn(...args)
+}
+t.teardown(() => {
+  console.warn = consoleWarn
 })
 // One instance for the whole file: it must keep serving after every abort, with no slot held.
 const { app } = await buildTestApp(
@@ -160,6 +171,7 @@ for (const [sizeName, size] of Object.entries(SIZES)) {
         const unansweredBefore = await unansweredUploadsMeasured()
         const firstRequest = recorder.requests.length
         const firstLogLine = logLines.length
+        const firstConsoleWarning = consoleWarnings.length
         const sentToS3 = () => recorder.requests.slice(firstRequest)
         // A body of declared length over one part (a raw body, or a form whose file length follows from its
         // Content-Length) streams to S3 as it arrives, in one PutObject, which must be under way at the cut;
@@ -224,6 +236,13 @@ for (const [sizeName, size] of Object.entries(SIZES)) {
           [{ route: '/v1/images', status: 499, code: 'client_closed' }],
           'one request log line, status 499, code client_closed',
         )
+        // The SDK warns of each streamed PutObject that fails (it never retries one): in the log, not on the console.
+        t.equal(
+          logLines.slice(firstLogLine).filter((line) => line.level === 40 && line.storage === 'r2').length,
+          streamed && percent > 0 ? 1 : 0,
+          streamed && percent > 0 ? "the SDK's warning of the failed streamed PutObject is a warn line of the log" : 'no storage warning',
+        )
+        t.same(consoleWarnings.slice(firstConsoleWarning), [], 'nothing printed on the console')
 
         // Sent again whole by Node's client, which frames it itself (chunked when no length is given).
         const { 'transfer-encoding': _framing, ...wholeHeaders } = headers as Record<string, string | number>

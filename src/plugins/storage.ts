@@ -13,7 +13,7 @@ const PROBE_TTL_MS = 5000
 
 /**
  * Decorates the app with the storage driver and a cached readiness probe; logs what a failed upload may have
- * left in the bucket; closes the driver with the app.
+ * left in the bucket, and the backend client's warnings; closes the driver with the app.
  */
 export default fp(
   async (app, options: { driver: StorageDriver }) => {
@@ -29,6 +29,7 @@ export default fp(
       return probe.result
     })
     driver.onLeftBehind?.((key, err) => app.log.error({ key, err }, 'a failed upload may have left its object behind: delete it'))
+    driver.onWarning?.((message) => app.log.warn({ storage: driver.name }, message))
     app.addHook('onClose', () => driver.close())
   },
   { name: 'storage' },

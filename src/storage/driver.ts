@@ -114,6 +114,11 @@ export interface StorageDriver {
    * driver could not delete. Absent where a failed write never leaves an object behind.
    */
   onLeftBehind?(listener: (key: string, error: ApiError) => void): void
+  /**
+   * Calls `listener` with each warning of the backend's client library, which would otherwise print it
+   * as bare text on the console, outside the service's log.
+   */
+  onWarning?(listener: (message: string) => void): void
 }
 
 /** A driver that serves its objects itself (see StorageDriver.open). */

@@ -14,6 +14,7 @@ import {
   type PutObjectCommandInput,
   paginateListObjectsV2,
   S3Client,
+  type S3ClientConfig,
   S3ServiceException,
 } from '@aws-sdk/client-s3'
 import { Upload } from '@aws-sdk/lib-storage'
@@ -86,6 +87,7 @@ export class R2Driver implements StorageDriver {
   private readonly cleanups = new Set<Promise<void>>()
   private readonly closing = new AbortController()
   private reportLeftBehind: (key: string, error: ApiError) => void = () => {}
+  private reportWarning: (message: string) => void = () => {}
 
   constructor(settings: R2Settings, timeouts: R2Timeouts = DEFAULT_TIMEOUTS) {
     this.bucket = settings.bucket
@@ -101,6 +103,7 @@ export class R2Driver implements StorageDriver {
       responseChecksumValidation: 'WHEN_REQUIRED',
       // One quick retry at most: the client is waiting, and has a fallback.
       maxAttempts: 2,
+      logger: warningsOnly((message) => this.reportWarning(message)),
       requestHandler: {
         connectionTimeout: timeouts.connectMs,
         socketTimeout: timeouts.idleMs,
@@ -227,6 +230,11 @@ export class R2Driver implements StorageDriver {
   /** Called with the key of a failed upload whose object could not be deleted and may still be stored. */
   onLeftBehind(listener: (key: string, error: ApiError) => void): void {
     this.reportLeftBehind = listener
+  }
+
+  /** Called with the SDK's warnings: for one, each streamed PutObject that fails (it is never retried). */
+  onWarning(listener: (message: string) => void): void {
+    this.reportWarning = listener
   }
 
   /**
@@ -424,6 +432,16 @@ function pacedByClient(body: Readable, idleMs: number): Readable {
     return pipe(destination, options)
   }
   return paced
+}
+
+/**
+ * The SDK's logger. Without one it prints its warnings on the console, outside the service's log; given
+ * one, it would also log every call's input (info) and every failure (error), which the service reports
+ * itself, with the request that made the call: only warnings are passed on.
+ */
+function warningsOnly(warn: (message: string) => void): NonNullable<S3ClientConfig['logger']> {
+  const ignore = () => {}
+  return { trace: ignore, debug: ignore, info: ignore, error: ignore, warn: (...content: unknown[]) => warn(content.map(String).join(' ')) }
 }
 
 /**
