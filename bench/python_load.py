@@ -5,7 +5,7 @@
 Runs `concurrency` loops of ImageServiceClient.upload for the warm-up, then starts new uploads for
 `seconds`, and waits for the last. Prints JSON lines to stdout: {"event": "start", versions},
 {"event": "measuring"} when the measured part begins, one line per measured upload
-({"ms": latency, "key": ...} or {"error": ...}), then {"event": "done", "seconds": measured time}; then it waits for stdin to close.
+({"ms": latency, "key": ...} or {"error": ...}) and per failed warm-up upload ({"error": ..., "warmup": true}), then {"event": "done", "seconds": measured time}; then it waits for stdin to close.
 Every upload must come back with the SHA-256 of the bytes sent.
 """
 
@@ -50,8 +50,7 @@ async def main(base_url: str, image_path: str, concurrency: int, warmup_s: float
                         if image.sha256 != expected:
                             raise ValueError(f"the service hashed {image.sha256}, sent {expected}")
                     except (ImageServiceError, ValueError) as error:
-                        if measured:
-                            emit({"error": str(error)})
+                        emit({"error": str(error)} if measured else {"error": str(error), "warmup": True})
                         continue
                     if measured:
                         emit({"ms": (time.monotonic() - started) * 1000, "key": image.key})

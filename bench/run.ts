@@ -132,6 +132,9 @@ interface Result {
   /** Uploads that failed (not counted in the rates), and the first failure's message. */
   failures: number
   firstFailure?: string
+  /** Uploads that failed during the warm-up: a failure there is still one of the system under test. */
+  warmupFailures: number
+  firstWarmupFailure?: string
   seconds: number
   latenciesMs: number[]
   /** CPU seconds over the measured part: the system under test's, and the load's (this process and the Python client). */
@@ -200,6 +203,8 @@ const resetPeakRss = (pid: number) => writeFile(`/proc/${pid}/clear_refs`, '5')
 interface LoadRun {
   latenciesMs: number[]
   failures: string[]
+  /** Failures during the warm-up (their uploads are not measured, their failures are reported). */
+  warmupFailures: string[]
   /** The key of an object stored in the measured part ('' if none was), to read back. */
   lastKey: string
   seconds: number
@@ -219,6 +224,12 @@ interface Load {
 const describe = (error: unknown): string =>
   error instanceof Error ? (error.cause instanceof Error ? `${error.message}: ${describe(error.cause)}` : error.message) : String(error)
 
+/** What failed in a scenario, measured and in the warm-up: a line each, with its first failure's message. */
+const failureNotes = (result: Result): string[] => [
+  ...(result.failures > 0 ? [`${result.failures} failed, the first with: ${result.firstFailure}`] : []),
+  ...(result.warmupFailures > 0 ? [`${result.warmupFailures} failed in the warm-up, the first with: ${result.firstWarmupFailure}`] : []),
+]
+
 /** One upload from this process; resolves with the stored object's key once its answer is checked. */
 type Upload = () => Promise<string>
 
@@ -230,27 +241,30 @@ function closedLoops(concurrency: number, upload: Upload): Load {
   return {
     pids: [],
     async run(begin, end) {
-      const loops = async (seconds: number, run: LoadRun) => {
+      const loops = async (seconds: number, failures: string[], run?: LoadRun) => {
         const until = performance.now() + seconds * 1000
         await Promise.all(
           Array.from({ length: concurrency }, async () => {
             while (performance.now() < until) {
               const startedAt = performance.now()
               try {
-                run.lastKey = await upload()
-                run.latenciesMs.push(performance.now() - startedAt)
+                const key = await upload()
+                if (run) {
+                  run.lastKey = key
+                  run.latenciesMs.push(performance.now() - startedAt)
+                }
               } catch (error) {
-                run.failures.push(describe(error))
+                failures.push(describe(error))
               }
             }
           }),
         )
       }
-      await loops(WARMUP_SECONDS, { latenciesMs: [], failures: [], lastKey: '', seconds: 0 })
+      const measured: LoadRun = { latenciesMs: [], failures: [], warmupFailures: [], lastKey: '', seconds: 0 }
+      await loops(WARMUP_SECONDS, measured.warmupFailures)
       await begin()
-      const measured: LoadRun = { latenciesMs: [], failures: [], lastKey: '', seconds: 0 }
       const startedAt = performance.now()
-      await loops(SECONDS, measured)
+      await loops(SECONDS, measured.failures, measured)
       measured.seconds = (performance.now() - startedAt) / 1000
       await end()
       return measured
@@ -269,7 +283,7 @@ function pythonLoad(baseUrl: string, imagePath: string, concurrency: number): Lo
   return {
     pids: [child.pid!],
     async run(begin, end) {
-      const measured: LoadRun = { latenciesMs: [], failures: [], lastKey: '', seconds: NaN }
+      const measured: LoadRun = { latenciesMs: [], failures: [], warmupFailures: [], lastKey: '', seconds: NaN }
       let began: Promise<void> | undefined
       let ended: Promise<void> | undefined
       try {
@@ -280,6 +294,7 @@ function pythonLoad(baseUrl: string, imagePath: string, concurrency: number): Lo
             ms?: number
             key?: string
             error?: string
+            warmup?: boolean
             python?: string
             aiohttp?: string
           }
@@ -290,7 +305,7 @@ function pythonLoad(baseUrl: string, imagePath: string, concurrency: number): Lo
             ended = Promise.resolve(began)
               .then(end)
               .finally(() => child.stdin!.end())
-          } else if (line.error !== undefined) measured.failures.push(line.error)
+          } else if (line.error !== undefined) (line.warmup ? measured.warmupFailures : measured.failures).push(line.error)
           else {
             measured.latenciesMs.push(line.ms!)
             measured.lastKey = line.key!
@@ -451,6 +466,8 @@ async function measure(scenario: Scenario, load: Load, sut?: Sut): Promise<Resul
     uploads: run.latenciesMs.length,
     failures: run.failures.length,
     firstFailure: run.failures[0],
+    warmupFailures: run.warmupFailures.length,
+    firstWarmupFailure: run.warmupFailures[0],
     seconds: run.seconds,
     latenciesMs: run.latenciesMs,
     loadCpuSeconds: after.load - before.load,
@@ -708,7 +725,7 @@ function resultsTable(results: Result[]): string[] {
     return [
       result.scenario.name,
       String(result.uploads),
-      String(result.failures),
+      `${result.failures} / ${result.warmupFailures}`,
       fixed(uploadsPerSecond(result), uploadsPerSecond(result) < 10 ? 2 : 1),
       fixed(mibPerSecond(result), 1),
       direct && result !== direct ? fixed(mibPerSecond(result) / mibPerSecond(direct), 2) : '—',
@@ -727,7 +744,7 @@ function resultsTable(results: Result[]): string[] {
     [
       'scenario',
       'uploads',
-      'failed',
+      'failed (measured / warm-up)',
       'uploads/s',
       'MiB/s',
       '÷ direct',
@@ -766,7 +783,7 @@ function targetsTable(results: Result[]): string[] {
     const measured = scenarios as Result[]
     if (measured.some((result) => result.uploads === 0)) return [text, '—', '**no**: no upload succeeded']
     const { figure, met } = judge(...measured)
-    const failed = measured.reduce((sum, result) => sum + result.failures, 0)
+    const failed = measured.reduce((sum, result) => sum + result.failures + result.warmupFailures, 0)
     return [text, figure, failed > 0 ? `**no**: failed uploads (${failed})` : met ? 'yes' : '**no**']
   }
   const rows: string[][] = []
@@ -892,7 +909,7 @@ try {
     try {
       const result = await runScenario(s3, candidate, images.get(candidate.bytes)!)
       results.push(result)
-      if (result.failures > 0) process.stderr.write(`  ${result.failures} failed, the first with: ${result.firstFailure}\n`)
+      for (const line of failureNotes(result)) process.stderr.write(`  ${line}\n`)
     } catch (error) {
       process.stderr.write(`  not measured: ${error instanceof Error ? error.stack : String(error)}\n`)
       results.push({
@@ -900,6 +917,7 @@ try {
         error: error instanceof Error ? error.message : String(error),
         uploads: 0,
         failures: 0,
+        warmupFailures: 0,
         seconds: 0,
         latenciesMs: [],
         loadCpuSeconds: 0,
@@ -931,9 +949,7 @@ const report = [
   '',
 ]
 const notes = [
-  ...results
-    .filter((result) => result.failures > 0)
-    .map((result) => `${result.scenario.name}: ${result.failures} failed, the first with: ${result.firstFailure}`),
+  ...results.flatMap((result) => failureNotes(result).map((line) => `${result.scenario.name}: ${line}`)),
   ...results.flatMap(({ scenario, memoryAtPeak: memory }) =>
     memory
       ? [
