@@ -4,8 +4,8 @@
  *
  *   npm run bench            (builds dist/, then runs this file; never run by the tests or CI)
  *
- * A local S3 server (s3rver, in this process, a fresh one per scenario) and the load generator share
- * one core; each system under test runs alone in a process of its own on the other core (`taskset`), a
+ * A local S3 server (s3rver, in a process of its own, a fresh one per scenario) and the load generator
+ * share one core; each system under test runs alone in a process of its own on the other core (`taskset`), a
  * fresh process per scenario. The systems:
  * - direct PutObject from this process with the service's own S3 client (same SDK and settings): the limit;
  * - the service (built dist/server.js, NODE_ENV=production, R2 driver pointed at s3rver) sent a form by
@@ -18,8 +18,8 @@
  * - a naive Fastify route (bench/naive-route.mjs: @fastify/multipart toBuffer() + PutObject): the peer to beat,
  *   sent the form by undici's FormData and, separately, its bytes by node:http; each service form is judged
  *   against the naive route sent alike, and raw bodies (a cheap sender) against the cheaply sent one.
- * The "load + S3 CPU s per GiB" column is what the load core spent (this process: the load generator and
- * s3rver; the Python client's process too): undici's FormData costs it several times what the service does.
+ * The "load + S3 CPU s per GiB" column is what the load core spent (this process, the load generator;
+ * s3rver's; the Python client's too): undici's FormData costs it several times what the service does.
  * Measured: throughput, latency p50/p99, the CPU the system under test used (utime + stime from
  * /proc/<pid>/stat) per upload and per GiB, its peak RSS (VmHWM, reset after the warm-up), and how busy
  * each core was (/proc/stat), ours and other processes'. The pinning of every process is read back from
@@ -57,7 +57,7 @@ import { loadConfig } from '../src/config.js'
 import { R2Driver } from '../src/storage/r2.js'
 import { pngOfSize, sha256 } from '../test/helpers/images.js'
 import { r2Env, startS3, TEST_BUCKET } from '../test/helpers/s3.js'
-import { PRODUCTION_NODE_OPTIONS, startService as startServiceProcess } from '../test/helpers/service-process.js'
+import { type LogLine, PRODUCTION_NODE_OPTIONS, startService as startServiceProcess } from '../test/helpers/service-process.js'
 
 const KB = 1000
 const MiB = 1024 * 1024
@@ -149,6 +149,8 @@ interface Result {
   peakRssBytes?: number
   /** The service's own account of its memory (GET /metrics) at the highest RSS sampled. */
   memoryAtPeak?: MemorySample
+  /** The warn and error lines the system under test logged (the bench drops its other lines). */
+  sutProblems?: LogLine[]
 }
 
 /** From the service's default Node.js metrics, in bytes. */
@@ -228,7 +230,18 @@ const describe = (error: unknown): string =>
 const failureNotes = (result: Result): string[] => [
   ...(result.failures > 0 ? [`${result.failures} failed, the first with: ${result.firstFailure}`] : []),
   ...(result.warmupFailures > 0 ? [`${result.warmupFailures} failed in the warm-up, the first with: ${result.firstWarmupFailure}`] : []),
+  ...(result.sutProblems?.length
+    ? [`the system under test logged ${result.sutProblems.length} warn or error lines, the first: ${logLineText(result.sutProblems[0]!)}`]
+    : []),
 ]
+
+/** pino's levels: 40 warn, 50 error, 60 fatal. */
+const isProblem = (line: LogLine) => Number(line.level) >= 40
+
+/** A log line as the notes show it: its JSON without the fields every line has. */
+function logLineText({ time: _time, pid: _pid, hostname: _hostname, ...line }: LogLine): string {
+  return JSON.stringify(line).slice(0, 1000)
+}
 
 /** One upload from this process; resolves with the stored object's key once its answer is checked. */
 type Upload = () => Promise<string>
@@ -339,6 +352,8 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, () => 
 interface Sut {
   pid: number
   port: number
+  /** The warn and error lines it has logged. */
+  problems: LogLine[]
   stop(): Promise<void>
 }
 
@@ -354,7 +369,8 @@ async function startSut(entry: string, env: NodeJS.ProcessEnv, nodeOptions: stri
     env,
     nodeArgs: [...nodeOptions, ...(CPU_PROF_DIR ? ['--cpu-prof', `--cpu-prof-dir=${CPU_PROF_DIR}`] : [])],
     wrapper: CPUS ? ['taskset', '-c', CPUS.sut] : [],
-    keepLogs: false,
+    // The rest (a line or two per upload) is dropped.
+    keepLogs: isProblem,
     readyWithinMs: 30_000,
   }).catch((error: Error) => {
     throw new Error(`${entry}: ${error.message}`)
@@ -362,6 +378,9 @@ async function startSut(entry: string, env: NodeJS.ProcessEnv, nodeOptions: stri
   return {
     pid: service.pid,
     port: service.port,
+    get problems() {
+      return service.logs.filter(isProblem)
+    },
     async stop() {
       const { code } = await service.stop()
       if (code !== 0) throw new Error(`${entry} exited with ${code}`)
@@ -433,8 +452,8 @@ function sampleMemory(port: number) {
 }
 
 /** Runs `load` against `sut` (none: direct PutObject) and takes the measurements around its measured part. */
-async function measure(scenario: Scenario, load: Load, sut?: Sut): Promise<Result & { lastKey: string }> {
-  const loadPids = [process.pid, ...load.pids]
+async function measure(scenario: Scenario, s3: S3, load: Load, sut?: Sut): Promise<Result & { lastKey: string }> {
+  const loadPids = [process.pid, s3.pid!, ...load.pids]
   const cpuOf = async (pids: number[]) => (await Promise.all(pids.map(cpuSecondsOf))).reduce((sum, seconds) => sum + seconds, 0)
   let pinning: { load: string; sut?: string } | undefined
   let sampling: ReturnType<typeof sampleMemory> | undefined
@@ -621,18 +640,21 @@ async function runScenario(s3: S3, scenario: Scenario, image: Buffer): Promise<R
       load = pythonLoad(`http://127.0.0.1:${sut.port}`, await imageFile(image), scenario.concurrency)
       break
   }
+  let measured: Result
   try {
-    const { lastKey, ...result } = await measure(scenario, load, sut)
+    const { lastKey, ...result } = await measure(scenario, s3, load, sut)
     if (lastKey) {
       const stored = await s3.sha256Of(lastKey)
       if (stored !== expectedSha256) throw new Error(`${lastKey} was stored with SHA-256 ${stored}, sent ${expectedSha256}`)
     }
-    return result
+    measured = result
   } finally {
     agent.destroy()
     await driver?.close()
     await sut?.stop()
   }
+  // Read once it has exited: every line it wrote is in.
+  return { ...measured, sutProblems: sut?.problems }
 }
 
 /** The functions a system spent the most CPU in, by self time, over its newest profile. */
@@ -871,18 +893,10 @@ function command(): string {
 // ---- the run ----
 
 if (CPUS) {
-  // Every thread of this process (s3rver, the load generator, their thread pool) on the load core; threads
-  // started later inherit it.
+  // Every thread of this process (the load generator, its thread pool) on the load core; threads started
+  // later inherit it, and so do the processes it starts for the load side (s3rver, the Python client).
   execFileSync('taskset', ['-a', '-p', '-c', CPUS.load, String(process.pid)], { stdio: 'ignore' })
 }
-// s3rver 3.7 lets one error escape: a CompleteMultipartUpload retried (after the client's idle timeout)
-// while the first attempt is still concatenating the parts finds them gone. The upload then fails, and is
-// counted as failed; any other uncaught error still ends the run.
-process.on('uncaughtException', (error: NodeJS.ErrnoException) => {
-  if (error.code !== 'ENOENT' || !error.path?.includes('_S3rver_uploads')) throw error
-  process.stderr.write(`s3rver: ${error.message}\n`)
-})
-
 const chosen = SCENARIOS.filter((candidate) => ONLY.test(candidate.name))
 // A target compares with direct PutObject and the naive route at the same size and concurrency: they run too.
 const selected = SCENARIOS.filter(
@@ -904,8 +918,9 @@ try {
     if (!images.has(candidate.bytes)) images.set(candidate.bytes, pngOfSize(candidate.bytes, images.size + 1))
     process.stderr.write(`${candidate.name}: ${WARMUP_SECONDS} s warm-up, ${SECONDS} s measured…\n`)
     // A fresh S3 server per scenario: none pays for what an earlier one stored, and the disk holds one
-    // scenario's objects (s3rver answers 500 to a listing of a few thousand, so a bucket is not emptied).
-    const s3 = await startS3()
+    // scenario's objects. In a process of its own, as an S3 server is: sharing this one's event loop, it
+    // stopped reading for seconds while undici encoded 16 forms of 50 MiB, and uploads failed on it.
+    const s3 = await startS3({ ownProcess: true })
     try {
       const result = await runScenario(s3, candidate, images.get(candidate.bytes)!)
       results.push(result)
@@ -939,7 +954,7 @@ const report = [
   ...(process.env.BENCH_NOTE ? [process.env.BENCH_NOTE, ''] : []),
   `- Code: commit \`${commit}\`${dirty}. Node.js ${process.version} (load generator), ${SUT_NODE_VERSION} (systems under test); the service run with \`node ${[...SERVICE_NODE_OPTIONS, 'dist/server.js'].join(' ')}\`; ${versions.python ?? 'Python client not run'}; ${cpus().length} × ${cpuModel}.`,
   CPUS
-    ? `- Pinned with \`taskset\`: the load generator and s3rver (this process; the Python client's process in its scenarios) on CPU ${CPUS.load}, each system under test alone on CPU ${CPUS.sut}; read back from every process's threads (Cpus_allowed_list) in every scenario, column "CPUs". Other processes on the machine are not pinned: the core columns show their share.`
+    ? `- Pinned with \`taskset\`: the load generator (this process; the Python client's process in its scenarios) and s3rver (its own process) on CPU ${CPUS.load}, each system under test alone on CPU ${CPUS.sut}; read back from every process's threads (Cpus_allowed_list) in every scenario, column "CPUs". Other processes on the machine are not pinned: the core columns show their share.`
     : '- **Not pinned** (BENCH_CPUS=none): every process may run on every core.',
   `- ${SECONDS} s measured per scenario after ${WARMUP_SECONDS} s of warm-up; a fresh s3rver per scenario; a fresh process for each system under test. Load average (1, 5, 15 min) before: ${loadBefore}; after: ${loadAverage()}.`,
   '',

@@ -28,6 +28,8 @@ export function r2Env(endpoint: string, bucket = TEST_BUCKET): NodeJS.ProcessEnv
 /** A local S3 protocol server with one bucket, plus an independent client. */
 export interface LocalS3 {
   endpoint: string
+  /** The server's process, when it runs in one of its own (`ownProcess`). */
+  pid?: number
   client: S3Client
   sha256Of(key: string): Promise<string>
   keys(prefix?: string): Promise<string[]>
@@ -46,6 +48,7 @@ export interface LocalS3 {
 export async function startS3(options: { ownProcess?: boolean } = {}): Promise<LocalS3> {
   const directory = await mkdtemp(path.join(tmpdir(), 's3rver-'))
   let port: number
+  let pid: number | undefined
   let stopServer: () => Promise<unknown>
   if (options.ownProcess) {
     const child = spawnService({
@@ -53,6 +56,7 @@ export async function startS3(options: { ownProcess?: boolean } = {}): Promise<L
       entry: ['--import', 'tsx', fileURLToPath(new URL('./s3rver-main.ts', import.meta.url)), directory, TEST_BUCKET],
     })
     port = Number((await child.waitForLog((line) => line.msg === 's3rver ready', 'that s3rver is ready')).port)
+    pid = child.pid
     stopServer = () => child.stop()
   } else {
     const server = new S3rver({ address: '127.0.0.1', port: 0, silent: true, directory, configureBuckets: [{ name: TEST_BUCKET }] })
@@ -78,6 +82,7 @@ export async function startS3(options: { ownProcess?: boolean } = {}): Promise<L
   }
   return {
     endpoint,
+    pid,
     client,
     /** Reads the stored object back and hashes it as it streams. */
     async sha256Of(key) {

@@ -61,8 +61,11 @@ export interface ServiceOptions {
   nodeArgs?: string[]
   /** A command that execs node, e.g. ['taskset', '-c', '1']: its pid stays the service's. */
   wrapper?: string[]
-  /** Keep every log line (the default); false drops what comes after the ready line (a long benchmark). */
-  keepLogs?: boolean
+  /**
+   * Keep every log line (the default); false drops what comes after the ready line, and a test keeps only
+   * the later lines it accepts (a long benchmark).
+   */
+  keepLogs?: boolean | ((line: LogLine) => boolean)
   /** Copy its stderr to this process's as it comes (the default); it is collected either way. */
   echoStderr?: boolean
   /** SIGKILL it if it still runs after this long. */
@@ -126,8 +129,10 @@ export function spawnService(options: ServiceOptions = {}) {
   const logs: LogLine[] = []
   const waiters: { test: (line: LogLine) => boolean; resolve: (line: LogLine) => void }[] = []
   let pending = ''
+  /** Which lines are kept, once the service is ready. */
+  let keeps: ((line: LogLine) => boolean) | undefined
   const onLines = (chunk: string) => {
-    stdout += chunk
+    if (!keeps) stdout += chunk
     pending += chunk
     const lines = pending.split('\n')
     pending = lines.pop()!
@@ -138,6 +143,7 @@ export function spawnService(options: ServiceOptions = {}) {
       } catch {
         line = { msg: text }
       }
+      if (keeps && !keeps(line)) continue
       logs.push(line)
       for (const waiter of [...waiters]) {
         if (waiter.test(line)) {
@@ -174,7 +180,7 @@ export function spawnService(options: ServiceOptions = {}) {
     pid: child.pid!,
     exited,
     logs,
-    /** Everything written to stdout so far (up to the ready line only, with keepLogs false). */
+    /** Everything written to stdout so far (up to the ready line only, unless keepLogs is true). */
     get stdout() {
       return stdout
     },
@@ -195,10 +201,10 @@ export function spawnService(options: ServiceOptions = {}) {
       })
       const ready = waitForLog((candidate) => candidate.msg === READY_MESSAGE && typeof candidate.address === 'string', 'that it is ready')
       const line = await Promise.race([ready, late]).finally(() => clearTimeout(timer))
-      if (!keepLogs) {
+      if (keepLogs === false) {
         child.stdout.off('data', onLines)
         child.stdout.resume()
-      }
+      } else if (keepLogs !== true) keeps = keepLogs
       return Number(new URL(line.address as string).port)
     },
     /** Sends `signal` (SIGTERM: a graceful close) and resolves with how the process ended. */
