@@ -87,7 +87,8 @@ export class R2Driver implements StorageDriver {
   private readonly cleanups = new Set<Promise<void>>()
   private readonly closing = new AbortController()
   private reportLeftBehind: (key: string, error: ApiError) => void = () => {}
-  private reportWarning: (message: string) => void = () => {}
+  /** Until a listener is set, the console, where the SDK itself would print them. */
+  private reportWarning: (message: string) => void = (message) => console.warn(message)
 
   constructor(settings: R2Settings, timeouts: R2Timeouts = DEFAULT_TIMEOUTS) {
     this.bucket = settings.bucket
