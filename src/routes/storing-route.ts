@@ -60,6 +60,7 @@ export function storingRoute(app: FastifyInstance, options: StoringRouteOptions)
           scope: request.apiKeyName ?? 'anonymous',
           watchClientGone: () => (clientGone = clientGoneSignal(reply)),
           log: request.log,
+          logStored: (fields) => request.addToLogLine(fields) || request.log.info(fields, 'image stored'),
         },
         sourceOf,
         requestFingerprint,

@@ -168,6 +168,8 @@ export interface UploadRequest {
   /** Starts watching for the client to go away before it has its answer: the signal aborts when it does. */
   watchClientGone(): AbortSignal
   log: UploadLog
+  /** Logs what was stored: in the request's own log line if it is still to be written, else in one of its own. */
+  logStored(fields: { key: string; size: number; type: string; sha256: string }): void
 }
 
 export interface UploadOutcome {
@@ -277,7 +279,7 @@ export class Uploader {
 
   private async storeSource(request: UploadRequest, source: UploadSource, signal: AbortSignal): Promise<StoredUpload> {
     const stored = await storeUpload(source, this.policy, signal)
-    request.log.info({ key: stored.key, size: stored.size, type: stored.content_type, sha256: stored.sha256 }, 'image stored')
+    request.logStored({ key: stored.key, size: stored.size, type: stored.content_type, sha256: stored.sha256 })
     this.options.metrics.uploads.inc()
     this.options.metrics.uploadSize.observe(stored.size)
     return stored
