@@ -204,6 +204,36 @@ t.test('R2: the record lives in the bucket, so a retry is replayed by another in
   t.equal(keys.filter((key) => key.startsWith(RECORDS_PREFIX)).length, 1, 'and one record beside it')
 })
 
+t.test('R2: 16 uploads with Idempotency-Keys at once claim their records without a listener warning', async (t) => {
+  const s3 = await startS3()
+  t.teardown(() => s3.stop())
+  const { app } = await buildTestApp(t, r2Env(s3.endpoint))
+  // Every process warning, MaxListenersExceededWarning among them, is printed on stderr outside the log.
+  const warnings: Error[] = []
+  const onWarning = (warning: Error) => warnings.push(warning)
+  process.on('warning', onWarning)
+  t.teardown(() => {
+    process.off('warning', onWarning)
+  })
+  const images = Array.from({ length: 16 }, (_, index) => pngOfSize(64 * 1024, 40 + index))
+  const answers = await Promise.all(images.map((image, index) => rawUpload(app, image, { 'idempotency-key': `bot-burst-${index}` })))
+  t.same(
+    answers.map((answer) => answer.statusCode),
+    images.map(() => 201),
+    'all 201',
+  )
+  for (const [index, answer] of answers.entries())
+    t.equal(await s3.sha256Of(answer.json().key), sha256(images[index]!), `upload ${index} byte-exact`)
+  t.equal((await s3.keys()).filter((key) => key.startsWith(RECORDS_PREFIX)).length, 16, 'sixteen records')
+  // Warnings are emitted on the next tick.
+  await sleep(10)
+  t.same(
+    warnings.map((warning) => `${warning.name}: ${warning.message}`),
+    [],
+    'no process warning',
+  )
+})
+
 /** Local disk whose record writes fail: after landing (the answer lost), before, or refused. What no local backend does on demand. */
 class RecordWritesFail extends FsDriver {
   mode: 'landed' | 'lost' | 'refused' | 'off' = 'off'

@@ -140,8 +140,6 @@ export class UploadSlots {
   }
 }
 
-const NEVER_ABORTED = new AbortController().signal
-
 /** A request without a valid key, or over its key's budget, is no upload attempt. */
 export const REFUSED_REQUESTS: ReadonlySet<ErrorCode> = new Set(['unauthorized', 'rate_limited'])
 
@@ -265,7 +263,9 @@ export class Uploader {
    */
   private async claimRecord(request: UploadRequest, recordKey: RecordKey, fingerprint: string, stored: StoredUpload) {
     try {
-      return await this.records.claim(recordKey, fingerprint, stored, NEVER_ABORTED)
+      // A signal of its own, never aborted: one shared by every claim would hold each claim's listener (the
+      // SDK's, per request) at once, and Node warns on stderr past ten.
+      return await this.records.claim(recordKey, fingerprint, stored, new AbortController().signal)
     } catch (error) {
       // The record may have landed though its answer was lost: then the upload stands.
       const found = await this.records.find(recordKey).catch(() => undefined)
