@@ -7,7 +7,7 @@ import { streamUpload } from './helpers/client.js'
 import { listen } from './helpers/http.js'
 import { pngOfSize, sha256 } from './helpers/images.js'
 import { multipartBody } from './helpers/multipart.js'
-import { r2Env, startS3 } from './helpers/s3.js'
+import { r2DriverOf, r2Env, startS3 } from './helpers/s3.js'
 import { startS3Recorder } from './helpers/s3-recorder.js'
 import { isolatedSpoolDir } from './helpers/spool.js'
 
@@ -95,8 +95,14 @@ async function until(what: string, check: () => Promise<boolean> | boolean, time
  * Sends the request head and the first `cutAt` bytes of the body over a raw socket, waits for `beforeCut`,
  * then disconnects. Returns what the service wrote back before the cut.
  */
-async function sendAndCut(head: string, body: Buffer, cutAt: number, beforeCut: () => Promise<void>): Promise<string> {
-  const socket = net.connect(service.port, service.host)
+async function sendAndCut(
+  head: string,
+  body: Buffer,
+  cutAt: number,
+  beforeCut: () => Promise<void>,
+  to: { host: string; port: number } = service,
+): Promise<string> {
+  const socket = net.connect(to.port, to.host)
   let answered = ''
   socket.setEncoding('utf8')
   socket.on('data', (chunk: string) => (answered += chunk))
@@ -268,4 +274,44 @@ t.test('after every abort, no upload slot is held: as many uploads as allowed at
     t.equal(await s3.sha256Of(JSON.parse(answer.body).key), sha256(images[index]!), 'byte-exact')
   }
   t.same(recorder.unfinishedMultipartUploads(), [], 'in the whole file, no multipart upload left unfinished')
+})
+
+t.test('a client that leaves while its whole body is being stored: the PutObject completes, then its object is deleted', async (t) => {
+  // A body held whole (up to one part) goes in one PutObject that the upload's abort does not cut short; an
+  // upload aborted meanwhile fails once it is done, and the object it stored is deleted like any failed write's.
+  const { app: holding } = await buildTestApp(t, r2Env(s3.endpoint))
+  let putAnswered = false
+  let release!: () => void
+  const released = new Promise<void>((resolve) => (release = resolve))
+  // Holds the PutObject's answer (the object is stored by then) until the client has gone.
+  r2DriverOf(holding).client.middlewareStack.add(
+    (next, context) => async (args) => {
+      const result = await next(args)
+      if (context.commandName === 'PutObjectCommand') {
+        putAnswered = true
+        await released
+      }
+      return result
+    },
+    { step: 'initialize', name: 'testHoldPutObjectAnswer' },
+  )
+  const target = await listen(holding)
+  const keysBefore = await s3.keys()
+  const { path, headers, body } = ENCODINGS['raw body'](pngOfSize(600_000, 77))
+
+  const answered = await sendAndCut(
+    requestHead(path, headers),
+    body,
+    body.length,
+    () => until('the PutObject answered', () => putAnswered),
+    target,
+  )
+  t.equal(answered, '', 'no answer before the client left')
+  t.equal((await s3.keys()).length, keysBefore.length + 1, 'the object was stored while the client was leaving')
+  const errors = async () =>
+    (await holding.metrics.uploadErrors.get()).values.find((sample) => sample.labels.error_type === 'client_closed')?.value
+  release()
+  await until('the abort counted', async () => (await errors()) === 1)
+  await until('the object deleted', async () => (await s3.keys()).length === keysBefore.length, 10_000)
+  t.same(await s3.keys(), keysBefore, 'then deleted: nothing is left of an upload whose client left before its answer')
 })

@@ -87,6 +87,7 @@ export class R2Driver implements StorageDriver {
   private readonly cleanups = new Set<Promise<void>>()
   private readonly closing = new AbortController()
   private reportLeftBehind: (key: string, error: ApiError) => void = () => {}
+  private reportOperation: (operation: string, pricingClass: PricingClass) => void = () => {}
   /** Until a listener is set, the console, where the SDK itself would print them. */
   private reportWarning: (message: string) => void = (message) => console.warn(message)
 
@@ -105,6 +106,9 @@ export class R2Driver implements StorageDriver {
       // One quick retry at most: the client is waiting, and has a fallback.
       maxAttempts: 2,
       logger: warningsOnly((message) => this.reportWarning(message)),
+      // Each call without per-call options reuses its command's middleware, resolved once, where resolving
+      // it per call costs ~0.2 ms of CPU (measured per PutObject): the stack is complete once built here.
+      cacheMiddleware: true,
       requestHandler: {
         connectionTimeout: timeouts.connectMs,
         socketTimeout: timeouts.idleMs,
@@ -113,6 +117,24 @@ export class R2Driver implements StorageDriver {
         throwOnRequestTimeout: true,
       },
     })
+    this.client.middlewareStack.add(
+      (next) => async (args) => {
+        const payloadHash = knownPayloadHash(args.input as Pick<PutObjectCommandInput, 'ChecksumSHA256' | 'Body'>)
+        if (payloadHash) (args.request as { headers: Record<string, string> }).headers['x-amz-content-sha256'] = payloadHash
+        return next(args)
+      },
+      // Built requests are signed in the finalizeRequest step, after this one.
+      { step: 'build', name: 'signPayloadWithKnownSha256' },
+    )
+    this.client.middlewareStack.add(
+      (next, context) => async (args) => {
+        const operation = (context.commandName ?? 'Unknown').replace(/Command$/, '')
+        this.reportOperation(operation, R2_PRICING_CLASS[operation] ?? 'A')
+        return next(args)
+      },
+      // Below the retry middleware, so each attempt is counted.
+      { step: 'finalizeRequest', name: 'countR2Operations' },
+    )
   }
 
   async put(key: string, body: Buffer | Readable, write: ObjectWrite, signal: AbortSignal): Promise<void> {
@@ -166,9 +188,13 @@ export class R2Driver implements StorageDriver {
       return this.putStream({ ...params, ChecksumSHA256: checksum }, body, write.length, signal)
     }
     if (Buffer.isBuffer(body)) {
-      const command = new PutObjectCommand({ ...params, Body: body, ContentLength: body.length, ChecksumSHA256: checksum })
-      if (write.sha256) signPayloadWith(command, write.sha256)
-      await this.guarded(this.client.send(command, { abortSignal: signal }), signal)
+      // Without per-call options, so that the client's cached middleware serves it. So `signal` does not cut it
+      // short: the whole body is here and goes in one request of at most requestMs. An upload aborted meanwhile
+      // fails once it is done, and what it stored is deleted as after any failed write.
+      await this.guarded(
+        this.client.send(new PutObjectCommand({ ...params, Body: body, ContentLength: body.length, ChecksumSHA256: checksum })),
+      )
+      signal.throwIfAborted()
       return
     }
     // lib-storage sends equal parts (R2's rule). It would also abort the multipart upload on failure, but
@@ -350,15 +376,7 @@ export class R2Driver implements StorageDriver {
 
   /** Calls `listener` for every request sent to the backend (each attempt: R2 bills each one). */
   observeOperations(listener: (operation: string, pricingClass: PricingClass) => void): void {
-    this.client.middlewareStack.add(
-      (next, context) => async (args) => {
-        const operation = (context.commandName ?? 'Unknown').replace(/Command$/, '')
-        listener(operation, R2_PRICING_CLASS[operation] ?? 'A')
-        return next(args)
-      },
-      // Below the retry middleware, so each attempt is counted.
-      { step: 'finalizeRequest', name: 'countR2Operations' },
-    )
+    this.reportOperation = listener
   }
 
   async checkReady(): Promise<void> {
@@ -446,19 +464,15 @@ function warningsOnly(warn: (message: string) => void): NonNullable<S3ClientConf
 }
 
 /**
- * Signs the request with a SHA-256 the caller has already computed over the body. The signer takes the
- * payload hash from an x-amz-content-sha256 header when there is one, and otherwise hashes a Buffer body
- * itself: a second pass over every byte.
+ * The payload hash to sign a request with: a Buffer body's SHA-256 when it carries it (ChecksumSHA256,
+ * computed as the body arrived). The signer takes it from an x-amz-content-sha256 header when there is one,
+ * and otherwise hashes a Buffer body itself: a second pass over every byte.
  */
-function signPayloadWith(command: PutObjectCommand, sha256: string): void {
-  command.middlewareStack.add(
-    (next) => async (args) => {
-      ;(args.request as { headers: Record<string, string> }).headers['x-amz-content-sha256'] = sha256
-      return next(args)
-    },
-    // Built requests are signed in the finalizeRequest step, after this one.
-    { step: 'build', name: 'signPayloadWithKnownSha256' },
-  )
+function knownPayloadHash({
+  ChecksumSHA256: checksum,
+  Body: body,
+}: Pick<PutObjectCommandInput, 'ChecksumSHA256' | 'Body'>): string | undefined {
+  return checksum && Buffer.isBuffer(body) ? Buffer.from(checksum, 'base64').toString('hex') : undefined
 }
 
 const isPreconditionFailed = (error: unknown): boolean =>

@@ -116,7 +116,11 @@ export interface SentCommand {
   input: Record<string, unknown>
 }
 
-/** Records every request the driver's client sends (each attempt, below the SDK's retries), changing nothing. */
+/**
+ * Records every request the driver's client sends (each attempt, below the SDK's retries), changing nothing.
+ * Call it before the driver sends anything: the client resolves each command's middleware once
+ * (cacheMiddleware), so a middleware added later may not see a command already sent.
+ */
 export function recordCommands(driver: R2Driver): SentCommand[] {
   const sent: SentCommand[] = []
   driver.client.middlewareStack.add(
