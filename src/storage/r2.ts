@@ -191,9 +191,13 @@ export class R2Driver implements StorageDriver {
       // Without per-call options, so that the client's cached middleware serves it. So `signal` does not cut it
       // short: the whole body is here and goes in one request of at most requestMs. An upload aborted meanwhile
       // fails once it is done, and what it stored is deleted as after any failed write.
-      await this.guarded(
-        this.client.send(new PutObjectCommand({ ...params, Body: body, ContentLength: body.length, ChecksumSHA256: checksum })),
-      )
+      const command = new PutObjectCommand({ ...params, Body: body, ContentLength: body.length, ChecksumSHA256: checksum })
+      try {
+        await this.guarded(this.client.send(command))
+      } finally {
+        // The cached middleware's context keeps the first command it served: not its body (up to 5 MiB).
+        command.input.Body = undefined
+      }
       signal.throwIfAborted()
       return
     }
