@@ -5,6 +5,7 @@ import { promisify } from 'node:util'
 import { ListObjectsV2Command, S3ServiceException } from '@aws-sdk/client-s3'
 import type { FastifyInstance } from 'fastify'
 import t from 'tap'
+import type { R2Settings } from '../src/config.js'
 import { R2Driver, type R2Timeouts } from '../src/storage/r2.js'
 import { buildTestApp } from './helpers/app.js'
 import { piecesOf, streamUpload } from './helpers/client.js'
@@ -441,17 +442,9 @@ t.test('a stored body is not kept by the client, whose cached middleware keeps t
   // Measured in a process of its own, with s3rver in another: only the driver's buffers are counted.
   const ownS3 = await startS3({ ownProcess: true })
   t.teardown(() => ownS3.stop())
-  const env = s3Env(ownS3.endpoint)
-  const settings = {
-    endpoint: ownS3.endpoint,
-    forcePathStyle: true,
-    accessKeyId: env.R2_ACCESS_KEY_ID,
-    secretAccessKey: env.R2_SECRET_ACCESS_KEY,
-    bucket: TEST_BUCKET,
-  }
   const script = `
     import { R2Driver } from './src/storage/r2.ts'
-    const driver = new R2Driver(${JSON.stringify(settings)})
+    const driver = new R2Driver(${JSON.stringify(r2SettingsAt(ownS3.endpoint))})
     const buffersHeld = () => { gc(); gc(); return process.memoryUsage().arrayBuffers }
     const before = buffersHeld()
     const store = () => driver.put('retained.bin', Buffer.alloc(5 * 1024 * 1024, 7), { contentType: 'image/png', cacheControl: 'no-cache', metadata: {} }, new AbortController().signal)
@@ -470,17 +463,19 @@ t.test('a stored body is not kept by the client, whose cached middleware keeps t
 
 /** An R2 driver on this file's s3rver, built directly so a test can watch or alter what its client sends. */
 function s3rverDriver(timeouts?: ConstructorParameters<typeof R2Driver>[1]): R2Driver {
-  const env = r2Env()
-  return new R2Driver(
-    {
-      endpoint: s3.endpoint,
-      forcePathStyle: true,
-      accessKeyId: env.R2_ACCESS_KEY_ID!,
-      secretAccessKey: env.R2_SECRET_ACCESS_KEY!,
-      bucket: TEST_BUCKET,
-    },
-    timeouts,
-  )
+  return new R2Driver(r2SettingsAt(s3.endpoint), timeouts)
+}
+
+/** The driver's settings for the helper's environment (s3rver's keys, the test bucket) at `endpoint`. */
+function r2SettingsAt(endpoint: string): R2Settings {
+  const env = s3Env(endpoint)
+  return {
+    endpoint,
+    forcePathStyle: true,
+    accessKeyId: env.R2_ACCESS_KEY_ID!,
+    secretAccessKey: env.R2_SECRET_ACCESS_KEY!,
+    bucket: env.R2_BUCKET_NAME!,
+  }
 }
 
 t.test('a write whose answer was lost is not reported as a failure (SDK-level mock)', async (t) => {
@@ -527,14 +522,7 @@ t.test('a backend that accepts connections but never answers: 503 storage_unavai
 
 /** An R2 driver for a backend on a loopback port, with short timeouts. */
 function driverAt(port: number, timeouts: R2Timeouts): R2Driver {
-  const settings = {
-    endpoint: `http://127.0.0.1:${port}`,
-    forcePathStyle: true,
-    accessKeyId: 'S3RVER',
-    secretAccessKey: 'S3RVER',
-    bucket: TEST_BUCKET,
-  }
-  return new R2Driver(settings, timeouts)
+  return new R2Driver(r2SettingsAt(`http://127.0.0.1:${port}`), timeouts)
 }
 
 /** The helper's environment, on this file's s3rver unless told otherwise. */
