@@ -117,6 +117,9 @@ export class R2Driver implements StorageDriver {
         throwOnRequestTimeout: true,
       },
     })
+    // Its middleware logs every call's input and output through the logger, which ignores them (warningsOnly):
+    // filtering them for the log cost ~0.07 ms of CPU per PutObject (profile of 500 KB uploads).
+    this.client.middlewareStack.remove('loggerMiddleware')
     this.client.middlewareStack.add(
       (next) => async (args) => {
         const payloadHash = knownPayloadHash(args.input as Pick<PutObjectCommandInput, 'ChecksumSHA256' | 'Body'>)
@@ -458,9 +461,8 @@ function pacedByClient(body: Readable, idleMs: number): Readable {
 }
 
 /**
- * The SDK's logger. Without one it prints its warnings on the console, outside the service's log; given
- * one, it would also log every call's input (info) and every failure (error), which the service reports
- * itself, with the request that made the call: only warnings are passed on.
+ * The SDK's logger. Without one it prints its warnings on the console, outside the service's log. Calls and
+ * their failures the service reports itself, with the request that made them: only warnings are passed on.
  */
 function warningsOnly(warn: (message: string) => void): NonNullable<S3ClientConfig['logger']> {
   const ignore = () => {}
