@@ -81,6 +81,21 @@ t.test('JPEG, GIF and WebP are stored with their type, extension and dimensions'
   }
 })
 
+t.test('a PNG whose first chunk is larger than the bytes read to decide its type is still a PNG', async (t) => {
+  const { app } = await buildTestApp(t)
+  const image = pngOfSize(300_000, 5, 'prVt') // a private chunk of 300 KB before any image data
+  for (const request of [
+    form(filePart(image)),
+    { method: 'POST' as const, url: '/v1/images?filename=big.png', headers: { 'content-type': 'image/png' }, payload: image },
+  ]) {
+    const response = await app.inject(request)
+    t.equal(response.statusCode, 201)
+    t.match(response.json(), { content_type: 'image/png', width: 16, height: 16, size: image.length })
+    const served = await app.inject({ method: 'GET', url: `/files/${response.json().key}` })
+    t.equal(sha256(served.rawPayload), sha256(image), 'stored byte-exact')
+  }
+})
+
 t.test('ALLOWED_TYPES narrows what is accepted', async (t) => {
   const { app } = await buildTestApp(t, { ALLOWED_TYPES: 'image/png' })
   t.equal((await app.inject(form(filePart(png())))).statusCode, 201)

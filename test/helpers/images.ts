@@ -49,13 +49,17 @@ export function noise(length: number, seed = 1): Buffer {
   return out.subarray(0, length)
 }
 
-/** A PNG of exactly `size` bytes: a valid header, then a private ancillary chunk of noise, then IEND. */
-export function pngOfSize(size: number, seed = 1): Buffer {
+/**
+ * A PNG of exactly `size` bytes laid out as encoders write one: a valid header, then the image data (noise in
+ * one IDAT chunk; not decodable), then IEND. Type detection stops at the first IDAT, as on real PNGs; with
+ * `chunkType` (a private chunk, say) the noise comes first and the type is decided without an IDAT.
+ */
+export function pngOfSize(size: number, seed = 1, chunkType = 'IDAT'): Buffer {
   const head = pngHeader(16, 16)
   const end = pngChunk('IEND', Buffer.alloc(0))
   const payload = size - head.length - end.length - 12
   if (payload < 0) throw new Error(`a PNG needs at least ${head.length + end.length + 12} bytes`)
-  return Buffer.concat([head, pngChunk('prVt', noise(payload, seed)), end])
+  return Buffer.concat([head, pngChunk(chunkType, noise(payload, seed)), end])
 }
 
 /**
@@ -68,7 +72,7 @@ export function pngStream(size: number, chunkSize = 64 * 1024) {
     const head = pngHeader(16, 16)
     const chunkHeader = Buffer.alloc(8)
     chunkHeader.writeUInt32BE(size - head.length - 8, 0)
-    chunkHeader.write('prVt', 4, 'ascii')
+    chunkHeader.write('IDAT', 4, 'ascii')
     let first: Buffer | undefined = Buffer.concat([head, chunkHeader])
     let sent = 0
     let seed = 7
