@@ -1,7 +1,10 @@
 import { once } from 'node:events'
 import { readFile, writeFile } from 'node:fs/promises'
 import net from 'node:net'
+import { setFlagsFromString } from 'node:v8'
+import { runInNewContext } from 'node:vm'
 import t, { type Test } from 'tap'
+import { buildTestApp } from './helpers/app.js'
 import { piecesOf, streamUpload } from './helpers/client.js'
 import { png, pngOfSize, sha256 } from './helpers/images.js'
 import { multipartBody } from './helpers/multipart.js'
@@ -153,4 +156,47 @@ t.test('16 concurrent chunked form uploads of 50 MiB: each stored byte-exact, pe
   // service holds ~98 MiB on Node 24 (~85 on Node 20); the rest is blocks in flight and dead Buffers not yet
   // collected (README, memory per upload).
   t.ok(peak < 200 * MiB, `peak RSS ${(peak / MiB).toFixed(1)} MiB (< 200 MiB)`)
+})
+
+t.test('an answered upload holds none of its bytes, stored or refused', async (t) => {
+  // In this process, on the local disk: what an upload leaves reachable here is what the service would keep.
+  // Anything left listening on an upload's abort signal is kept by the service's shutdown signal, which
+  // every upload's signal depends on: a listener left there once kept every upload's body (500 KB each).
+  setFlagsFromString('--expose-gc')
+  const gc = runInNewContext('gc') as () => void
+  const buffersHeld = () => {
+    gc()
+    gc()
+    return process.memoryUsage().arrayBuffers
+  }
+  const { app } = await buildTestApp(t)
+  const image = pngOfSize(500 * KiB, 3)
+  const form = multipartBody([{ name: 'file', filename: 'portrait.png', contentType: 'image/png', data: image }])
+  const notAnImage = Buffer.alloc(500 * KiB, 'not an image ')
+  const uploadsOf = async (count: number) => {
+    const statuses: number[] = []
+    const keys: string[] = []
+    for (let i = 0; i < count; i++) {
+      for (const request of [
+        { headers: { 'content-type': 'image/png' }, payload: image },
+        { headers: form.headers, payload: form.payload },
+        { headers: { 'content-type': 'image/png' }, payload: notAnImage },
+      ]) {
+        const response = await app.inject({ method: 'POST', url: '/v1/images', ...request })
+        statuses.push(response.statusCode)
+        if (response.statusCode === 201) keys.push(response.json().key)
+      }
+    }
+    return { statuses, keys }
+  }
+  await uploadsOf(2) // the modules an upload loads on first use are not its memory
+  const before = buffersHeld()
+  const { statuses, keys } = await uploadsOf(20)
+  const held = buffersHeld() - before
+  t.same(new Set(statuses), new Set([201, 415]), 'stored, and refused as no image')
+  t.ok(held < 2 * MiB, `${(held / MiB).toFixed(1)} MiB of buffers held after 40 uploads and 20 refusals of 500 KB (< 2 MiB)`)
+  for (const key of [keys[0], keys[1]]) {
+    const served = await app.inject({ method: 'GET', url: `/files/${key}` })
+    t.equal(sha256(served.rawPayload), sha256(image), 'stored byte-exact')
+  }
 })
