@@ -1,11 +1,11 @@
 import { once } from 'node:events'
 import { readFile, writeFile } from 'node:fs/promises'
 import net from 'node:net'
-import { setFlagsFromString } from 'node:v8'
-import { runInNewContext } from 'node:vm'
+import type { FastifyInstance } from 'fastify'
 import t, { type Test } from 'tap'
 import { buildTestApp } from './helpers/app.js'
 import { piecesOf, streamUpload } from './helpers/client.js'
+import { buffersKeptFromNow } from './helpers/gc.js'
 import { png, pngOfSize, sha256 } from './helpers/images.js'
 import { multipartBody } from './helpers/multipart.js'
 import { r2Env, startS3 } from './helpers/s3.js'
@@ -162,19 +162,12 @@ t.test('an answered upload holds none of its bytes, stored or refused, held whol
   // Measured in this process: what an upload leaves reachable here is what the service would keep. Anything
   // left listening on an upload's abort signal is kept by the service's shutdown signal, which every
   // upload's signal depends on: a listener left there once kept every upload's body.
-  setFlagsFromString('--expose-gc')
-  const gc = runInNewContext('gc') as () => void
-  const buffersHeld = () => {
-    gc()
-    gc()
-    return process.memoryUsage().arrayBuffers
-  }
   // s3rver in a process of its own, so that only the service's buffers are counted.
   const ownS3 = await startS3({ ownProcess: true })
   t.teardown(() => ownS3.stop())
   // Read back from the S3 server, or through /files, which only the local-disk driver serves.
   const fromR2 = async (_app: unknown, key: string) => ownS3.sha256Of(key)
-  const fromDisk = async (app: Awaited<ReturnType<typeof buildTestApp>>['app'], key: string) =>
+  const fromDisk = async (app: FastifyInstance, key: string) =>
     sha256((await app.inject({ method: 'GET', url: `/files/${key}` })).rawPayload)
   for (const [storage, env, size, storedSha256] of [
     ['the local disk', {}, 500 * KiB, fromDisk],
@@ -202,10 +195,10 @@ t.test('an answered upload holds none of its bytes, stored or refused, held whol
       return { statuses, keys }
     }
     await uploadsOf(2) // the modules an upload loads on first use are not its memory
-    const before = buffersHeld()
+    const buffersKept = buffersKeptFromNow()
     const count = Math.ceil((10 * MiB) / size)
     const { statuses, keys } = await uploadsOf(count)
-    const held = Math.max(0, buffersHeld() - before)
+    const held = buffersKept()
     t.same(new Set(statuses), new Set([201, 415]), `${storage}: stored, and refused as no image`)
     const uploaded = `${2 * count} uploads and ${count} refusals of ${size / KiB} KiB`
     t.ok(held < 2 * MiB, `${storage}: ${(held / MiB).toFixed(1)} MiB of buffers held after ${uploaded} (< 2 MiB)`)
