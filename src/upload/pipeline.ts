@@ -10,6 +10,7 @@ import { ApiError } from '../errors.js'
 import { asImageType, IMAGE_EXTENSIONS, type ImageType } from '../image-types.js'
 import type { ObjectWrite, StorageDriver } from '../storage/driver.js'
 import { SINGLE_REQUEST_MAX_BYTES } from '../storage/driver.js'
+import type { BodyBuffers } from './body-buffers.js'
 import { jpegFrameSize, type Size } from './frame-size.js'
 import { GifFrameInspector, gifFrameSize } from './gif.js'
 import { newObjectKey, publicUrlOf } from './keys.js'
@@ -46,6 +47,8 @@ export interface UploadSource {
 
 export interface UploadPolicy {
   driver: Pick<StorageDriver, 'put' | 'prefersKnownLength'>
+  /** Where a body held whole gets its buffer, and gives it back. */
+  buffers: BodyBuffers
   maxBytes: number
   allowedTypes: readonly ImageType[]
   maxPixels: number
@@ -73,7 +76,20 @@ export interface StoredUpload {
  * SPOOL_AFTER_BYTES spooled to a temporary file first; any other driver gets the stream.
  */
 export async function storeUpload(source: UploadSource, policy: UploadPolicy, signal: AbortSignal): Promise<StoredUpload> {
-  const reader = new CountingReader(source.body, policy.maxBytes, signal)
+  const reader = new CountingReader(source.body, policy.maxBytes, signal, policy.buffers)
+  try {
+    return await readAndStore(reader, source, policy, signal)
+  } finally {
+    reader.release({ reusable: false }) // what an error left held: it may still be in use, so the collector frees it
+  }
+}
+
+async function readAndStore(
+  reader: CountingReader,
+  source: UploadSource,
+  policy: UploadPolicy,
+  signal: AbortSignal,
+): Promise<StoredUpload> {
   // A declared length says at once whether the body fits one request: no need to read that far to know.
   // Without one, a driver that wants lengths gets a body past SPOOL_AFTER_BYTES spooled, not held.
   const spools = source.declaredLength === undefined && policy.driver.prefersKnownLength
@@ -102,6 +118,7 @@ export async function storeUpload(source: UploadSource, policy: UploadPolicy, si
     await source.beforeCommit?.()
     const sha256 = reader.sha256()
     await policy.driver.put(key, reader.head(), { ...write, metadata: { ...metadata, sha256 }, sha256 }, signal)
+    reader.release({ reusable: true }) // stored: nothing reads it any more
   } else if (spools) {
     await putSpooled(reader, source.beforeCommit, policy.driver, key, write, signal)
   } else {
@@ -262,6 +279,9 @@ async function readDimensions(reader: CountingReader, type: ImageType): Promise<
   }
 }
 
+/** What a reader holds before it has reserved anything. */
+const NO_BUFFER = Buffer.alloc(0)
+
 function lengthDisagrees(length: number): ApiError {
   return new ApiError(
     'invalid_request',
@@ -280,7 +300,7 @@ class CountingReader {
   size = 0
   ended = false
   bufferedBytes = 0
-  private buffer = Buffer.alloc(0)
+  private buffer: Buffer = NO_BUFFER
   private readonly hash = createHash('sha256')
   private observer: { write(chunk: Buffer): void } | undefined
   private readonly iterator: AsyncIterator<Buffer>
@@ -289,6 +309,7 @@ class CountingReader {
     body: AsyncIterable<Buffer>,
     private readonly maxBytes: number,
     private readonly signal: AbortSignal,
+    private readonly buffers: BodyBuffers,
   ) {
     this.iterator = body[Symbol.asyncIterator]()
   }
@@ -351,9 +372,18 @@ class CountingReader {
   /** Makes room to hold `bytes` in all. */
   reserve(bytes: number): void {
     if (bytes <= this.buffer.length) return
-    const grown = Buffer.allocUnsafe(bytes)
+    const grown = this.buffers.take(bytes)
     this.buffer.copy(grown, 0, 0, this.bufferedBytes)
+    // The smaller buffer's bytes were shown to the checks (head()): left to the collector, not handed on.
+    if (this.buffer !== NO_BUFFER) this.buffers.settle()
     this.buffer = grown
+  }
+
+  /** Lets the held buffer go: back to `buffers` for another body when it is `reusable`, else to the collector. */
+  release({ reusable }: { reusable: boolean }): void {
+    if (this.buffer !== NO_BUFFER) this.buffers.settle(reusable ? this.buffer : undefined)
+    this.buffer = NO_BUFFER
+    this.bufferedBytes = 0
   }
 
   head(): Buffer {
@@ -388,8 +418,7 @@ class CountingReader {
   /** The buffered bytes, then the rest of the body as it arrives. */
   private async *remaining(): AsyncGenerator<Buffer> {
     const held = this.head()
-    this.buffer = Buffer.alloc(0)
-    this.bufferedBytes = 0
+    this.release({ reusable: false }) // its bytes go on to storage as a chunk of the stream
     if (held.length > 0) yield held
     for (let chunk = await this.next(); chunk !== undefined; chunk = await this.next()) yield chunk
   }

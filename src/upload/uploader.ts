@@ -3,6 +3,7 @@ import type { Counter, Gauge, Histogram } from 'prom-client'
 import type { Config } from '../config.js'
 import { ApiError, type ErrorCode } from '../errors.js'
 import { provesNothingWritten, type StorageDriver } from '../storage/driver.js'
+import { BodyBuffers } from './body-buffers.js'
 import { fingerprintOf, type IdempotencyRecord, IdempotencyRecords, idempotencyKeyOf, type RecordKey } from './idempotency.js'
 import { checkUpload, type StoredUpload, storeUpload, type UploadPolicy, type UploadSource } from './pipeline.js'
 
@@ -10,6 +11,7 @@ import { checkUpload, type StoredUpload, storeUpload, type UploadPolicy, type Up
 function uploadPolicyOf(config: Config, driver: StorageDriver): UploadPolicy {
   return {
     driver,
+    buffers: new BodyBuffers(),
     maxBytes: config.maxUploadBytes,
     allowedTypes: config.allowedTypes,
     maxPixels: config.maxImagePixels,
