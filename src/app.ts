@@ -24,6 +24,7 @@ import usageRoutes from './routes/usage.js'
 import whoamiRoutes from './routes/whoami.js'
 import { type StorageDriver, servesFiles } from './storage/driver.js'
 import { createDriver } from './storage/index.js'
+import { BodyBuffers } from './upload/body-buffers.js'
 import { UploadSlots } from './upload/uploader.js'
 
 declare module 'fastify' {
@@ -43,6 +44,8 @@ export interface BuildOptions {
   driver?: StorageDriver
   /** How imports resolve names and connect (tests: a resolver and a connector that never leave 127.0.0.1). */
   importNetwork?: Partial<ImportNetwork>
+  /** The buffers for bodies held whole, instead of new ones (tests: ones that count their loans). */
+  bodyBuffers?: BodyBuffers
 }
 
 /** Builds the whole app from a parsed config; no side effects beyond creating the storage directories. */
@@ -98,11 +101,14 @@ export async function buildApp(config: Config, options: BuildOptions = {}) {
   )
   // Closing: the uploads waiting for a slot are answered at once (503 server_busy), not when their wait ends.
   app.addHook('preClose', async () => uploadSlots.close())
-  await app.register(imageRoutes, { config, shutdown: shutdown.signal, uploadSlots })
+  // One set for uploads and imports: a buffer one gives back, the other may use.
+  const bodyBuffers = options.bodyBuffers ?? new BodyBuffers()
+  await app.register(imageRoutes, { config, shutdown: shutdown.signal, uploadSlots, bodyBuffers })
   await app.register(importRoutes, {
     config,
     shutdown: shutdown.signal,
     uploadSlots,
+    bodyBuffers,
     network: { ...SYSTEM_NETWORK, ...options.importNetwork },
   })
   await app.register(usageRoutes)

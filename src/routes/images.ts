@@ -4,6 +4,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { Config } from '../config.js'
 import { ApiError, objectNotFound } from '../errors.js'
 import { IMAGES_PREFIX, type RouteFlags, STORING_ROUTE } from '../http/route-options.js'
+import type { BodyBuffers } from '../upload/body-buffers.js'
 import { watchFormFraming } from '../upload/form-length.js'
 import { assertValidPrefix, keyFromPath, publicUrlOf, RECORDS_PREFIX } from '../upload/keys.js'
 import {
@@ -163,9 +164,9 @@ async function findObject(app: FastifyInstance, key: string) {
 /** POST /v1/images, the listing (GET /v1/images) and the per-key HEAD, GET and DELETE. */
 export default async function imageRoutes(
   app: FastifyInstance,
-  options: { config: Config; shutdown: AbortSignal; uploadSlots: UploadSlots },
+  options: { config: Config; shutdown: AbortSignal; uploadSlots: UploadSlots; bodyBuffers: BodyBuffers },
 ) {
-  const { config, shutdown, uploadSlots } = options
+  const { config, shutdown, uploadSlots, bodyBuffers } = options
   // This context reads upload bodies only: multipart, or the raw image as an unparsed stream. Any other
   // Content-Type, or none, is a raw body (curl --data-binary declares application/x-www-form-urlencoded):
   // the content decides the type, never the declaration.
@@ -182,7 +183,7 @@ export default async function imageRoutes(
   )
   await app.register(multipart, { throwFileSizeLimit: false })
 
-  const uploads = storingRoute(app, { config, shutdown, slots: uploadSlots })
+  const uploads = storingRoute(app, { config, shutdown, slots: uploadSlots, bodyBuffers })
   const uploadQuery = {
     type: 'object',
     properties: { filename: { type: 'string' }, context: { type: 'string' } },

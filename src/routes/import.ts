@@ -3,6 +3,7 @@ import type { Config } from '../config.js'
 import { ApiError, type ErrorCode } from '../errors.js'
 import { STORING_ROUTE } from '../http/route-options.js'
 import { type ImportNetwork, openSource, type SourceRules } from '../import/source.js'
+import type { BodyBuffers } from '../upload/body-buffers.js'
 import { fingerprintOf } from '../upload/idempotency.js'
 import { assertValidContext, checkedFilename, clientMetadata } from '../upload/metadata.js'
 import { REFUSED_REQUESTS, type UploadSlots } from '../upload/uploader.js'
@@ -67,10 +68,10 @@ function filenameInUrl(sourceUrl: string): string | undefined {
  */
 export default async function importRoutes(
   app: FastifyInstance,
-  options: { config: Config; shutdown: AbortSignal; uploadSlots: UploadSlots; network: ImportNetwork },
+  options: { config: Config; shutdown: AbortSignal; uploadSlots: UploadSlots; bodyBuffers: BodyBuffers; network: ImportNetwork },
 ) {
-  const { config, shutdown, uploadSlots, network } = options
-  const imports = storingRoute(app, { config, shutdown, slots: uploadSlots, notAttempts: NOT_UPLOAD_ATTEMPTS })
+  const { config, shutdown, uploadSlots, bodyBuffers, network } = options
+  const imports = storingRoute(app, { config, shutdown, slots: uploadSlots, bodyBuffers, notAttempts: NOT_UPLOAD_ATTEMPTS })
   const rules: SourceRules = {
     allowedHosts: new Set(config.imports.allowedHosts),
     allowInsecureLocal: config.imports.allowInsecureLocalSources,

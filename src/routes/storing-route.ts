@@ -2,6 +2,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { Config } from '../config.js'
 import { ApiError, type ErrorCode } from '../errors.js'
 import { CLIENT_CLOSED, onUnfinishedResponse } from '../http/response-lifecycle.js'
+import type { BodyBuffers } from '../upload/body-buffers.js'
 import type { UploadSource } from '../upload/pipeline.js'
 import { Uploader, type UploadOutcome, type UploadSlots } from '../upload/uploader.js'
 
@@ -19,6 +20,7 @@ export interface StoringRouteOptions {
   /** Aborted once uploads in flight have had SHUTDOWN_TIMEOUT_MS to finish. */
   shutdown: AbortSignal
   slots: UploadSlots
+  bodyBuffers: BodyBuffers
   /** Answers that are no upload attempt (see Uploader). */
   notAttempts?: ReadonlySet<ErrorCode>
 }

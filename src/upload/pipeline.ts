@@ -118,7 +118,9 @@ async function readAndStore(
     await source.beforeCommit?.()
     const sha256 = reader.sha256()
     await policy.driver.put(key, reader.head(), { ...write, metadata: { ...metadata, sha256 }, sha256 }, signal)
-    reader.release({ reusable: true }) // stored: nothing reads it any more
+    // Stored: the driver is done with it. (A request it gave up, answered before it had sent all of it, may
+    // still be sending it: nothing that request sends is stored.)
+    reader.release({ reusable: true })
   } else if (spools) {
     await putSpooled(reader, source.beforeCommit, policy.driver, key, write, signal)
   } else {
@@ -372,16 +374,16 @@ class CountingReader {
   /** Makes room to hold `bytes` in all. */
   reserve(bytes: number): void {
     if (bytes <= this.buffer.length) return
-    const grown = this.buffers.take(bytes)
+    const grown = this.buffers.lend(bytes)
     this.buffer.copy(grown, 0, 0, this.bufferedBytes)
-    // The smaller buffer's bytes were shown to the checks (head()): left to the collector, not handed on.
-    if (this.buffer !== NO_BUFFER) this.buffers.settle()
+    // Not lent again: the checks were handed views of it (head()), which may still be held.
+    if (this.buffer !== NO_BUFFER) this.buffers.endLoan()
     this.buffer = grown
   }
 
   /** Lets the held buffer go: back to `buffers` for another body when it is `reusable`, else to the collector. */
   release({ reusable }: { reusable: boolean }): void {
-    if (this.buffer !== NO_BUFFER) this.buffers.settle(reusable ? this.buffer : undefined)
+    if (this.buffer !== NO_BUFFER) this.buffers.endLoan(reusable ? this.buffer : undefined)
     this.buffer = NO_BUFFER
     this.bufferedBytes = 0
   }

@@ -3,15 +3,15 @@ import type { Counter, Gauge, Histogram } from 'prom-client'
 import type { Config } from '../config.js'
 import { ApiError, type ErrorCode } from '../errors.js'
 import { provesNothingWritten, type StorageDriver } from '../storage/driver.js'
-import { BodyBuffers } from './body-buffers.js'
+import type { BodyBuffers } from './body-buffers.js'
 import { fingerprintOf, type IdempotencyRecord, IdempotencyRecords, idempotencyKeyOf, type RecordKey } from './idempotency.js'
 import { checkUpload, type StoredUpload, storeUpload, type UploadPolicy, type UploadSource } from './pipeline.js'
 
 /** What every stored image is held to, uploaded or imported. */
-function uploadPolicyOf(config: Config, driver: StorageDriver): UploadPolicy {
+function uploadPolicyOf(config: Config, driver: StorageDriver, buffers: BodyBuffers): UploadPolicy {
   return {
     driver,
-    buffers: new BodyBuffers(),
+    buffers,
     maxBytes: config.maxUploadBytes,
     allowedTypes: config.allowedTypes,
     maxPixels: config.maxImagePixels,
@@ -184,6 +184,8 @@ export interface UploaderOptions {
   driver: StorageDriver
   metrics: UploadMetrics
   slots: UploadSlots
+  /** The app's buffers for bodies held whole. */
+  bodyBuffers: BodyBuffers
   /** Aborted once uploads in flight have had SHUTDOWN_TIMEOUT_MS to finish. */
   shutdown: AbortSignal
   /** Answers that are no upload attempt: they must not be able to move the error ratio an operator is alerted on. */
@@ -201,7 +203,7 @@ export class Uploader {
   private readonly notAttempts: ReadonlySet<ErrorCode>
 
   constructor(private readonly options: UploaderOptions) {
-    this.policy = uploadPolicyOf(options.config, options.driver)
+    this.policy = uploadPolicyOf(options.config, options.driver, options.bodyBuffers)
     this.records = new IdempotencyRecords(options.driver, options.config.idempotencySecret)
     this.notAttempts = options.notAttempts ?? REFUSED_REQUESTS
   }
