@@ -119,7 +119,7 @@ t.test('a part header sent a byte at a time costs time linear in its length, not
   const leastOf3 = (padBytes: number) => Math.min(cpuFor(padBytes), cpuFor(padBytes), cpuFor(padBytes))
   const small = leastOf3(12 * 1024)
   const large = leastOf3(120 * 1024)
-  // Ten times the bytes: at most ~10 times the CPU when linear (6.9–10.0 measured, Node 20 and 24); the code
+  // Ten times the bytes: at most ~10 times the CPU when linear (6.9–10.5 measured, Node 20 and 24); the code
   // that copied and searched the whole header again for every byte measured 29 times (7 s for the large one).
   t.ok(large / small < 15, `10 × the header costs ${(large / small).toFixed(1)} × the CPU (${small} → ${large} µs)`)
 })
