@@ -50,6 +50,9 @@ if (process.argv[2] === 'sink') {
     })
   const senders: Record<string, () => Promise<unknown>> = {
     'fetch, FormData with a Blob (a new user)': () => fetch(url, { method: 'POST', body: form() }).then((answer) => answer.text()),
+    // As src/client.ts sends: following no redirect, fetch sends the body itself, not a tee'd copy of it.
+    "fetch, the same FormData, redirect: 'error' and window: null (our client)": () =>
+      fetch(url, { method: 'POST', body: form(), redirect: 'error', window: null }).then((answer) => answer.text()),
     'fetch, the raw body (a Buffer)': () =>
       fetch(url, { method: 'POST', body: body, headers: { 'content-type': 'image/png' } }).then((answer) => answer.text()),
     "node:http, the form's bytes (as curl -F)": () => nodeHttp(formBytes, formType),

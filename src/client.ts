@@ -14,7 +14,7 @@ const DEFAULT_RETRY_AFTER_S = 1
 const DEFAULT_CONTEXT = 'general'
 
 export interface ImageServiceClientOptions {
-  /** Where the service answers, e.g. `https://images.example.com` (without `/v1`). */
+  /** Where the service answers, e.g. `https://images.example.com` (without `/v1`); a redirect is an error. */
   baseUrl: string
   /** Sent as `Authorization: Bearer <apiKey>`. */
   apiKey?: string
@@ -316,6 +316,12 @@ export class ImageServiceClient {
       response = await fetch(`${this.#baseUrl}${path}`, {
         ...init,
         method,
+        // No redirect is followed: a 301 or 302 would turn an upload into a GET of another URL, a 307 would
+        // send it again. And only then (with `window: null`) does fetch send the body itself rather than a
+        // copy: otherwise it tees every body to be able to resend it, copying each chunk and keeping every
+        // chunk sent until the request ends (a stream held whole; twice the sender's CPU for a form).
+        redirect: 'error',
+        window: null,
         signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
       })
       text = await response.text()

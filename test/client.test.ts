@@ -5,7 +5,8 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import t, { type Test } from 'tap'
 import { ImageServiceClient, ImageServiceError, ImageServiceUnreachableError } from '../src/client.js'
 import { buildTestApp } from './helpers/app.js'
-import { closedPort, listen, silentServer } from './helpers/http.js'
+import { buffersKeptFromNow } from './helpers/gc.js'
+import { closedPort, listen, redirectingServer, silentServer } from './helpers/http.js'
 import { pngOfSize, pngStream, sha256 } from './helpers/images.js'
 import { LOCAL_SOURCE_ENV, spyNetwork, startSource } from './helpers/import.js'
 import { r2Env, startS3 } from './helpers/s3.js'
@@ -88,6 +89,39 @@ t.test('raw uploads: bytes with metadata in headers, and a stream never held who
   t.match(image, { size: 6 * MiB, key: /^general\/.*_big\.png$/ })
   t.equal(image.sha256, sent, 'the 201 hash is the hash of the streamed bytes')
   t.equal(await s3.sha256Of(image.key), sent)
+})
+
+t.test('a stream is sent as it is read: the client keeps no copy of what it has sent', async (t) => {
+  // fetch by default keeps a copy of every request body to follow a redirect with (it tees the stream):
+  // a stream would end up held whole, in the caller's process.
+  const size = 32 * MiB
+  const streamed = pngStream(size, MiB)
+  let keptNearTheEnd = Number.NaN
+  async function* watched() {
+    const buffersKept = buffersKeptFromNow()
+    let sent = 0
+    for await (const chunk of streamed.stream) {
+      if (sent + chunk.length === size) keptNearTheEnd = buffersKept()
+      sent += chunk.length
+      yield chunk
+    }
+  }
+  const image = await client.upload(watched(), 'held.png')
+  t.equal(await s3.sha256Of(image.key), streamed.sha256(), 'stored byte-exact')
+  t.ok(
+    keptNearTheEnd < 8 * MiB,
+    `${(keptNearTheEnd / MiB).toFixed(1)} MiB of buffers reachable before the last of ${size / MiB} MiB is sent (< 8 MiB)`,
+  )
+})
+
+t.test('a redirect is reported, not followed: the service answers at its own address', async (t) => {
+  // Followed, a 301 or 302 would turn the upload into a GET of another URL, and a 307 would send the body again.
+  const before = await s3.keys()
+  const redirected = new ImageServiceClient({ baseUrl: await redirectingServer(t, baseUrl), apiKey: TOKEN })
+  const refused = await rejection(t, redirected.upload(pngOfSize(2048, 25), 'moved.png'))
+  t.ok(refused instanceof ImageServiceUnreachableError)
+  t.match(refused, { message: /: unexpected redirect\.$/ })
+  t.same(await s3.keys(), before, 'nothing stored')
 })
 
 t.test('problems become ImageServiceError with the contract code', async (t) => {

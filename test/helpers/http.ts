@@ -95,3 +95,15 @@ export async function overSocket(
     outgoing.end(payload)
   }).finally(() => agent.destroy())
 }
+
+/** The base URL of a 127.0.0.1 server that answers every request with a 307 to the same path at `target`. */
+export async function redirectingServer(t: Test, target: string): Promise<string> {
+  const server = http.createServer((request, response) => {
+    request.resume()
+    response.writeHead(307, { location: `${target}${request.url}` }).end()
+  })
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  t.teardown(() => server.close())
+  return `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`
+}
