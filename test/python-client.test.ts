@@ -9,7 +9,7 @@ import t from 'tap'
 import { ERROR_CATALOGUE } from '../src/errors.js'
 import { RECORDS_PREFIX } from '../src/upload/keys.js'
 import { buildTestApp } from './helpers/app.js'
-import { listen, silentServer } from './helpers/http.js'
+import { listen, redirectingServer, silentServer } from './helpers/http.js'
 import { pngOfSize, sha256 } from './helpers/images.js'
 import { r2Env, startS3, TEST_BUCKET } from './helpers/s3.js'
 import { havePythonAiohttp, PYTHON } from './helpers/system-tools.js'
@@ -99,10 +99,12 @@ if (havePythonAiohttp(t)) {
     for (const code of Object.keys(ERROR_CATALOGUE))
       t.ok(live.error_classes[code], `an exception class for ${code}: ${live.error_classes[code]}`)
 
-    // The same address once the service has stopped, and a server that accepts but never answers.
+    // The same address once the service has stopped, a server that accepts but never answers, and one that
+    // redirects to the stopped address.
     await app.close()
     const hung = await silentServer(t)
-    const down = await runCheck('unreachable', baseUrl, `http://127.0.0.1:${hung.port}`, TOKEN, CLIENT_FALLBACK)
+    const moved = await redirectingServer(t, baseUrl)
+    const down = await runCheck('unreachable', baseUrl, `http://127.0.0.1:${hung.port}`, moved, TOKEN, CLIENT_FALLBACK)
 
     t.same(
       down.stopped_fallback,
@@ -113,6 +115,15 @@ if (havePythonAiohttp(t)) {
     t.match(down.hung_fallback, { url: CLIENT_FALLBACK, fell_back: true, error: { class: 'ServiceUnreachableError', timed_out: true } })
     t.ok(down.hung_seconds < 2, `gave up on the hung service after ${down.hung_seconds.toFixed(2)} s (timeout 0.5)`)
     t.match(down.no_fallback_at_all, { class: 'ServiceUnreachableError' }, 'no fallback at all: the error is raised')
+    t.match(
+      down.moved_upload,
+      {
+        class: 'ServiceUnreachableError',
+        timed_out: false,
+        message: /answered 307, a redirect to http:\/\/127\.0\.0\.1:\d+\/v1\/images: not followed/,
+      },
+      'a redirect is reported, not followed',
+    )
 
     const request = hung.received().toString('latin1')
     t.match(request, /^POST \/v1\/images HTTP\/1\.1\r\n/)

@@ -116,7 +116,7 @@ class ImageServiceError(Exception):
 
 
 class ServiceUnreachableError(ImageServiceError):
-    """No answer: the connection was refused or lost, or the answer took longer than the timeout."""
+    """No answer: the connection was refused or lost, the answer took longer than the timeout, or it was a redirect."""
 
     def __init__(self, message: str, *, timed_out: bool) -> None:
         super().__init__(message)
@@ -444,7 +444,13 @@ class ImageServiceClient:
         """One try, within `timeout` seconds."""
         try:
             async with self._open_session().request(
-                method, url, data=data, headers=headers, timeout=aiohttp.ClientTimeout(total=max(timeout, 0.001))
+                method,
+                url,
+                data=data,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=max(timeout, 0.001)),
+                # Followed, a 301 or 302 would turn an upload into a GET of another URL, a 307 would send it again.
+                allow_redirects=False,
             ) as response:
                 payload = await response.read()
         except asyncio.TimeoutError as error:
@@ -453,6 +459,12 @@ class ImageServiceClient:
             ) from error
         except aiohttp.ClientError as error:
             raise ServiceUnreachableError(f"could not reach {self._base_url}: {error}", timed_out=False) from error
+        if 300 <= response.status < 400:
+            raise ServiceUnreachableError(
+                f"{self._base_url} answered {response.status}, a redirect to {response.headers.get('Location')}: not followed;"
+                " give the address where the service answers",
+                timed_out=False,
+            )
         if response.status >= 400:
             raise _problem_error(response.status, response.headers.get("Retry-After"), payload)
         if not payload:

@@ -75,12 +75,18 @@ async def live(base_url: str, api_key: str, image_path: str, client_fallback_url
     return result
 
 
-async def unreachable(stopped_url: str, hung_url: str, api_key: str, client_fallback_url: str) -> dict[str, Any]:
+async def unreachable(stopped_url: str, hung_url: str, moved_url: str, api_key: str, client_fallback_url: str) -> dict[str, Any]:
     async with ImageServiceClient(stopped_url, default_fallback_url=client_fallback_url) as stopped:
         result = {
             "stopped_fallback": outcome(await stopped.upload_with_fallback(b"\x89PNG", "a.png")),
             "stopped_upload": await raised(stopped.upload(b"\x89PNG", "a.png")),
         }
+    async with ImageServiceClient(moved_url, api_key=api_key) as moved:
+        try:
+            await moved.upload(b"\x89PNG", "moved.png")
+            result["moved_upload"] = None
+        except ImageServiceError as error:
+            result["moved_upload"] = {**described(error), "message": str(error)}
     async with ImageServiceClient(hung_url, api_key=api_key, timeout=0.5, default_fallback_url=client_fallback_url) as hung:
         started = time.monotonic()
         result["hung_fallback"] = outcome(
