@@ -149,7 +149,7 @@ interface Result {
   peakRssBytes?: number
   /** The service's own account of its memory (GET /metrics) at the highest RSS sampled. */
   memoryAtPeak?: MemorySample
-  /** The warn and error lines the system under test logged (the bench drops its other lines). */
+  /** The warn and error lines and the answers of 400 and above the system under test logged (the bench drops its other lines). */
   sutProblems?: LogLine[]
 }
 
@@ -231,12 +231,17 @@ const failureNotes = (result: Result): string[] => [
   ...(result.failures > 0 ? [`${result.failures} failed, the first with: ${result.firstFailure}`] : []),
   ...(result.warmupFailures > 0 ? [`${result.warmupFailures} failed in the warm-up, the first with: ${result.firstWarmupFailure}`] : []),
   ...(result.sutProblems?.length
-    ? [`the system under test logged ${result.sutProblems.length} warn or error lines, the first: ${logLineText(result.sutProblems[0]!)}`]
+    ? [
+        `the system under test logged ${result.sutProblems.length} warn or error lines or answers of 400 and above, the first: ${logLineText(result.sutProblems[0]!)}`,
+      ]
     : []),
 ]
 
-/** pino's levels: 40 warn, 50 error, 60 fatal. */
-const isProblem = (line: LogLine) => Number(line.level) >= 40
+/**
+ * The lines that can explain a failed upload: warn and worse (pino's levels: 40 warn, 50 error, 60 fatal),
+ * and the request lines of answers of 400 and above (logged as info: a client's mistake or a refusal).
+ */
+const isProblem = (line: LogLine) => Number(line.level) >= 40 || (line.msg === 'request' && Number(line.status) >= 400)
 
 /** A log line as the notes show it: its JSON without the fields every line has. */
 function logLineText({ time: _time, pid: _pid, hostname: _hostname, ...line }: LogLine): string {
@@ -352,7 +357,7 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, () => 
 interface Sut {
   pid: number
   port: number
-  /** The warn and error lines it has logged. */
+  /** The lines it has logged that can explain a failure (isProblem). */
   problems: LogLine[]
   stop(): Promise<void>
 }
