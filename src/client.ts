@@ -138,7 +138,7 @@ export class ImageServiceError extends Error {
   }
 }
 
-/** No answer: the connection was refused or lost, or the answer took longer than `timeoutMs`. */
+/** No answer: the connection was refused or lost, the answer took longer than `timeoutMs`, or it was a redirect. */
 export class ImageServiceUnreachableError extends Error {
   override name = 'ImageServiceUnreachableError'
 
@@ -319,7 +319,7 @@ export class ImageServiceClient {
         // No redirect is followed: a 301 or 302 would turn an upload into a GET of another URL, a 307 would
         // send it again. And only then (with `window: null`) does fetch send the body itself rather than a
         // copy: otherwise it tees every body to be able to resend it, copying each chunk and keeping every
-        // chunk sent until the request ends (a stream held whole; twice the sender's CPU for a form).
+        // chunk sent until the request ends (a stream held whole; up to twice the sender's CPU for a form).
         redirect: 'error',
         window: null,
         signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
@@ -330,6 +330,10 @@ export class ImageServiceClient {
       if (timeout.aborted)
         throw new ImageServiceUnreachableError(`No answer from ${this.#baseUrl} within ${this.#timeoutMs} ms.`, true, { cause: error })
       const reason = error instanceof Error && error.cause instanceof Error ? error.cause.message : String(error)
+      if (reason === 'unexpected redirect') {
+        const detail = `${this.#baseUrl} answered with a redirect, which the client does not follow: give the address where the service answers.`
+        throw new ImageServiceUnreachableError(detail, false, { cause: error })
+      }
       throw new ImageServiceUnreachableError(`Could not reach ${this.#baseUrl}: ${reason}.`, false, { cause: error })
     }
     if (response.status >= 400) throw problemError(response.status, response.headers, text)

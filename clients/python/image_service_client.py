@@ -59,6 +59,8 @@ DEFAULT_MAX_RETRIES = 6
 RETRIED_CODES = frozenset({"server_busy", "rate_limited", "storage_unavailable"})
 # The wait before a retry when an answer to retry has no usable Retry-After.
 DEFAULT_RETRY_AFTER_S = 1
+# Redirects (the statuses fetch would follow): reported, never followed.
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,7 @@ class ImagePage:
 
 
 # Errors. Every call raises ImageServiceError or a subclass: ServiceUnreachableError when there was no
-# answer, otherwise ProblemError, or the subclass named after the problem's `code`.
+# answer or a redirect, otherwise ProblemError, or the subclass named after the problem's `code`.
 
 
 class ImageServiceError(Exception):
@@ -459,7 +461,7 @@ class ImageServiceClient:
             ) from error
         except aiohttp.ClientError as error:
             raise ServiceUnreachableError(f"could not reach {self._base_url}: {error}", timed_out=False) from error
-        if 300 <= response.status < 400:
+        if response.status in REDIRECT_STATUSES:
             raise ServiceUnreachableError(
                 f"{self._base_url} answered {response.status}, a redirect to {response.headers.get('Location')}: not followed;"
                 " give the address where the service answers",
