@@ -12,6 +12,8 @@
  *   undici's FormData (Node's fetch), as a new user would;
  * - the service sent the very bytes of that form (undici's encoding, made once) by node:http, as curl -F
  *   would send them: the service's share without the cost of undici's FormData on the load core;
+ * - the service sent a form by its own TypeScript client (src/client.ts: fetch without the body's copy for
+ *   redirects, an Idempotency-Key per upload), from this process;
  * - the service sent a form by the bot's Python client (clients/python, aiohttp), driven by
  *   bench/python_load.py in a Python process on the load core;
  * - the service sent the raw body (node:http, Content-Type image/png, Content-Length), as curl --data-binary;
@@ -53,6 +55,7 @@ import { createInterface } from 'node:readline'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import { PutObjectCommand } from '@aws-sdk/client-s3'
+import { ImageServiceClient } from '../src/client.js'
 import { loadConfig } from '../src/config.js'
 import { R2Driver } from '../src/storage/r2.js'
 import { pngOfSize, sha256 } from '../test/helpers/images.js'
@@ -87,12 +90,13 @@ const CPUS = (() => {
 /** Clock ticks per second, the unit of utime and stime in /proc/<pid>/stat. */
 const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim())
 
-type System = 'direct' | 'form' | 'formBytes' | 'python' | 'raw' | 'naive' | 'naiveBytes'
+type System = 'direct' | 'form' | 'formBytes' | 'client' | 'python' | 'raw' | 'naive' | 'naiveBytes'
 
 const SYSTEMS: Record<System, string> = {
   direct: 'direct PutObject',
   form: 'service, form (undici FormData)',
   formBytes: "service, form (undici's bytes by node:http)",
+  client: 'service, form (our TypeScript client)',
   python: 'service, form (Python client)',
   raw: 'service, raw body',
   naive: 'naive route (toBuffer + PutObject)',
@@ -116,7 +120,7 @@ const scenario = (system: System, bytes: number, concurrency: number): Scenario 
   sampleMemory: system !== 'direct' && !system.startsWith('naive') && concurrency === 16 && bytes === 50 * MiB,
 })
 
-const EVERY_SYSTEM: System[] = ['direct', 'form', 'formBytes', 'python', 'raw', 'naive', 'naiveBytes']
+const EVERY_SYSTEM: System[] = ['direct', 'form', 'formBytes', 'client', 'python', 'raw', 'naive', 'naiveBytes']
 const SCENARIOS: Scenario[] = [
   ...EVERY_SYSTEM.map((system) => scenario(system, 500 * KB, 16)),
   ...EVERY_SYSTEM.map((system) => scenario(system, 50 * MiB, 4)),
@@ -638,6 +642,22 @@ async function runScenario(s3: S3, scenario: Scenario, image: Buffer): Promise<R
       load = closedLoops(scenario.concurrency, () =>
         postBytes(url, { authorization, 'content-type': 'image/png' }, image, agent, sameSha256),
       )
+      break
+    }
+    case 'client': {
+      sut = await startService(s3)
+      const images = new ImageServiceClient({
+        baseUrl: `http://127.0.0.1:${sut.port}`,
+        apiKey: API_TOKEN,
+        maxRetries: 0,
+        timeoutMs: 600_000,
+      })
+      load = closedLoops(scenario.concurrency, async () => {
+        const stored = await images.upload(image, 'bench.png')
+        const wrong = sameSha256(stored)
+        if (wrong) throw new Error(wrong)
+        return stored.key
+      })
       break
     }
     case 'python':
