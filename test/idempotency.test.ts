@@ -180,6 +180,45 @@ t.test('records last 24 hours; an expired one is replaced', async (t) => {
   t.not(records.recordKey('ops', 'k1').name, recordKey.name, 'another API key names another record')
 })
 
+/** Local disk whose reads take a while (as a backend's round trip does), and count how many run at once; some fail. */
+class SlowReads extends FsDriver {
+  inFlight = 0
+  mostInFlight = 0
+  readonly failing = new Set<string>()
+
+  override async read(key: string): Promise<Buffer | undefined> {
+    this.inFlight++
+    this.mostInFlight = Math.max(this.mostInFlight, this.inFlight)
+    try {
+      await sleep(20)
+      if (this.failing.has(key)) throw new ApiError('storage_unavailable', 'The backend did not answer.')
+      return await super.read(key)
+    } finally {
+      this.inFlight--
+    }
+  }
+}
+
+t.test('a lookup reads both names at once: a first upload waits for one round trip, not two', async (t) => {
+  const dataDir = await mkdtemp(path.join(tmpdir(), 'lookups-'))
+  t.teardown(() => rm(dataDir, { recursive: true, force: true }))
+  const driver = await new SlowReads(dataDir).init()
+  const records = new IdempotencyRecords(driver, 'a secret the test chose')
+  const recordKey = records.recordKey('bot', 'k1')
+
+  t.equal(await records.find(recordKey), undefined, 'no record under either name')
+  t.equal(driver.mostInFlight, 2, 'both names were read at once')
+
+  await records.claim(recordKey, 'fp-1', { key: 'first' } as StoredUpload, new AbortController().signal)
+  driver.failing.add(recordKey.legacy)
+  t.equal((await records.find(recordKey))?.response.key, 'first', 'found under its name, whatever the old name gave')
+  driver.failing.add(recordKey.name)
+  await t.rejects(records.find(recordKey), { code: 'storage_unavailable' }, 'a failed read of the name is not taken for no record')
+  driver.failing.delete(recordKey.name)
+  await driver.delete(recordKey.name)
+  await t.rejects(records.find(recordKey), { code: 'storage_unavailable' }, 'nor one of the old name when the name holds none')
+})
+
 t.test('R2: the record lives in the bucket, so a retry is replayed by another instance and after a restart', async (t) => {
   const s3 = await startS3()
   t.teardown(() => s3.stop())

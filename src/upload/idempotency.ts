@@ -73,9 +73,16 @@ export class IdempotencyRecords {
     }
   }
 
-  /** The record if it is younger than the window; an expired or unreadable one counts as none. */
+  /**
+   * The record if it is younger than the window; an expired or unreadable one counts as none. Both names
+   * are read at once: a first upload, found under neither, waits for one backend round trip, not two.
+   */
   async find(recordKey: RecordKey): Promise<IdempotencyRecord | undefined> {
-    return (await this.read(recordKey.name)) ?? (await this.read(recordKey.legacy))
+    const [current, legacy] = await Promise.allSettled([this.read(recordKey.name), this.read(recordKey.legacy)])
+    if (current.status === 'rejected') throw current.reason
+    if (current.value) return current.value
+    if (legacy.status === 'rejected') throw legacy.reason
+    return legacy.value
   }
 
   private async read(name: string): Promise<IdempotencyRecord | undefined> {
