@@ -74,7 +74,7 @@ export class IdempotencyRecords {
   }
 
   /**
-   * The record if it is younger than the window; an expired or unreadable one counts as none. Both names
+   * The record if it is younger than the window; an expired or unparsable one counts as none. Both names
    * are read at once: a first upload, found under neither, waits for one backend round trip, not two.
    */
   async find(recordKey: RecordKey): Promise<IdempotencyRecord | undefined> {
@@ -120,7 +120,7 @@ export class IdempotencyRecords {
         if (!(error instanceof KeyExistsError) || attempt > 1) throw error
         const earlier = await this.find(recordKey)
         if (earlier) return earlier
-        // Expired or unreadable: replace it, once.
+        // Expired or unparsable: replace it, once.
         await this.driver.delete(recordKey.name)
       }
     }
