@@ -21,8 +21,13 @@ export class BodyBuffers {
   lend(bytes: number): Buffer {
     let index = this.free.length - 1
     while (index >= 0 && !fits(this.free[index]!, bytes)) index--
-    const buffer = index === -1 ? Buffer.allocUnsafe(Math.ceil(bytes / SIZE_STEP) * SIZE_STEP) : this.free.splice(index, 1)[0]!
-    if (index !== -1) this.freeBytes -= buffer.length
+    let buffer: Buffer
+    if (index === -1) {
+      buffer = Buffer.allocUnsafe(Math.ceil(bytes / SIZE_STEP) * SIZE_STEP)
+    } else {
+      buffer = this.free.splice(index, 1)[0]!
+      this.freeBytes -= buffer.length
+    }
     this.lent++ // counted once it is out: an allocation that throws lends nothing
     return buffer
   }
