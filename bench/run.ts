@@ -4,9 +4,9 @@
  *
  *   npm run bench            (builds dist/, then runs this file; never run by the tests or CI)
  *
- * A local S3 server (s3rver, in a process of its own, a fresh one per scenario) and the load generator
- * share one core; each system under test runs alone in a process of its own on the other core (`taskset`), a
- * fresh process per scenario. The systems:
+ * A local S3 server (s3rver, in a process of its own, a fresh one per scenario and round) and the load
+ * generator share one core; each system under test runs alone in a process of its own on the other core
+ * (`taskset`), a fresh process per scenario and round. The systems:
  * - direct PutObject from this process with the service's own S3 client (same SDK and settings): the limit;
  * - the service (built dist/server.js, NODE_ENV=production, R2 driver pointed at s3rver) sent a form by
  *   undici's FormData (Node's fetch), as a new user would;
@@ -29,11 +29,15 @@
  * Every upload must answer 201 with the SHA-256 of the bytes sent (the naive route and direct PutObject:
  * the S3 server's ETag, the MD5 of the bytes), and the last object of each scenario is read back from
  * s3rver and hashed. Bodies are deterministic PNGs (fixed seeds). The report is a Markdown section:
- * one table of every scenario, then the issue's targets and whether each was met in this run.
+ * one table of every scenario over all rounds, the issue's targets and whether each was met in this run
+ * (and in how many rounds on its own), then each scenario's rate and CPU round by round.
  *
  * Options (environment):
- *   BENCH_SECONDS=12        measured seconds per scenario (uploads started within it; the last ones finish after)
- *   BENCH_WARMUP_SECONDS=3  warm-up per scenario, not measured
+ *   BENCH_ROUNDS=3          times every scenario runs, in turns (the order reversed every other round): the
+ *                           machine's speed drifts by a fifth within minutes, and a scenario measured in one
+ *                           stretch would be compared with others measured in slower or faster ones
+ *   BENCH_SECONDS=4         measured seconds per scenario and round (uploads started within it; the last ones finish after)
+ *   BENCH_WARMUP_SECONDS=3  warm-up per scenario and round, not measured
  *   BENCH_ONLY=<regexp>     only the scenarios whose name matches (the direct and naive ones a target needs run too)
  *   BENCH_CPUS=0,1          the load generator's core, then the systems' core; `none` runs unpinned
  *   BENCH_APPEND=<file>     also append the report to this file (bench/RESULTS.md keeps every run)
@@ -66,7 +70,8 @@ const KB = 1000
 const MiB = 1024 * 1024
 const GiB = 1024 * MiB
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
-const SECONDS = Number(process.env.BENCH_SECONDS ?? 12)
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3)
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 4)
 const WARMUP_SECONDS = Number(process.env.BENCH_WARMUP_SECONDS ?? 3)
 const ONLY = new RegExp(process.env.BENCH_ONLY ?? '')
 const CPU_PROF_DIR = process.env.BENCH_CPU_PROF && path.resolve(process.env.BENCH_CPU_PROF)
@@ -682,6 +687,66 @@ async function runScenario(s3: S3, scenario: Scenario, image: Buffer): Promise<R
   return { ...measured, sutProblems: sut?.problems }
 }
 
+/** Runs a scenario against an S3 server of its own; a scenario that could not run is a result with its error. */
+async function runInFreshS3(candidate: Scenario, image: Buffer): Promise<Result> {
+  // A fresh S3 server per scenario: none pays for what an earlier one stored, and the disk holds one
+  // scenario's objects. In a process of its own, as an S3 server is: sharing this one's event loop, it
+  // stopped reading for seconds while undici encoded 16 forms of 50 MiB, and uploads failed on it.
+  const s3 = await startS3({ ownProcess: true })
+  try {
+    return await runScenario(s3, candidate, image)
+  } catch (error) {
+    process.stderr.write(`  not measured: ${error instanceof Error ? error.stack : String(error)}\n`)
+    return {
+      scenario: candidate,
+      error: error instanceof Error ? error.message : String(error),
+      uploads: 0,
+      failures: 0,
+      warmupFailures: 0,
+      seconds: 0,
+      latenciesMs: [],
+      loadCpuSeconds: 0,
+      loadCpus: '',
+    }
+  } finally {
+    await s3.stop()
+  }
+}
+
+/**
+ * A scenario's rounds as one result: the totals (so rates and CPU per upload weigh each round by its time
+ * and uploads), every latency, the highest peak RSS. A round that could not run makes the whole scenario so.
+ */
+function pooled(results: Result[]): Result {
+  const unmeasured = results.find((result) => result.error)
+  if (unmeasured) return unmeasured
+  const sum = (figure: (result: Result) => number) => results.reduce((total, result) => total + figure(result), 0)
+  const seconds = sum((result) => result.seconds)
+  const share = (figure: (result: Result) => number | undefined) =>
+    results.every((result) => figure(result) !== undefined) ? sum((result) => figure(result)! * result.seconds) / seconds : undefined
+  const distinct = (figure: (result: Result) => string | undefined) => [...new Set(results.map(figure))].join(', ')
+  const peak = results.reduce((highest, result) => ((result.peakRssBytes ?? 0) > (highest.peakRssBytes ?? 0) ? result : highest))
+  return {
+    scenario: results[0]!.scenario,
+    uploads: sum((result) => result.uploads),
+    failures: sum((result) => result.failures),
+    firstFailure: results.find((result) => result.failures > 0)?.firstFailure,
+    warmupFailures: sum((result) => result.warmupFailures),
+    firstWarmupFailure: results.find((result) => result.warmupFailures > 0)?.firstWarmupFailure,
+    seconds,
+    latenciesMs: results.flatMap((result) => result.latenciesMs),
+    sutCpuSeconds: results[0]!.sutCpuSeconds === undefined ? undefined : sum((result) => result.sutCpuSeconds!),
+    loadCpuSeconds: sum((result) => result.loadCpuSeconds),
+    loadCoreBusy: share((result) => result.loadCoreBusy),
+    sutCoreBusy: share((result) => result.sutCoreBusy),
+    loadCpus: distinct((result) => result.loadCpus),
+    sutCpus: results[0]!.sutCpus === undefined ? undefined : distinct((result) => result.sutCpus),
+    peakRssBytes: peak.peakRssBytes,
+    memoryAtPeak: peak.memoryAtPeak,
+    sutProblems: results.flatMap((result) => result.sutProblems ?? []),
+  }
+}
+
 /** The functions a system spent the most CPU in, by self time, over its newest profile. */
 async function cpuProfile(dir: string, scenario: string): Promise<string[]> {
   const newest = (await readdir(dir))
@@ -818,22 +883,35 @@ const JUDGED_NAMES: Record<(typeof JUDGED)[number], string> = { form: 'form (For
 /** The naive route sent by the same kind of client: a cheap sender leaves the shared core to the S3 server. */
 const NAIVE_PEER: Record<(typeof JUDGED)[number], System> = { form: 'naive', formBytes: 'naiveBytes', raw: 'naiveBytes' }
 
-/** The issue's targets, each judged from this run's figures. */
-function targetsTable(results: Result[]): string[] {
+/** A target judged: the figure shown, what the report says of it, and whether it was met. */
+interface Judged {
+  text: string
+  figure: string
+  verdict: string
+  met: boolean
+}
+
+/** The issue's targets, each judged from the figures of `results`. */
+function judgeTargets(results: Result[]): Judged[] {
   const find = (system: System, bytes: number, concurrency: number) =>
     results.find(
       (result) => result.scenario.system === system && result.scenario.bytes === bytes && result.scenario.concurrency === concurrency,
     )
   /** A target over some scenarios: the figure shown, and whether it was met; unsettled if any scenario is missing or had failures. */
-  const target = (text: string, scenarios: (Result | undefined)[], judge: (...results: Result[]) => { figure: string; met: boolean }) => {
-    if (scenarios.some((result) => !result || result.error)) return [text, '—', 'not measured in this run']
+  const target = (
+    text: string,
+    scenarios: (Result | undefined)[],
+    judge: (...results: Result[]) => { figure: string; met: boolean },
+  ): Judged => {
+    if (scenarios.some((result) => !result || result.error)) return { text, figure: '—', verdict: 'not measured in this run', met: false }
     const measured = scenarios as Result[]
-    if (measured.some((result) => result.uploads === 0)) return [text, '—', '**no**: no upload succeeded']
+    if (measured.some((result) => result.uploads === 0)) return { text, figure: '—', verdict: '**no**: no upload succeeded', met: false }
     const { figure, met } = judge(...measured)
     const failed = measured.reduce((sum, result) => sum + result.failures + result.warmupFailures, 0)
-    return [text, figure, failed > 0 ? `**no**: failed uploads (${failed})` : met ? 'yes' : '**no**']
+    if (failed > 0) return { text, figure, verdict: `**no**: failed uploads (${failed})`, met: false }
+    return { text, figure, verdict: met ? 'yes' : '**no**', met }
   }
-  const rows: string[][] = []
+  const rows: Judged[] = []
   const throughputs = [
     { what: '50 MiB ×4', bytes: 50 * MiB, concurrency: 4, rate: mibPerSecond, unit: 'MiB/s' },
     { what: '500 KB ×16', bytes: 500 * KB, concurrency: 16, rate: uploadsPerSecond, unit: 'uploads/s' },
@@ -890,7 +968,37 @@ function targetsTable(results: Result[]): string[] {
       })),
     )
   }
-  return markdownTable(['target (issue #10)', 'this run', 'met'], rows)
+  return rows
+}
+
+/** The targets judged on the whole run (every round's totals), and in how many rounds each was met on its own. */
+function targetsTable(results: Result[], rounds: Result[][]): string[] {
+  const byRound = rounds.map(judgeTargets)
+  const rows = judgeTargets(results).map(({ text, figure, verdict }, index) => [
+    text,
+    figure,
+    verdict,
+    ...(rounds.length > 1 ? [figure === '—' ? '—' : `${byRound.filter((judged) => judged[index]!.met).length} of ${rounds.length}`] : []),
+  ])
+  return markdownTable(['target (issue #10)', 'this run', 'met', ...(rounds.length > 1 ? ['rounds met'] : [])], rows)
+}
+
+/** Each scenario's rate and CPU round by round: how far the machine drifted, and whether a comparison held. */
+function roundsTable(rounds: Result[][]): string[] {
+  const cell = (result: Result) => {
+    if (result.error) return 'not measured'
+    const small = result.scenario.bytes < MiB
+    const rate = fixed(small ? uploadsPerSecond(result) : mibPerSecond(result), 1)
+    const cpu = small ? cpuMsPerUpload(result) : cpuSecondsPerGiB(result)
+    return cpu === undefined ? rate : `${rate} · ${fixed(cpu, 2)}`
+  }
+  return markdownTable(
+    [
+      'scenario: uploads/s (500 KB) or MiB/s (50 MiB) · SUT CPU ms per upload or s per GiB',
+      ...rounds.map((_, index) => `round ${index + 1}`),
+    ],
+    rounds[0]!.map((first, index) => [first.scenario.name, ...rounds.map((round) => cell(round[index]!))]),
+  )
 }
 
 /** Versions and the state of the code and machine, for the report's heading. */
@@ -936,41 +1044,29 @@ const loadBefore = loadAverage()
 const commit = git('rev-parse', '--short', 'HEAD') ?? 'unknown'
 const dirty = git('status', '--porcelain', '--untracked-files=no') ? ' with uncommitted changes' : ''
 const images = new Map<number, Buffer>()
-const results: Result[] = []
+/** Each round's results, in the order of `selected`. */
+const rounds: Result[][] = []
 const profiles: string[] = []
 try {
-  for (const candidate of selected) {
-    if (!images.has(candidate.bytes)) images.set(candidate.bytes, pngOfSize(candidate.bytes, images.size + 1))
-    process.stderr.write(`${candidate.name}: ${WARMUP_SECONDS} s warm-up, ${SECONDS} s measured…\n`)
-    // A fresh S3 server per scenario: none pays for what an earlier one stored, and the disk holds one
-    // scenario's objects. In a process of its own, as an S3 server is: sharing this one's event loop, it
-    // stopped reading for seconds while undici encoded 16 forms of 50 MiB, and uploads failed on it.
-    const s3 = await startS3({ ownProcess: true })
-    try {
-      const result = await runScenario(s3, candidate, images.get(candidate.bytes)!)
-      results.push(result)
+  for (let round = 1; round <= ROUNDS; round++) {
+    const results = new Map<Scenario, Result>()
+    // Every other round backwards: a steady drift of the machine's speed then weighs on no scenario more.
+    for (const candidate of round % 2 === 1 ? selected : [...selected].reverse()) {
+      if (!images.has(candidate.bytes)) images.set(candidate.bytes, pngOfSize(candidate.bytes, images.size + 1))
+      process.stderr.write(`round ${round} of ${ROUNDS}, ${candidate.name}: ${WARMUP_SECONDS} s warm-up, ${SECONDS} s measured…\n`)
+      const result = await runInFreshS3(candidate, images.get(candidate.bytes)!)
+      results.set(candidate, result)
       for (const line of failureNotes(result)) process.stderr.write(`  ${line}\n`)
-    } catch (error) {
-      process.stderr.write(`  not measured: ${error instanceof Error ? error.stack : String(error)}\n`)
-      results.push({
-        scenario: candidate,
-        error: error instanceof Error ? error.message : String(error),
-        uploads: 0,
-        failures: 0,
-        warmupFailures: 0,
-        seconds: 0,
-        latenciesMs: [],
-        loadCpuSeconds: 0,
-        loadCpus: '',
-      })
-    } finally {
-      await s3.stop()
+      if (CPU_PROF_DIR && candidate.system !== 'direct')
+        profiles.push(...(await cpuProfile(CPU_PROF_DIR, `${candidate.name}, round ${round}`)))
     }
-    if (CPU_PROF_DIR && candidate.system !== 'direct') profiles.push(...(await cpuProfile(CPU_PROF_DIR, candidate.name)))
+    rounds.push(selected.map((candidate) => results.get(candidate)!))
   }
 } finally {
   if (imageDir) await rm(imageDir, { recursive: true, force: true })
 }
+/** Every scenario over all its rounds. */
+const results = selected.map((_, index) => pooled(rounds.map((round) => round[index]!)))
 
 const cpuModel = cpus()[0]?.model.trim() ?? 'unknown CPU'
 const report = [
@@ -981,12 +1077,13 @@ const report = [
   CPUS
     ? `- Pinned with \`taskset\`: the load generator (this process; the Python client's process in its scenarios) and s3rver (its own process) on CPU ${CPUS.load}, each system under test alone on CPU ${CPUS.sut}; read back from every process's threads (Cpus_allowed_list) in every scenario, column "CPUs". Other processes on the machine are not pinned: the core columns show their share.`
     : '- **Not pinned** (BENCH_CPUS=none): every process may run on every core.',
-  `- ${SECONDS} s measured per scenario after ${WARMUP_SECONDS} s of warm-up; a fresh s3rver per scenario; a fresh process for each system under test. Load average (1, 5, 15 min) before: ${loadBefore}; after: ${loadAverage()}.`,
+  `- ${ROUNDS} round${ROUNDS > 1 ? 's' : ''} of every scenario, in turns (every other round in reverse order); in each, ${SECONDS} s measured after ${WARMUP_SECONDS} s of warm-up, with a fresh s3rver and a fresh process for the system under test. The first table and the targets add up every round; the last table shows each round. Load average (1, 5, 15 min) before: ${loadBefore}; after: ${loadAverage()}.`,
   '',
   ...resultsTable(results),
   '',
-  ...targetsTable(results),
+  ...targetsTable(results, rounds),
   '',
+  ...(ROUNDS > 1 ? [...roundsTable(rounds), ''] : []),
 ]
 const notes = [
   ...results.flatMap((result) => failureNotes(result).map((line) => `${result.scenario.name}: ${line}`)),
