@@ -40,6 +40,9 @@
  *   BENCH_WARMUP_SECONDS=3  warm-up per scenario and round, not measured
  *   BENCH_ONLY=<regexp>     only the scenarios whose name matches (the direct and naive ones a target needs run too)
  *   BENCH_CPUS=0,1          the load generator's core, then the systems' core; `none` runs unpinned
+ *   BENCH_S3_DIR=/dev/shm   where s3rver stores its objects: tmpfs by default (the system's temporary directory
+ *                           where there is no /dev/shm). On a disk, s3rver's CPU per PutObject follows the
+ *                           disk's writeback: 4.0–6.2 ms per 500 KB against 2.9–3.6 on tmpfs (RESULTS.md, ninth pass)
  *   BENCH_APPEND=<file>     also append the report to this file (bench/RESULTS.md keeps every run)
  *   BENCH_NOTE=<text>       a line under the report's heading (say, what else ran on the machine)
  *   BENCH_CPU_PROF=<dir>    run each Node.js system under `node --cpu-prof`; report where its CPU time went
@@ -51,6 +54,7 @@
  */
 import { execFileSync, spawn } from 'node:child_process'
 import { createHash } from 'node:crypto'
+import { existsSync } from 'node:fs'
 import { appendFile, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import http from 'node:http'
 import { cpus, loadavg, tmpdir } from 'node:os'
@@ -74,6 +78,7 @@ const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3)
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 4)
 const WARMUP_SECONDS = Number(process.env.BENCH_WARMUP_SECONDS ?? 3)
 const ONLY = new RegExp(process.env.BENCH_ONLY ?? '')
+const S3_DIR = process.env.BENCH_S3_DIR ?? (existsSync('/dev/shm') ? '/dev/shm' : tmpdir())
 const CPU_PROF_DIR = process.env.BENCH_CPU_PROF && path.resolve(process.env.BENCH_CPU_PROF)
 const SERVICE_ENV = JSON.parse(process.env.BENCH_SERVICE_ENV ?? '{}') as Record<string, string>
 const PYTHON = process.env.BENCH_PYTHON ?? '/usr/bin/python3'
@@ -692,7 +697,7 @@ async function runInFreshS3(candidate: Scenario, image: Buffer): Promise<Result>
   // A fresh S3 server per scenario: none pays for what an earlier one stored, and the disk holds one
   // scenario's objects. In a process of its own, as an S3 server is: sharing this one's event loop, it
   // stopped reading for seconds while undici encoded 16 forms of 50 MiB, and uploads failed on it.
-  const s3 = await startS3({ ownProcess: true })
+  const s3 = await startS3({ ownProcess: true, under: S3_DIR })
   try {
     return await runScenario(s3, candidate, image)
   } catch (error) {
@@ -1077,7 +1082,7 @@ const report = [
   CPUS
     ? `- Pinned with \`taskset\`: the load generator (this process; the Python client's process in its scenarios) and s3rver (its own process) on CPU ${CPUS.load}, each system under test alone on CPU ${CPUS.sut}; read back from every process's threads (Cpus_allowed_list) in every scenario, column "CPUs". Other processes on the machine are not pinned: the core columns show their share.`
     : '- **Not pinned** (BENCH_CPUS=none): every process may run on every core.',
-  `- ${ROUNDS} round${ROUNDS > 1 ? 's' : ''} of every scenario, in turns (every other round in reverse order); in each, ${SECONDS} s measured after ${WARMUP_SECONDS} s of warm-up, with a fresh s3rver and a fresh process for the system under test. The first table and the targets add up every round; the last table shows each round. Load average (1, 5, 15 min) before: ${loadBefore}; after: ${loadAverage()}.`,
+  `- ${ROUNDS} round${ROUNDS > 1 ? 's' : ''} of every scenario, in turns (every other round in reverse order); in each, ${SECONDS} s measured after ${WARMUP_SECONDS} s of warm-up, with a fresh s3rver (storing under ${S3_DIR}) and a fresh process for the system under test. The first table and the targets add up every round; the last table shows each round. Load average (1, 5, 15 min) before: ${loadBefore}; after: ${loadAverage()}.`,
   '',
   ...resultsTable(results),
   '',

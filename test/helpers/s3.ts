@@ -43,10 +43,11 @@ export interface LocalS3 {
 /**
  * The local S3 protocol server (s3rver) on 127.0.0.1 with one bucket, plus an independent client. In this
  * process by default; `ownProcess` runs it in a child with the OpenSSL legacy provider, which it needs to
- * answer a truncated ListObjectsV2 (a bucket of more than one page; see s3rver-main.ts).
+ * answer a truncated ListObjectsV2 (a bucket of more than one page; see s3rver-main.ts). Its objects are
+ * stored under `under` (a directory of its own there), the system's temporary directory by default.
  */
-export async function startS3(options: { ownProcess?: boolean } = {}): Promise<LocalS3> {
-  const directory = await mkdtemp(path.join(tmpdir(), 's3rver-'))
+export async function startS3(options: { ownProcess?: boolean; under?: string } = {}): Promise<LocalS3> {
+  const directory = await mkdtemp(path.join(options.under ?? tmpdir(), 's3rver-'))
   let port: number
   let pid: number | undefined
   let stopServer: () => Promise<unknown>
