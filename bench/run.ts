@@ -37,7 +37,10 @@
  *                           machine's speed drifts by a fifth within minutes, and a scenario measured in one
  *                           stretch would be compared with others measured in slower or faster ones
  *   BENCH_SECONDS=4         measured seconds per scenario and round (uploads started within it; the last ones finish after)
- *   BENCH_WARMUP_SECONDS=3  warm-up per scenario and round, not measured
+ *   BENCH_WARMUP_SECONDS=<n> warm-up per scenario and round, not measured: by default 10 s at 500 KB, 3 s at
+ *                           50 MiB. A fresh service spends 3-5 ms of CPU per 500 KB upload over its first 2,000
+ *                           uploads, then about 2 ms, as V8 optimises its code; 50 MiB uploads run its per-chunk
+ *                           code thousands of times each (RESULTS.md, ninth pass)
  *   BENCH_ONLY=<regexp>     only the scenarios whose name matches (the direct and naive ones a target needs run too)
  *   BENCH_CPUS=0,1          the load generator's core, then the systems' core; `none` runs unpinned
  *   BENCH_S3_DIR=/dev/shm   where s3rver stores its objects: tmpfs by default (the system's temporary directory
@@ -76,7 +79,7 @@ const GiB = 1024 * MiB
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3)
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 4)
-const WARMUP_SECONDS = Number(process.env.BENCH_WARMUP_SECONDS ?? 3)
+const WARMUP_SECONDS = process.env.BENCH_WARMUP_SECONDS === undefined ? undefined : Number(process.env.BENCH_WARMUP_SECONDS)
 const ONLY = new RegExp(process.env.BENCH_ONLY ?? '')
 const S3_DIR = process.env.BENCH_S3_DIR ?? (existsSync('/dev/shm') ? '/dev/shm' : tmpdir())
 const CPU_PROF_DIR = process.env.BENCH_CPU_PROF && path.resolve(process.env.BENCH_CPU_PROF)
@@ -118,15 +121,20 @@ interface Scenario {
   system: System
   bytes: number
   concurrency: number
+  /** Uploads for this long before the measured part: long enough for a fresh process to reach its steady cost. */
+  warmupSeconds: number
   /** Sample the service's memory metrics (GET /metrics): only where peak RSS is a target, as it costs the service CPU. */
   sampleMemory: boolean
 }
 
+const sizeName = (bytes: number) => (bytes < MiB ? `${bytes / KB} KB` : `${bytes / MiB} MiB`)
+
 const scenario = (system: System, bytes: number, concurrency: number): Scenario => ({
-  name: `${SYSTEMS[system]} ${bytes < MiB ? `${bytes / KB} KB` : `${bytes / MiB} MiB`} ×${concurrency}`,
+  name: `${SYSTEMS[system]} ${sizeName(bytes)} ×${concurrency}`,
   system,
   bytes,
   concurrency,
+  warmupSeconds: WARMUP_SECONDS ?? (bytes < MiB ? 10 : 3),
   sampleMemory: system !== 'direct' && !system.startsWith('naive') && concurrency === 16 && bytes === 50 * MiB,
 })
 
@@ -269,7 +277,7 @@ type Upload = () => Promise<string>
  * Runs `upload` in `concurrency` closed loops: a warm-up, then new uploads for SECONDS. The measured time
  * ends when the last upload does, so every byte counted was stored in it.
  */
-function closedLoops(concurrency: number, upload: Upload): Load {
+function closedLoops({ concurrency, warmupSeconds }: Scenario, upload: Upload): Load {
   return {
     pids: [],
     async run(begin, end) {
@@ -293,7 +301,7 @@ function closedLoops(concurrency: number, upload: Upload): Load {
         )
       }
       const measured: LoadRun = { latenciesMs: [], failures: [], warmupFailures: [], lastKey: '', seconds: 0 }
-      await loops(WARMUP_SECONDS, measured.warmupFailures)
+      await loops(warmupSeconds, measured.warmupFailures)
       await begin()
       const startedAt = performance.now()
       await loops(SECONDS, measured.failures, measured)
@@ -305,8 +313,8 @@ function closedLoops(concurrency: number, upload: Upload): Load {
 }
 
 /** The bot's Python client in closed loops (bench/python_load.py), in a Python process on the load core. */
-function pythonLoad(baseUrl: string, imagePath: string, concurrency: number): Load {
-  const args = [path.join(ROOT, 'bench/python_load.py'), baseUrl, imagePath, String(concurrency), String(WARMUP_SECONDS), String(SECONDS)]
+function pythonLoad(baseUrl: string, imagePath: string, { concurrency, warmupSeconds }: Scenario): Load {
+  const args = [path.join(ROOT, 'bench/python_load.py'), baseUrl, imagePath, String(concurrency), String(warmupSeconds), String(SECONDS)]
   const [command, ...rest] = CPUS ? ['taskset', '-c', CPUS.load, PYTHON, ...args] : [PYTHON, ...args]
   // Its stdin stays open until its CPU time has been read: it exits only then.
   const child = spawn(command!, rest, { env: { PATH: process.env.PATH, BENCH_API_KEY: API_TOKEN }, stdio: ['pipe', 'pipe', 'inherit'] })
@@ -609,7 +617,7 @@ async function runScenario(s3: S3, scenario: Scenario, image: Buffer): Promise<R
       driver = new R2Driver(storage)
       const client = driver.client
       let next = 0
-      load = closedLoops(scenario.concurrency, async () => {
+      load = closedLoops(scenario, async () => {
         const key = `direct/${next++}.png`
         const stored = await client.send(
           new PutObjectCommand({ Bucket: TEST_BUCKET, Key: key, Body: image, ContentLength: image.length, ContentType: 'image/png' }),
@@ -622,18 +630,18 @@ async function runScenario(s3: S3, scenario: Scenario, image: Buffer): Promise<R
     }
     case 'naive':
       sut = await startNaiveRoute(s3)
-      load = closedLoops(scenario.concurrency, () => post(`http://127.0.0.1:${sut!.port}/upload`, { body: form() }, sameEtag))
+      load = closedLoops(scenario, () => post(`http://127.0.0.1:${sut!.port}/upload`, { body: form() }, sameEtag))
       break
     case 'naiveBytes': {
       const { contentType, body } = await formBytes()
       sut = await startNaiveRoute(s3)
       const url = `http://127.0.0.1:${sut.port}/upload`
-      load = closedLoops(scenario.concurrency, () => postBytes(url, { 'content-type': contentType }, body, agent, sameEtag))
+      load = closedLoops(scenario, () => postBytes(url, { 'content-type': contentType }, body, agent, sameEtag))
       break
     }
     case 'form':
       sut = await startService(s3)
-      load = closedLoops(scenario.concurrency, () =>
+      load = closedLoops(scenario, () =>
         post(`http://127.0.0.1:${sut!.port}/v1/images`, { headers: { authorization }, body: form() }, sameSha256),
       )
       break
@@ -641,17 +649,13 @@ async function runScenario(s3: S3, scenario: Scenario, image: Buffer): Promise<R
       const { contentType, body } = await formBytes()
       sut = await startService(s3)
       const url = `http://127.0.0.1:${sut.port}/v1/images`
-      load = closedLoops(scenario.concurrency, () =>
-        postBytes(url, { authorization, 'content-type': contentType }, body, agent, sameSha256),
-      )
+      load = closedLoops(scenario, () => postBytes(url, { authorization, 'content-type': contentType }, body, agent, sameSha256))
       break
     }
     case 'raw': {
       sut = await startService(s3)
       const url = `http://127.0.0.1:${sut.port}/v1/images?filename=bench.png`
-      load = closedLoops(scenario.concurrency, () =>
-        postBytes(url, { authorization, 'content-type': 'image/png' }, image, agent, sameSha256),
-      )
+      load = closedLoops(scenario, () => postBytes(url, { authorization, 'content-type': 'image/png' }, image, agent, sameSha256))
       break
     }
     case 'client': {
@@ -662,7 +666,7 @@ async function runScenario(s3: S3, scenario: Scenario, image: Buffer): Promise<R
         maxRetries: 0,
         timeoutMs: 600_000,
       })
-      load = closedLoops(scenario.concurrency, async () => {
+      load = closedLoops(scenario, async () => {
         const stored = await images.upload(image, 'bench.png')
         const wrong = sameSha256(stored)
         if (wrong) throw new Error(wrong)
@@ -672,7 +676,7 @@ async function runScenario(s3: S3, scenario: Scenario, image: Buffer): Promise<R
     }
     case 'python':
       sut = await startService(s3)
-      load = pythonLoad(`http://127.0.0.1:${sut.port}`, await imageFile(image), scenario.concurrency)
+      load = pythonLoad(`http://127.0.0.1:${sut.port}`, await imageFile(image), scenario)
       break
   }
   let measured: Result
@@ -1058,7 +1062,7 @@ try {
     // Every other round backwards: a steady drift of the machine's speed then weighs on no scenario more.
     for (const candidate of round % 2 === 1 ? selected : [...selected].reverse()) {
       if (!images.has(candidate.bytes)) images.set(candidate.bytes, pngOfSize(candidate.bytes, images.size + 1))
-      process.stderr.write(`round ${round} of ${ROUNDS}, ${candidate.name}: ${WARMUP_SECONDS} s warm-up, ${SECONDS} s measured…\n`)
+      process.stderr.write(`round ${round} of ${ROUNDS}, ${candidate.name}: ${candidate.warmupSeconds} s warm-up, ${SECONDS} s measured…\n`)
       const result = await runInFreshS3(candidate, images.get(candidate.bytes)!)
       results.set(candidate, result)
       for (const line of failureNotes(result)) process.stderr.write(`  ${line}\n`)
@@ -1082,7 +1086,7 @@ const report = [
   CPUS
     ? `- Pinned with \`taskset\`: the load generator (this process; the Python client's process in its scenarios) and s3rver (its own process) on CPU ${CPUS.load}, each system under test alone on CPU ${CPUS.sut}; read back from every process's threads (Cpus_allowed_list) in every scenario, column "CPUs". Other processes on the machine are not pinned: the core columns show their share.`
     : '- **Not pinned** (BENCH_CPUS=none): every process may run on every core.',
-  `- ${ROUNDS} round${ROUNDS > 1 ? 's' : ''} of every scenario, in turns (every other round in reverse order); in each, ${SECONDS} s measured after ${WARMUP_SECONDS} s of warm-up, with a fresh s3rver (storing under ${S3_DIR}) and a fresh process for the system under test. The first table and the targets add up every round; the last table shows each round. Load average (1, 5, 15 min) before: ${loadBefore}; after: ${loadAverage()}.`,
+  `- ${ROUNDS} round${ROUNDS > 1 ? 's' : ''} of every scenario, in turns (every other round in reverse order); in each, ${SECONDS} s measured after a warm-up of ${[...new Set(selected.map((candidate) => `${candidate.warmupSeconds} s at ${sizeName(candidate.bytes)}`))].join(', ')}, with a fresh s3rver (storing under ${S3_DIR}) and a fresh process for the system under test. The first table and the targets add up every round; the last table shows each round. Load average (1, 5, 15 min) before: ${loadBefore}; after: ${loadAverage()}.`,
   '',
   ...resultsTable(results),
   '',
