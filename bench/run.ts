@@ -698,8 +698,8 @@ async function runScenario(s3: S3, scenario: Scenario, image: Buffer): Promise<R
 
 /** Runs a scenario against an S3 server of its own; a scenario that could not run is a result with its error. */
 async function runInFreshS3(candidate: Scenario, image: Buffer): Promise<Result> {
-  // A fresh S3 server per scenario: none pays for what an earlier one stored, and the disk holds one
-  // scenario's objects. In a process of its own, as an S3 server is: sharing this one's event loop, it
+  // A fresh S3 server per scenario and round: none pays for what an earlier one stored, and S3_DIR (memory,
+  // on tmpfs) holds one scenario's objects at a time. In a process of its own, as an S3 server is: sharing this one's event loop, it
   // stopped reading for seconds while undici encoded 16 forms of 50 MiB, and uploads failed on it.
   const s3 = await startS3({ ownProcess: true, under: S3_DIR })
   try {
