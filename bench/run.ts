@@ -33,19 +33,12 @@
  * (and in how many rounds on its own), then each scenario's rate and CPU round by round.
  *
  * Options (environment):
- *   BENCH_ROUNDS=3          times every scenario runs, in turns (the order reversed every other round): the
- *                           machine's speed drifts by a fifth within minutes, and a scenario measured in one
- *                           stretch would be compared with others measured in slower or faster ones
- *   BENCH_SECONDS=4         measured seconds per scenario and round (uploads started within it; the last ones finish after)
- *   BENCH_WARMUP_SECONDS=<n> warm-up per scenario and round, not measured: by default 10 s at 500 KB, 3 s at
- *                           50 MiB. A fresh service spends 3-5 ms of CPU per 500 KB upload over its first 2,000
- *                           uploads, then about 2 ms, as V8 optimises its code; 50 MiB uploads run its per-chunk
- *                           code thousands of times each (RESULTS.md, ninth pass)
+ *   BENCH_ROUNDS=4          times every scenario runs, in turns, in the order ABBA (RESULTS.md, ninth pass)
+ *   BENCH_SECONDS=3         measured seconds per scenario and round (uploads started within it; the last ones finish after)
+ *   BENCH_WARMUP_SECONDS=n  warm-up per scenario and round, not measured; by default 10 s at 500 KB, 3 s at 50 MiB
  *   BENCH_ONLY=<regexp>     only the scenarios whose name matches (the direct and naive ones a target needs run too)
  *   BENCH_CPUS=0,1          the load generator's core, then the systems' core; `none` runs unpinned
- *   BENCH_S3_DIR=/dev/shm   where s3rver stores its objects: tmpfs by default (the system's temporary directory
- *                           where there is no /dev/shm). On a disk, s3rver's CPU per PutObject follows the
- *                           disk's writeback: 4.0–6.2 ms per 500 KB against 2.9–3.6 on tmpfs (RESULTS.md, ninth pass)
+ *   BENCH_S3_DIR=/dev/shm   where s3rver stores its objects (the system's temporary directory if there is no /dev/shm)
  *   BENCH_APPEND=<file>     also append the report to this file (bench/RESULTS.md keeps every run)
  *   BENCH_NOTE=<text>       a line under the report's heading (say, what else ran on the machine)
  *   BENCH_CPU_PROF=<dir>    run each Node.js system under `node --cpu-prof`; report where its CPU time went
@@ -77,10 +70,18 @@ const KB = 1000
 const MiB = 1024 * 1024
 const GiB = 1024 * MiB
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
-const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3)
-const SECONDS = Number(process.env.BENCH_SECONDS ?? 4)
+/**
+ * The machine's speed drifts by a fifth within minutes: each scenario runs in rounds taken in turns, so
+ * that those it is compared with are measured in the same stretches. The order is ABBA (forward, backward,
+ * backward, forward, …): a drift steady over the run then weighs on no scenario more than another.
+ */
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 4)
+if (!Number.isInteger(ROUNDS) || ROUNDS < 1)
+  throw new Error(`BENCH_ROUNDS must be a whole number of at least 1, not ${process.env.BENCH_ROUNDS}`)
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 3)
 const WARMUP_SECONDS = process.env.BENCH_WARMUP_SECONDS === undefined ? undefined : Number(process.env.BENCH_WARMUP_SECONDS)
 const ONLY = new RegExp(process.env.BENCH_ONLY ?? '')
+/** tmpfs: on a disk, s3rver's CPU per PutObject followed the disk's writeback (RESULTS.md, ninth pass). */
 const S3_DIR = process.env.BENCH_S3_DIR ?? (existsSync('/dev/shm') ? '/dev/shm' : tmpdir())
 const CPU_PROF_DIR = process.env.BENCH_CPU_PROF && path.resolve(process.env.BENCH_CPU_PROF)
 const SERVICE_ENV = JSON.parse(process.env.BENCH_SERVICE_ENV ?? '{}') as Record<string, string>
@@ -121,7 +122,11 @@ interface Scenario {
   system: System
   bytes: number
   concurrency: number
-  /** Uploads for this long before the measured part: long enough for a fresh process to reach its steady cost. */
+  /**
+   * Uploads for this long before the measured part. A fresh service spends 3–5 ms of CPU per 500 KB upload
+   * over its first 2,000 uploads while V8 optimises it, then about 2 ms: 10 s is 2,000–3,500 uploads at the
+   * judged senders' rates. At 50 MiB each upload runs the per-chunk code thousands of times.
+   */
   warmupSeconds: number
   /** Sample the service's memory metrics (GET /metrics): only where peak RSS is a target, as it costs the service CPU. */
   sampleMemory: boolean
@@ -699,8 +704,9 @@ async function runScenario(s3: S3, scenario: Scenario, image: Buffer): Promise<R
 /** Runs a scenario against an S3 server of its own; a scenario that could not run is a result with its error. */
 async function runInFreshS3(candidate: Scenario, image: Buffer): Promise<Result> {
   // A fresh S3 server per scenario and round: none pays for what an earlier one stored, and S3_DIR (memory,
-  // on tmpfs) holds one scenario's objects at a time. In a process of its own, as an S3 server is: sharing this one's event loop, it
-  // stopped reading for seconds while undici encoded 16 forms of 50 MiB, and uploads failed on it.
+  // on tmpfs) holds one scenario's objects at a time. In a process of its own, as an S3 server is: sharing
+  // this one's event loop, it stopped reading for seconds while undici encoded 16 forms of 50 MiB, and
+  // uploads failed on it.
   const s3 = await startS3({ ownProcess: true, under: S3_DIR })
   try {
     return await runScenario(s3, candidate, image)
@@ -983,11 +989,15 @@ function judgeTargets(results: Result[]): Judged[] {
 /** The targets judged on the whole run (every round's totals), and in how many rounds each was met on its own. */
 function targetsTable(results: Result[], rounds: Result[][]): string[] {
   const byRound = rounds.map(judgeTargets)
+  const roundsMet = (index: number) =>
+    byRound.every((judged) => judged[index]!.figure === '—')
+      ? '—'
+      : `${byRound.filter((judged) => judged[index]!.met).length} of ${rounds.length}`
   const rows = judgeTargets(results).map(({ text, figure, verdict }, index) => [
     text,
     figure,
     verdict,
-    ...(rounds.length > 1 ? [figure === '—' ? '—' : `${byRound.filter((judged) => judged[index]!.met).length} of ${rounds.length}`] : []),
+    ...(rounds.length > 1 ? [roundsMet(index)] : []),
   ])
   return markdownTable(['target (issue #10)', 'this run', 'met', ...(rounds.length > 1 ? ['rounds met'] : [])], rows)
 }
@@ -1059,12 +1069,12 @@ const profiles: string[] = []
 try {
   for (let round = 1; round <= ROUNDS; round++) {
     const results = new Map<Scenario, Result>()
-    // Every other round backwards: a steady drift of the machine's speed then weighs on no scenario more.
-    for (const candidate of round % 2 === 1 ? selected : [...selected].reverse()) {
+    const backward = round % 4 === 2 || round % 4 === 3
+    for (const candidate of backward ? [...selected].reverse() : selected) {
       if (!images.has(candidate.bytes)) images.set(candidate.bytes, pngOfSize(candidate.bytes, images.size + 1))
       process.stderr.write(`round ${round} of ${ROUNDS}, ${candidate.name}: ${candidate.warmupSeconds} s warm-up, ${SECONDS} s measured…\n`)
       const result = await runInFreshS3(candidate, images.get(candidate.bytes)!)
-      results.set(candidate, result)
+      results.set(candidate, result.error ? { ...result, error: `round ${round}: ${result.error}` } : result)
       for (const line of failureNotes(result)) process.stderr.write(`  ${line}\n`)
       if (CPU_PROF_DIR && candidate.system !== 'direct')
         profiles.push(...(await cpuProfile(CPU_PROF_DIR, `${candidate.name}, round ${round}`)))
@@ -1086,7 +1096,7 @@ const report = [
   CPUS
     ? `- Pinned with \`taskset\`: the load generator (this process; the Python client's process in its scenarios) and s3rver (its own process) on CPU ${CPUS.load}, each system under test alone on CPU ${CPUS.sut}; read back from every process's threads (Cpus_allowed_list) in every scenario, column "CPUs". Other processes on the machine are not pinned: the core columns show their share.`
     : '- **Not pinned** (BENCH_CPUS=none): every process may run on every core.',
-  `- ${ROUNDS} round${ROUNDS > 1 ? 's' : ''} of every scenario, in turns (every other round in reverse order); in each, ${SECONDS} s measured after a warm-up of ${[...new Set(selected.map((candidate) => `${candidate.warmupSeconds} s at ${sizeName(candidate.bytes)}`))].join(', ')}, with a fresh s3rver (storing under ${S3_DIR}) and a fresh process for the system under test. The first table and the targets add up every round; the last table shows each round. Load average (1, 5, 15 min) before: ${loadBefore}; after: ${loadAverage()}.`,
+  `- ${ROUNDS} round${ROUNDS > 1 ? 's' : ''} of every scenario, in turns (in the order ABBA); in each, ${SECONDS} s measured after a warm-up of ${[...new Set(selected.map((candidate) => `${candidate.warmupSeconds} s at ${sizeName(candidate.bytes)}`))].join(', ')}, with a fresh s3rver (storing under ${S3_DIR}) and a fresh process for the system under test. The first table and the targets add up every round; the last table shows each round. Load average (1, 5, 15 min) before: ${loadBefore}; after: ${loadAverage()}.`,
   '',
   ...resultsTable(results),
   '',
