@@ -124,7 +124,7 @@ interface Scenario {
   concurrency: number
   /**
    * Uploads for this long before the measured part. A fresh service spends 3–5 ms of CPU per 500 KB upload
-   * over its first 2,000 uploads while V8 optimises it, then about 2 ms: 10 s is 2,000–3,500 uploads at the
+   * over its first 2,000 uploads while V8 optimises it, then about 2 ms: 10 s is 1,800–3,700 uploads at the
    * judged senders' rates. At 50 MiB each upload runs the per-chunk code thousands of times.
    */
   warmupSeconds: number
