@@ -1,6 +1,5 @@
 import net from 'node:net'
 import { Writable } from 'node:stream'
-import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import { buildTestApp } from './helpers/app.js'
 import { streamUpload } from './helpers/client.js'
@@ -10,6 +9,7 @@ import { multipartBody } from './helpers/multipart.js'
 import { r2DriverOf, r2Env, startS3 } from './helpers/s3.js'
 import { startS3Recorder } from './helpers/s3-recorder.js'
 import { isolatedSpoolDir } from './helpers/spool.js'
+import { until } from './helpers/wait.js'
 
 // Clients that disconnect at 0 % (headers only), 50 % and 99 % of their body, for a one-part and a file
 // over one part, raw and as a form of declared length (over one part: streamed in one PutObject), and as a
@@ -81,14 +81,6 @@ async function unansweredUploadsMeasured(): Promise<number> {
       sample.labels.status_code === '499',
   )
   return count?.value ?? 0
-}
-
-async function until(what: string, check: () => Promise<boolean> | boolean, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await sleep(5)
-  }
 }
 
 /**

@@ -12,6 +12,7 @@ import { listen } from './helpers/http.js'
 import { pngOfSize, sha256 } from './helpers/images.js'
 import { LOCAL_SOURCE_ENV, spyNetwork, startSource } from './helpers/import.js'
 import { r2Env, startS3 } from './helpers/s3.js'
+import { until } from './helpers/wait.js'
 
 t.setTimeout(40_000)
 
@@ -255,11 +256,14 @@ t.test('a run killed midway and restarted ends with every id exactly once in the
 
   let linesAtKill = 0
   const killed = await migrate(args, async (child) => {
-    for (;;) {
-      linesAtKill = (await readMap(mapFile)).length
-      if (linesAtKill >= 12) break
-      await sleep(10)
-    }
+    await until(
+      '12 map lines',
+      async () => {
+        linesAtKill = (await readMap(mapFile)).length
+        return linesAtKill >= 12
+      },
+      60_000,
+    )
     child.kill('SIGKILL')
   })
   t.equal(killed.signal, 'SIGKILL', `killed after ${linesAtKill} map lines`)
@@ -290,7 +294,7 @@ t.test('SIGINT stops the run after the imports in flight, with a compacted map a
   await writeFile(input, records.map(({ id, url }) => JSON.stringify({ id, url })).join('\n'))
   const mapFile = path.join(dir, 'map.jsonl')
   const stopped = await migrate(['--input', input, '--map', mapFile, '--url', serviceUrl, '--rate', '500/s'], async (child) => {
-    while ((await readMap(mapFile)).length < 8) await sleep(10)
+    await until('8 map lines', async () => (await readMap(mapFile)).length >= 8, 60_000)
     child.kill('SIGINT')
   })
   t.equal(stopped.code, 130, 'exit 130')

@@ -1,7 +1,6 @@
 import { once } from 'node:events'
 import net from 'node:net'
 import { Writable } from 'node:stream'
-import { setTimeout as sleep } from 'node:timers/promises'
 import Fastify from 'fastify'
 import t from 'tap'
 import requestLog from '../src/plugins/request-log.js'
@@ -10,6 +9,7 @@ import { piecesOf, streamUpload } from './helpers/client.js'
 import { listen } from './helpers/http.js'
 import { pngOfSize, sha256 } from './helpers/images.js'
 import { multipartBody } from './helpers/multipart.js'
+import { until } from './helpers/wait.js'
 
 t.test('the request log: bytesIn counts the body bytes read, chunked or of declared length', async (t) => {
   const { lines, stream } = logCapture()
@@ -74,9 +74,9 @@ t.test("fields added to a request's line: in it until it is written, refused aft
 
   const socket = net.connect(service.port, service.host)
   socket.write('GET /left HTTP/1.1\r\nHost: x\r\n\r\n')
-  await until(() => leftArrived)
+  await until('the request to arrive', () => leftArrived)
   socket.destroy()
-  await until(() => added.length === 2)
+  await until('the route to add its fields', () => added.length === 2)
   const left = lines.find((line) => line.route === '/left')
   t.match(left, { msg: 'request', status: 499, code: 'client_closed' }, 'a client that left: its line is written at once')
   t.notOk(left && 'key' in left, 'without what was added after it')
@@ -93,11 +93,4 @@ function logCapture() {
     },
   })
   return { lines, stream }
-}
-
-async function until(check: () => boolean): Promise<void> {
-  for (let waited = 0; !check(); waited += 5) {
-    if (waited > 5000) throw new Error('timed out')
-    await sleep(5)
-  }
 }

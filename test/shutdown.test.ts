@@ -11,6 +11,7 @@ import { pngOfSize, sha256 } from './helpers/images.js'
 import { PROBLEM_JSON } from './helpers/problem.js'
 import { r2Env, startS3 } from './helpers/s3.js'
 import { startService } from './helpers/service-process.js'
+import { until } from './helpers/wait.js'
 
 const KiB = 1024
 const MiB = 1024 * 1024
@@ -137,14 +138,6 @@ async function metric(target: { host: string; port: number }, series: string): P
   return line === undefined ? 0 : Number(line.slice(series.length + 1))
 }
 
-async function until(condition: () => Promise<boolean>, what: string, withinMs = 10_000): Promise<void> {
-  const deadline = Date.now() + withinMs
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await sleep(50)
-  }
-}
-
 t.test('SIGTERM during a slow upload: it finishes with 201 and a byte-exact object, new connections are refused, exit 0', async (t) => {
   // Long enough for the rest of the upload (about 0.8 s after the signal): the abort must never fire here.
   const SHUTDOWN_TIMEOUT_MS = 10_000
@@ -243,8 +236,8 @@ t.test(
     })()
 
     // All three are in the handler, and the large one really is being spooled, before the signal.
-    await until(async () => (await metric(service.target, 'r2_uploads_in_flight')) === 3, 'three uploads in flight')
-    await until(async () => (await spoolFiles()).length === 1, 'the large upload to be spooled')
+    await until('three uploads in flight', async () => (await metric(service.target, 'r2_uploads_in_flight')) === 3)
+    await until('the large upload to be spooled', async () => (await spoolFiles()).length === 1)
     t.pass('three uploads are in flight, the large one being spooled')
 
     const signalledAt = Date.now()
@@ -315,7 +308,7 @@ t.test('a client that neither reads the 503 nor hangs up holds the exit for LING
     clearInterval(trickle)
     socket.destroy()
   })
-  await until(async () => (await metric(service.target, 'r2_uploads_in_flight')) === 1, 'the upload to be in flight')
+  await until('the upload to be in flight', async () => (await metric(service.target, 'r2_uploads_in_flight')) === 1)
 
   const signalledAt = Date.now()
   service.child.kill('SIGTERM')

@@ -5,6 +5,7 @@ import { buildTestApp } from './helpers/app.js'
 import { listen } from './helpers/http.js'
 import { pngOfSize, sha256 } from './helpers/images.js'
 import { r2Env, startS3 } from './helpers/s3.js'
+import { until } from './helpers/wait.js'
 
 // Uploads that find every slot taken wait for one (UPLOAD_QUEUE_WAIT_MS), in a bounded queue
 // (UPLOAD_QUEUE_MAX) shared fairly between API keys. Uploads here go over real sockets to the app storing
@@ -18,14 +19,6 @@ const s3 = await startS3()
 t.teardown(() => s3.stop())
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
-
-async function until(what: string, check: () => Promise<boolean> | boolean, timeoutMs = 10_000) {
-  const deadline = Date.now() + timeoutMs
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await sleep(10)
-  }
-}
 
 interface Answer {
   status: number
