@@ -53,8 +53,9 @@ const queue = [...SEEDED.map((key, index) => ({ key, size: sizeOf(index) })), ..
 await Promise.all(
   Array.from({ length: 16 }, async () => {
     for (let next = queue.shift(); next; next = queue.shift()) {
-      await s3.client.send(new PutObjectCommand({ Bucket: TEST_BUCKET, Key: next.key, Body: Buffer.alloc(next.size, 7) }))
-      if (!YOUNG_SEEDED.has(next.key)) await s3.backdate(next.key, threeDaysAgo)
+      const body = Buffer.alloc(next.size, 7)
+      if (YOUNG_SEEDED.has(next.key)) await s3.client.send(new PutObjectCommand({ Bucket: TEST_BUCKET, Key: next.key, Body: body }))
+      else await s3.putStoredAt(next.key, body, threeDaysAgo)
     }
   }),
 )

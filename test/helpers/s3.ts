@@ -1,15 +1,16 @@
 import { createHash } from 'node:crypto'
-import { mkdtemp, rm, utimes } from 'node:fs/promises'
+import { mkdtemp, rm, stat, utimes } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import type { Readable } from 'node:stream'
 import { fileURLToPath } from 'node:url'
-import { GetObjectCommand, HeadObjectCommand, paginateListObjectsV2, S3Client } from '@aws-sdk/client-s3'
+import { GetObjectCommand, HeadObjectCommand, PutObjectCommand, paginateListObjectsV2, S3Client } from '@aws-sdk/client-s3'
 import type { FastifyInstance } from 'fastify'
 import S3rver from 's3rver'
 import { R2Driver } from '../../src/storage/r2.js'
 import { RECORDS_PREFIX } from '../../src/upload/keys.js'
 import { spawnService } from './service-process.js'
+import { until } from './wait.js'
 
 export const TEST_BUCKET = 'test-images'
 
@@ -35,8 +36,8 @@ export interface LocalS3 {
   keys(prefix?: string): Promise<string[]>
   /** The keys of images: everything but the service's own Idempotency-Key records. */
   imageKeys(): Promise<string[]>
-  /** Sets an object's Last-Modified (s3rver's is its file's mtime), as if it had been stored at `date`. */
-  backdate(key: string, date: Date): Promise<void>
+  /** Stores `body` under a new `key` with Last-Modified `date` (s3rver's is its file's mtime), as if stored then. */
+  putStoredAt(key: string, body: Buffer, date: Date): Promise<void>
   stop(): Promise<void>
 }
 
@@ -96,10 +97,14 @@ export async function startS3(options: { ownProcess?: boolean; under?: string } 
     async imageKeys() {
       return (await keys()).filter((key) => !key.startsWith(RECORDS_PREFIX))
     },
-    async backdate(key, date) {
+    async putStoredAt(key, body, date) {
+      await client.send(new PutObjectCommand({ Bucket: TEST_BUCKET, Key: key, Body: body }))
       const segments = key.split('/')
-      const file = `${segments.pop()}._S3rver_object`
-      await utimes(path.join(directory, TEST_BUCKET, ...segments, file), date, date)
+      const file = path.join(directory, TEST_BUCKET, ...segments.slice(0, -1), `${segments.at(-1)}._S3rver_object`)
+      // s3rver answers a PutObject before its write to the file has ended (it waits for its hashing stream
+      // only), and that write would undo an mtime set earlier: wait until the file holds the whole body.
+      await until(`s3rver to write all of ${key}`, async () => (await stat(file).catch(() => undefined))?.size === body.length)
+      await utimes(file, date, date)
     },
     async stop() {
       client.destroy()
