@@ -1,7 +1,6 @@
 import { once } from 'node:events'
 import net from 'node:net'
 import { Readable } from 'node:stream'
-import { setTimeout as sleep } from 'node:timers/promises'
 import t, { type Test } from 'tap'
 import { ImageServiceClient, ImageServiceError, ImageServiceUnreachableError } from '../src/client.js'
 import { buildTestApp } from './helpers/app.js'
@@ -10,6 +9,7 @@ import { closedPort, listen, redirectingServer, silentServer } from './helpers/h
 import { pngOfSize, pngStream, sha256 } from './helpers/images.js'
 import { LOCAL_SOURCE_ENV, spyNetwork, startSource } from './helpers/import.js'
 import { r2Env, startS3 } from './helpers/s3.js'
+import { until } from './helpers/wait.js'
 
 // The service's own TypeScript client (src/client.ts) against the app on a loopback port, storing on
 // s3rver through the R2 driver; every stored upload is read back from s3rver and its SHA-256 compared.
@@ -191,7 +191,7 @@ t.test('503 server_busy: bytes are retried after Retry-After with one Idempotenc
   holder.on('data', (chunk: Buffer) => (holderAnswer += chunk))
   holder.write(`POST /v1/images HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: ${held.length}\r\n\r\n`)
   holder.write(held.subarray(0, 100))
-  while ((await busy.metrics.uploadsInFlight.get()).values[0]?.value !== 1) await sleep(10)
+  await until('the held upload to be in flight', async () => (await busy.metrics.uploadsInFlight.get()).values[0]?.value === 1)
 
   const streamed = await rejection(t, busyClient.upload(Readable.from([pngOfSize(2048, 27)]), 'stream.png'))
   t.match(streamed, { status: 503, code: 'server_busy', retryAfter: 1 }, 'a stream cannot be sent again: its 503 is thrown')
@@ -200,7 +200,7 @@ t.test('503 server_busy: bytes are retried after Retry-After with one Idempotenc
   const data = pngOfSize(2048, 28)
   const retried = busyClient.upload(data, 'retried.png')
   // Frees the slot once the upload has been refused twice.
-  while (tries.length < 3) await sleep(10)
+  await until('the upload to be refused twice', () => tries.length >= 3)
   holder.write(held.subarray(100))
   const image = await retried
   t.equal(image.sha256, sha256(data))

@@ -13,6 +13,7 @@ import { buildTestApp, storedFiles } from './helpers/app.js'
 import { png, pngOfSize, pngStream, sha256 } from './helpers/images.js'
 import { LOCAL_SOURCE_ENV, LOOPBACK, rawResponse, spyNetwork, startSource } from './helpers/import.js'
 import { r2Env, startS3 } from './helpers/s3.js'
+import { until } from './helpers/wait.js'
 
 t.setTimeout(40_000)
 
@@ -451,11 +452,11 @@ t.test('an import holds an upload slot while it downloads', async (t) => {
     { importNetwork: spy.network },
   )
   const held = importImage(app, { source_url: source.url('/portrait.png'), context: 'portraits' })
-  while (!release) await new Promise((resolve) => setTimeout(resolve, 10))
+  await until('the source to start answering', () => release !== undefined)
   const busy = await app.inject({ method: 'POST', url: '/v1/images', headers: { 'content-type': 'image/png' }, payload: png() })
   t.equal(busy.statusCode, 503, 'an upload meanwhile is refused')
   t.equal(busy.json().code, 'server_busy')
-  release()
+  release!()
   const imported = await held
   t.equal(imported.statusCode, 201, 'the import completes')
   t.equal(imported.json().sha256, sha256(image))

@@ -14,6 +14,7 @@ import { type FormPart, multipartBody } from './helpers/multipart.js'
 import { PROBLEM_JSON } from './helpers/problem.js'
 import { HeadObjectCommand, r2DriverOf, recordCommands, r2Env as s3Env, startS3, TEST_BUCKET } from './helpers/s3.js'
 import { isolatedSpoolDir } from './helpers/spool.js'
+import { until } from './helpers/wait.js'
 
 const CACHE_CONTROL = 'public, max-age=31536000, immutable'
 const FALLBACK_URL = 'https://cdn.example.test/default.png'
@@ -314,16 +315,10 @@ t.test('a client that hangs up while its body is spooled: no spool file left, no
   const part = pngOfSize(12 * MiB, 43).subarray(0, 7 * MiB)
   socket.write(`${part.length.toString(16)}\r\n`)
   socket.write(part)
-  for (let waited = 0; (await spool.files()).length === 0; waited += 20) {
-    if (waited > 10_000) throw new Error('the body was never spooled')
-    await new Promise((resolve) => setTimeout(resolve, 20))
-  }
+  await until('the body to be spooled', async () => (await spool.files()).length > 0)
   t.pass('the body past 5 MiB is being spooled')
   socket.destroy()
-  for (let waited = 0; (await app.metrics.uploadsInFlight.get()).values[0]?.value !== 0; waited += 20) {
-    if (waited > 10_000) throw new Error('the upload never ended')
-    await new Promise((resolve) => setTimeout(resolve, 20))
-  }
+  await until('the upload to end', async () => (await app.metrics.uploadsInFlight.get()).values[0]?.value === 0)
   t.same(await spool.files(), [], 'the spool file is removed')
   t.same(sent, [], 'nothing was sent to S3')
   t.same(await s3.keys(), before, 'nothing stored')
@@ -381,16 +376,10 @@ t.test('a client that hangs up during a streamed PutObject: the PutObject is cut
   socket.on('error', () => {}).resume()
   socket.write(`POST /v1/images?filename=cut.png HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: ${data.length}\r\n\r\n`)
   socket.write(data.subarray(0, 7 * MiB))
-  for (let waited = 0; !sent.some((command) => command.name === 'PutObject'); waited += 20) {
-    if (waited > 10_000) throw new Error('the PutObject was never sent')
-    await new Promise((resolve) => setTimeout(resolve, 20))
-  }
+  await until('the PutObject to be sent', () => sent.some((command) => command.name === 'PutObject'))
   socket.destroy()
   const hungUpAt = performance.now()
-  for (let waited = 0; (await app.metrics.uploadsInFlight.get()).values[0]?.value !== 0; waited += 20) {
-    if (waited > 10_000) throw new Error('the upload never ended')
-    await new Promise((resolve) => setTimeout(resolve, 20))
-  }
+  await until('the upload to end', async () => (await app.metrics.uploadsInFlight.get()).values[0]?.value === 0)
   const endedAfter = performance.now() - hungUpAt
   // Not left to the backend's idle timeout (5 s): the request is aborted with the body.
   t.ok(endedAfter < 4000, `the upload ended ${Math.round(endedAfter)} ms after the client hung up`)
