@@ -898,10 +898,10 @@ const JUDGED_NAMES: Record<(typeof JUDGED)[number], string> = { form: 'form (For
 /** The naive route sent by the same kind of client: a cheap sender leaves the shared core to the S3 server. */
 const NAIVE_PEER: Record<(typeof JUDGED)[number], System> = { form: 'naive', formBytes: 'naiveBytes', raw: 'naiveBytes' }
 
-/** A target judged: the figure shown, what the report says of it, and whether it was met. */
+/** A target judged: its figure (none when nothing was measured), what the report says of it, and whether it was met. */
 interface Judged {
   text: string
-  figure: string
+  figure?: string
   verdict: string
   met: boolean
 }
@@ -918,9 +918,9 @@ function judgeTargets(results: Result[]): Judged[] {
     scenarios: (Result | undefined)[],
     judge: (...results: Result[]) => { figure: string; met: boolean },
   ): Judged => {
-    if (scenarios.some((result) => !result || result.error)) return { text, figure: '—', verdict: 'not measured in this run', met: false }
+    if (scenarios.some((result) => !result || result.error)) return { text, verdict: 'not measured in this run', met: false }
     const measured = scenarios as Result[]
-    if (measured.some((result) => result.uploads === 0)) return { text, figure: '—', verdict: '**no**: no upload succeeded', met: false }
+    if (measured.some((result) => result.uploads === 0)) return { text, verdict: '**no**: no upload succeeded', met: false }
     const { figure, met } = judge(...measured)
     const failed = measured.reduce((sum, result) => sum + result.failures + result.warmupFailures, 0)
     if (failed > 0) return { text, figure, verdict: `**no**: failed uploads (${failed})`, met: false }
@@ -990,12 +990,12 @@ function judgeTargets(results: Result[]): Judged[] {
 function targetsTable(results: Result[], rounds: Result[][]): string[] {
   const byRound = rounds.map(judgeTargets)
   const roundsMet = (index: number) =>
-    byRound.every((judged) => judged[index]!.figure === '—')
+    byRound.every((judged) => judged[index]!.figure === undefined)
       ? '—'
       : `${byRound.filter((judged) => judged[index]!.met).length} of ${rounds.length}`
   const rows = judgeTargets(results).map(({ text, figure, verdict }, index) => [
     text,
-    figure,
+    figure ?? '—',
     verdict,
     ...(rounds.length > 1 ? [roundsMet(index)] : []),
   ])
