@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto'
-import { mkdtemp, rm, stat, utimes } from 'node:fs/promises'
+import { mkdtemp, rm, utimes } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import type { Readable } from 'node:stream'
@@ -9,8 +9,8 @@ import type { FastifyInstance } from 'fastify'
 import S3rver from 's3rver'
 import { R2Driver } from '../../src/storage/r2.js'
 import { RECORDS_PREFIX } from '../../src/upload/keys.js'
+import { storeWritesBeforeAnswering } from './s3rver-store.js'
 import { spawnService } from './service-process.js'
-import { until } from './wait.js'
 
 export const TEST_BUCKET = 'test-images'
 
@@ -61,6 +61,7 @@ export async function startS3(options: { ownProcess?: boolean; under?: string } 
     pid = child.pid
     stopServer = () => child.stop()
   } else {
+    storeWritesBeforeAnswering()
     const server = new S3rver({ address: '127.0.0.1', port: 0, silent: true, directory, configureBuckets: [{ name: TEST_BUCKET }] })
     port = (await server.run()).port
     stopServer = () => server.close()
@@ -98,12 +99,10 @@ export async function startS3(options: { ownProcess?: boolean; under?: string } 
       return (await keys()).filter((key) => !key.startsWith(RECORDS_PREFIX))
     },
     async putStoredAt(key, body, date) {
+      // Answered once the file is written (s3rver-store.ts), so no late write resets the mtime set here.
       await client.send(new PutObjectCommand({ Bucket: TEST_BUCKET, Key: key, Body: body }))
       const segments = key.split('/')
       const file = path.join(directory, TEST_BUCKET, ...segments.slice(0, -1), `${segments.at(-1)}._S3rver_object`)
-      // s3rver answers a PutObject before its write to the file has ended (it waits for its hashing stream
-      // only), and that write would undo an mtime set earlier: wait until the file holds the whole body.
-      await until(`s3rver to write all of ${key}`, async () => (await stat(file).catch(() => undefined))?.size === body.length)
       await utimes(file, date, date)
     },
     async stop() {

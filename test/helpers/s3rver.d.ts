@@ -16,3 +16,20 @@ declare module 's3rver' {
     close(): Promise<void>
   }
 }
+
+// Its file store, whose writes s3rver-store.ts replaces.
+declare module 's3rver/lib/stores/filesystem.js' {
+  import type { Readable } from 'node:stream'
+
+  export default class FilesystemStore {
+    getResourcePath(bucket: string, key: string | undefined, resource: string): string
+    putMetadata(bucket: string, key: string, metadata: Record<string, string>, md5: string): Promise<void>
+    putObject(object: {
+      bucket: string
+      key: string
+      content: Readable | Buffer
+      metadata: Record<string, string>
+    }): Promise<{ size: number; md5: string }>
+    putPart(bucket: string, uploadId: string, partNumber: number, content: Readable): Promise<{ size: number; md5: string }>
+  }
+}
