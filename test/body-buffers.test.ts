@@ -5,6 +5,7 @@ import { checkUpload, storeUpload, type UploadPolicy, type UploadSource } from '
 import { buildTestApp } from './helpers/app.js'
 import { gif, pngOfSize, sha256 } from './helpers/images.js'
 import { r2Env, startS3 } from './helpers/s3.js'
+import { until } from './helpers/wait.js'
 
 const KiB = 1024
 const MiB = 1024 * KiB
@@ -101,7 +102,7 @@ t.test('a body held in a buffer lent again is stored with exactly its own bytes'
     endWrite = resolve
   })
   const inFlight = store(larger)
-  while (received.length < 5) await new Promise((resolve) => setImmediate(resolve))
+  await until('the held write to start', () => received.length >= 5)
   control.holdNext = undefined
   await store(larger)
   t.not(received[5]!.memory, received[4]!.memory, 'a buffer whose write is still in flight is not lent to another body')

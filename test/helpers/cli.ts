@@ -7,6 +7,7 @@ export type CliProcess = ReturnType<typeof spawn>
 /**
  * Runs one of the command-line tools (`src/cli/<tool>.ts`, through tsx) to its end with IMAGE_SERVICE_API_KEY
  * set to `token`; `whenRunning` may act on the process meanwhile (interrupt it), seeing its stderr so far.
+ * If `whenRunning` fails, the tool is killed, so that it does not go on (deleting, say) after its test.
  */
 export async function runCli(
   tool: string,
@@ -23,7 +24,12 @@ export async function runCli(
   child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk))
   child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk))
   const exited = once(child, 'exit') as Promise<[number | null, NodeJS.Signals | null]>
-  await whenRunning?.(child, () => stderr)
+  try {
+    await whenRunning?.(child, () => stderr)
+  } catch (error) {
+    child.kill('SIGKILL')
+    throw error
+  }
   const [code, signal] = await exited
   return { code, signal, stdout, stderr }
 }
