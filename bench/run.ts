@@ -898,7 +898,7 @@ const JUDGED_NAMES: Record<(typeof JUDGED)[number], string> = { form: 'form (For
 /** The naive route sent by the same kind of client: a cheap sender leaves the shared core to the S3 server. */
 const NAIVE_PEER: Record<(typeof JUDGED)[number], System> = { form: 'naive', formBytes: 'naiveBytes', raw: 'naiveBytes' }
 
-/** A target judged: its figure (none when nothing was measured), what the report says of it, and whether it was met. */
+/** A target judged: its figure (none when there is none to show: not measured, or no upload succeeded), the verdict, and whether it was met. */
 interface Judged {
   text: string
   figure?: string

@@ -102,8 +102,8 @@ export async function startS3(options: { ownProcess?: boolean; under?: string } 
       // Answered once the file is written (s3rver-store.ts), so no late write resets the mtime set here.
       await client.send(new PutObjectCommand({ Bucket: TEST_BUCKET, Key: key, Body: body }))
       const segments = key.split('/')
-      const file = path.join(directory, TEST_BUCKET, ...segments.slice(0, -1), `${segments.at(-1)}._S3rver_object`)
-      await utimes(file, date, date)
+      const file = `${segments.pop()}._S3rver_object`
+      await utimes(path.join(directory, TEST_BUCKET, ...segments, file), date, date)
     },
     async stop() {
       client.destroy()

@@ -4,7 +4,8 @@
  * object empty or short: once in CI a 201's object read back as 0 bytes, and once an object backdated
  * right after its PutObject came out young (the late write reset its mtime). R2 and S3 are read-after-write
  * consistent, so the tests' server must be: these writes answer only once the file holds the body.
- * Everything else is s3rver's own code, and a cut-off body still leaves its partial file, as before.
+ * Everything else is s3rver's own code. One more difference: a body cut off mid-way now fails the request
+ * (s3rver's own left it pending for ever, its file open); its partial file is still left, as before.
  */
 import { createHash } from 'node:crypto'
 import { createWriteStream } from 'node:fs'
@@ -38,7 +39,7 @@ export function storeWritesBeforeAnswering(): void {
     return written
   }
   FilesystemStore.prototype.putPart = async function putPart(bucket, uploadId, partNumber, content) {
-    const file = path.join(this.getResourcePath(bucket, undefined, 'uploads'), uploadId, String(partNumber))
+    const file = path.join(this.getResourcePath(bucket, undefined, 'uploads'), uploadId, partNumber)
     const written = await writeHashed(content, file)
     await writeFile(`${file}.md5`, written.md5)
     return written

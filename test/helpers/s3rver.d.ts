@@ -30,6 +30,6 @@ declare module 's3rver/lib/stores/filesystem.js' {
       content: Readable | Buffer
       metadata: Record<string, string>
     }): Promise<{ size: number; md5: string }>
-    putPart(bucket: string, uploadId: string, partNumber: number, content: Readable): Promise<{ size: number; md5: string }>
+    putPart(bucket: string, uploadId: string, partNumber: string, content: Readable): Promise<{ size: number; md5: string }>
   }
 }
