@@ -1,7 +1,7 @@
 import net from 'node:net'
 import { Writable } from 'node:stream'
 import t from 'tap'
-import { buildTestApp } from './helpers/app.js'
+import { buildTestApp, gauge } from './helpers/app.js'
 import { streamUpload } from './helpers/client.js'
 import { listen } from './helpers/http.js'
 import { pngOfSize, sha256 } from './helpers/images.js'
@@ -59,7 +59,7 @@ const { app } = await buildTestApp(
 const service = await listen(app)
 
 async function inFlight(): Promise<number> {
-  return (await app.metrics.uploadsInFlight.get()).values[0]?.value ?? 0
+  return (await gauge(app, 'uploadsInFlight')) ?? 0
 }
 
 async function uploadErrors(of = app): Promise<Record<string, number>> {

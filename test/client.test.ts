@@ -3,7 +3,7 @@ import net from 'node:net'
 import { Readable } from 'node:stream'
 import t, { type Test } from 'tap'
 import { ImageServiceClient, ImageServiceError, ImageServiceUnreachableError } from '../src/client.js'
-import { buildTestApp } from './helpers/app.js'
+import { buildTestApp, gauge } from './helpers/app.js'
 import { buffersKeptFromNow } from './helpers/gc.js'
 import { closedPort, listen, redirectingServer, silentServer } from './helpers/http.js'
 import { pngOfSize, pngStream, sha256 } from './helpers/images.js'
@@ -191,7 +191,7 @@ t.test('503 server_busy: bytes are retried after Retry-After with one Idempotenc
   holder.on('data', (chunk: Buffer) => (holderAnswer += chunk))
   holder.write(`POST /v1/images HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: ${held.length}\r\n\r\n`)
   holder.write(held.subarray(0, 100))
-  await until('the held upload to be in flight', async () => (await busy.metrics.uploadsInFlight.get()).values[0]?.value === 1)
+  await until('the held upload to be in flight', async () => (await gauge(busy, 'uploadsInFlight')) === 1)
 
   const streamed = await rejection(t, busyClient.upload(Readable.from([pngOfSize(2048, 27)]), 'stream.png'))
   t.match(streamed, { status: 503, code: 'server_busy', retryAfter: 1 }, 'a stream cannot be sent again: its 503 is thrown')

@@ -1,7 +1,6 @@
 import net from 'node:net'
-import type { FastifyInstance } from 'fastify'
 import t, { type Test } from 'tap'
-import { buildTestApp } from './helpers/app.js'
+import { buildTestApp, gauge } from './helpers/app.js'
 import { listen } from './helpers/http.js'
 import { pngOfSize, sha256 } from './helpers/images.js'
 import { r2Env, startS3 } from './helpers/s3.js'
@@ -52,8 +51,6 @@ async function upload(server: { host: string; port: number }, token: string, tag
   t.teardown(() => socket.destroy())
   return { socket, answer, finish: () => socket.write(body.subarray(sent)) }
 }
-
-const gauge = async (app: FastifyInstance, name: 'uploadsWaiting' | 'uploadsInFlight') => (await app.metrics[name].get()).values[0]?.value
 
 /** The app on s3rver, listening, with the order in which upload answers went out (by request id). */
 async function startApp(t: Test, env: NodeJS.ProcessEnv) {

@@ -1,11 +1,10 @@
 import { stat } from 'node:fs/promises'
 import path from 'node:path'
 import { ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3'
-import type { FastifyInstance } from 'fastify'
 import t from 'tap'
 import { loadConfig } from '../src/config.js'
 import { R2Driver } from '../src/storage/r2.js'
-import { buildTestApp, storedFiles } from './helpers/app.js'
+import { buildTestApp, gauge, storedFiles } from './helpers/app.js'
 import { pngOfSize } from './helpers/images.js'
 import { multipartBody } from './helpers/multipart.js'
 import { r2DriverOf, r2Env, recordCommands, startS3, TEST_BUCKET } from './helpers/s3.js'
@@ -41,8 +40,6 @@ function uploadRequest(data: Buffer, headers: Record<string, string> = {}) {
 }
 
 const round2 = (value: number) => Math.round(value * 100) / 100
-const gauge = async (app: FastifyInstance, name: 'storageBytes' | 'storageObjects' | 'usageLastScan') =>
-  (await app.metrics[name].get()).values[0]?.value
 const currentMonth = () => new Date().toISOString().slice(0, 7)
 
 t.test('GET /v1/usage after uploads matches the bucket, states the limits and percentages, and rescans only when asked', async (t) => {

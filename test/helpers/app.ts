@@ -1,6 +1,7 @@
 import { mkdtemp, readdir, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
+import type { FastifyInstance } from 'fastify'
 import type { Test } from 'tap'
 import { type BuildOptions, buildApp } from '../../src/app.js'
 import { loadConfig } from '../../src/config.js'
@@ -31,4 +32,12 @@ export async function storedFiles(dataDir: string): Promise<string[]> {
   } catch {
     return []
   }
+}
+
+/** One of the app's unlabelled gauges, as it reads now: undefined until it is first set. */
+export async function gauge(
+  app: FastifyInstance,
+  name: 'uploadsInFlight' | 'uploadsWaiting' | 'storageBytes' | 'storageObjects' | 'usageLastScan',
+): Promise<number | undefined> {
+  return (await app.metrics[name].get()).values[0]?.value
 }
