@@ -7,12 +7,11 @@ import type { FailedLine, MapLine, MigratedLine } from '../src/cli/migration-map
 import { Progress } from '../src/cli/progress.js'
 import { parseCsv } from '../src/cli/records.js'
 import { buildTestApp } from './helpers/app.js'
-import { runCli } from './helpers/cli.js'
+import { runCli, untilOrExit } from './helpers/cli.js'
 import { listen } from './helpers/http.js'
 import { pngOfSize, sha256 } from './helpers/images.js'
 import { LOCAL_SOURCE_ENV, spyNetwork, startSource } from './helpers/import.js'
 import { r2Env, startS3 } from './helpers/s3.js'
-import { until } from './helpers/wait.js'
 
 t.setTimeout(40_000)
 
@@ -256,12 +255,12 @@ t.test('a run killed midway and restarted ends with every id exactly once in the
 
   let linesAtKill = 0
   const killed = await migrate(args, async (child) => {
-    // Or the tool's exit, which the signal's assertion then reports.
-    await until(
+    await untilOrExit(
+      child,
       '12 map lines',
       async () => {
         linesAtKill = (await readMap(mapFile)).length
-        return linesAtKill >= 12 || child.exitCode !== null
+        return linesAtKill >= 12
       },
       20_000,
     )
@@ -295,7 +294,7 @@ t.test('SIGINT stops the run after the imports in flight, with a compacted map a
   await writeFile(input, records.map(({ id, url }) => JSON.stringify({ id, url })).join('\n'))
   const mapFile = path.join(dir, 'map.jsonl')
   const stopped = await migrate(['--input', input, '--map', mapFile, '--url', serviceUrl, '--rate', '500/s'], async (child) => {
-    await until('8 map lines', async () => (await readMap(mapFile)).length >= 8 || child.exitCode !== null, 20_000)
+    await untilOrExit(child, '8 map lines', async () => (await readMap(mapFile)).length >= 8, 20_000)
     child.kill('SIGINT')
   })
   t.equal(stopped.code, 130, 'exit 130')

@@ -5,11 +5,10 @@ import { PutObjectCommand } from '@aws-sdk/client-s3'
 import t from 'tap'
 import { ApiError } from '../src/errors.js'
 import { buildTestApp } from './helpers/app.js'
-import { runCli } from './helpers/cli.js'
+import { runCli, untilOrExit } from './helpers/cli.js'
 import { listen } from './helpers/http.js'
 import { pngOfSize, sha256 } from './helpers/images.js'
 import { r2Env, startS3, TEST_BUCKET } from './helpers/s3.js'
-import { until } from './helpers/wait.js'
 
 // `npm run reconcile` against the service on s3rver with over a thousand objects. s3rver runs in a process
 // of its own: in this one it answers every truncated ListObjectsV2 with a 500 (see helpers/s3rver-main.ts).
@@ -165,8 +164,7 @@ t.test('a dry run prints each old orphan and the totals, and deletes nothing', a
 
 t.test('--delete: stopped midway, then failing deletes (exit 1), then a rerun that finishes (exit 0)', async (t) => {
   const interrupted = await reconcile([...baseArgs, '--delete', '--rate', '40/s'], async (child, stderr) => {
-    // Or the tool's exit, which the exit code's assertion then reports.
-    await until('"Deleting 320 orphans"', () => stderr().includes('Deleting 320 orphans') || child.exitCode !== null, 60_000)
+    await untilOrExit(child, '"Deleting 320 orphans"', () => stderr().includes('Deleting 320 orphans'), 60_000)
     await sleep(1500)
     child.kill('SIGINT')
   })

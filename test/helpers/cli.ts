@@ -1,6 +1,7 @@
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { serviceEnv } from './service-process.js'
+import { until } from './wait.js'
 
 export type CliProcess = ReturnType<typeof spawn>
 
@@ -32,4 +33,12 @@ export async function runCli(
   }
   const [code, signal] = await exited
   return { code, signal, stdout, stderr }
+}
+
+/**
+ * `until`, for a tool's test: also ends as soon as the tool exits (by code or by signal), so that the test's
+ * assertion on how it exited says what happened, instead of a timeout later.
+ */
+export async function untilOrExit(child: CliProcess, what: string, check: () => boolean | Promise<boolean>, timeoutMs: number) {
+  await until(what, async () => (await check()) || child.exitCode !== null || child.signalCode !== null, timeoutMs)
 }
