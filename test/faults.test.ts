@@ -11,6 +11,7 @@ import { pngOfSize, sha256 } from './helpers/images.js'
 import { PROBLEM_JSON } from './helpers/problem.js'
 import { r2Env, startS3 } from './helpers/s3.js'
 import { type Fault, type FaultPolicy, FaultProxy, seededRandom } from './helpers/tcp-proxy.js'
+import { settled } from './helpers/wait.js'
 
 // The service stores through a TCP proxy that injects network faults between it and the S3 server. Whatever
 // the fault, an upload ends in a 201 whose object reads back byte-exact (read from the S3 server directly,
@@ -75,13 +76,14 @@ async function serviceBehindProxy(t: Test, context: string, options: { timeouts?
    * Waits until this app's keys are exactly `expected` (a failed upload's object is deleted in the
    * background, once the backend answers), and returns them as they are then, or at the deadline.
    */
-  async function keysSettle(expected: string[], deadlineMs = 20_000): Promise<string[]> {
-    const started = Date.now()
-    for (;;) {
-      const keys = (await s3.keys(`${context}/`)).sort()
-      if (JSON.stringify(keys) === JSON.stringify([...expected].sort()) || Date.now() - started > deadlineMs) return keys
-      await new Promise((resolve) => setTimeout(resolve, 200))
-    }
+  function keysSettle(expected: string[]): Promise<string[]> {
+    const wanted = JSON.stringify([...expected].sort())
+    return settled(
+      async () => (await s3.keys(`${context}/`)).sort(),
+      (keys) => JSON.stringify(keys) === wanted,
+      20_000,
+      200,
+    )
   }
 
   return { proxy, app, upload, keysSettle }

@@ -14,6 +14,7 @@ import { CLIENT_FRAMINGS, clientForm, multipartBody } from './helpers/multipart.
 import { r2DriverOf, r2Env, recordCommands, startS3 } from './helpers/s3.js'
 import { startS3Recorder } from './helpers/s3-recorder.js'
 import { havePythonAiohttp, PYTHON } from './helpers/system-tools.js'
+import { settled } from './helpers/wait.js'
 
 // A form with Content-Length whose file is the last part goes to storage as a raw body of declared length
 // does: one PutObject of the file's exact length, sent as the body arrives. Its length is worked out from
@@ -64,13 +65,13 @@ async function storedKeys(): Promise<string[]> {
 }
 
 /** Waits for the recorder to settle and for the bucket to hold exactly `keys` (a failed write is deleted in the background). */
-async function settledKeys(keys: string[]): Promise<string[]> {
-  for (let waited = 0; waited < 10_000; waited += 100) {
-    const now = await s3.imageKeys()
-    if (now.length === keys.length && now.every((key) => keys.includes(key))) return now
-    await sleep(100)
-  }
-  return s3.imageKeys()
+function settledKeys(keys: string[]): Promise<string[]> {
+  return settled(
+    () => s3.imageKeys(),
+    (now) => now.length === keys.length && now.every((key) => keys.includes(key)),
+    10_000,
+    100,
+  )
 }
 
 t.test("the framing of each mainstream client gives the file's exact length, however the bytes arrive", async (t) => {

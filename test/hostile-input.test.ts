@@ -15,6 +15,7 @@ import { animatedGif, gif, gifSubBlocks, jpeg, noise, png, sha256, webp } from '
 import { formPieces } from './helpers/multipart.js'
 import { problemViolation } from './helpers/problem.js'
 import { type Ending, type Exchange, exchange, requestHead } from './helpers/raw-http.js'
+import { settled } from './helpers/wait.js'
 
 const TOKEN = 'b'.repeat(40)
 const AUTH_ENV = { API_KEYS: `bot:${TOKEN}` }
@@ -30,8 +31,6 @@ async function filesUnder(dir: string): Promise<string[]> {
     return []
   }
 }
-
-const settle = (ms: number) => new Promise((wait) => setTimeout(wait, ms))
 
 // ---------------------------------------------------------------------------------------------------------
 // (A) Traversal and malformed keys
@@ -808,11 +807,12 @@ t.test('(B) a malformed-input corpus: no crash, no 5xx, only contract problems, 
   // Nothing stored: no object, no metadata, and tmp/ empty once the abandoned uploads have been cleaned up.
   t.same(await storedFiles(dataDir), [], 'no object stored')
   t.same(await filesUnder(path.join(dataDir, 'meta')), [], 'no metadata stored')
-  let leftovers = await filesUnder(path.join(dataDir, 'tmp'))
-  for (let waited = 0; leftovers.length > 0 && waited < 3000; waited += 100) {
-    await settle(100)
-    leftovers = await filesUnder(path.join(dataDir, 'tmp'))
-  }
+  const leftovers = await settled(
+    () => filesUnder(path.join(dataDir, 'tmp')),
+    (files) => files.length === 0,
+    3000,
+    100,
+  )
   t.same(leftovers, [], 'tmp/ is empty')
   t.same(errorLogs, [], 'nothing was logged as an error (no 5xx, no internal error)')
 

@@ -8,6 +8,7 @@ import { buildTestApp, gauge, storedFiles } from './helpers/app.js'
 import { pngOfSize } from './helpers/images.js'
 import { multipartBody } from './helpers/multipart.js'
 import { r2DriverOf, r2Env, recordCommands, startS3, TEST_BUCKET } from './helpers/s3.js'
+import { settled } from './helpers/wait.js'
 
 const T1 = 'usage-'.padEnd(40, 'u')
 const bearer = { authorization: `Bearer ${T1}` }
@@ -153,30 +154,30 @@ t.test('the periodic scan sets r2_storage_bytes and r2_storage_objects on its ow
   // Something stored, so the gauges cannot be right by staying at 0.
   await s3.client.send(new PutObjectCommand({ Bucket: TEST_BUCKET, Key: 'periodic/first.bin', Body: Buffer.alloc(4321, 1) }))
 
-  /** Waits up to 2.5 s for both gauges to show `expected`; returns how long that took, or undefined. */
+  /** Waits up to 2.5 s for both gauges to show `expected`; returns what they showed then, and after how long. */
   const settles = async (expected: { bytes: number; objects: number }) => {
     const started = Date.now()
-    while (Date.now() - started < 2500) {
-      if ((await gauge(app, 'storageBytes')) === expected.bytes && (await gauge(app, 'storageObjects')) === expected.objects) {
-        return Date.now() - started
-      }
-      await new Promise((resolve) => setTimeout(resolve, 50))
-    }
-    return undefined
+    const gauges = await settled(
+      async () => ({ bytes: await gauge(app, 'storageBytes'), objects: await gauge(app, 'storageObjects') }),
+      ({ bytes, objects }) => bytes === expected.bytes && objects === expected.objects,
+      2500,
+      50,
+    )
+    return { gauges, ms: Date.now() - started }
   }
 
   const first = await listBucket()
   t.ok(first.bytes > 0)
   await app.ready() // the first scan starts when the app is ready
   const firstAfter = await settles(first)
-  t.ok(firstAfter !== undefined, `the first scan set the gauges to ${JSON.stringify(first)} (in ${firstAfter} ms)`)
+  t.same(firstAfter.gauges, first, `the first scan set the gauges to ${JSON.stringify(first)} (in ${firstAfter.ms} ms)`)
 
   // Then the bucket changes behind the app's back: only the next periodic scan can notice.
   await s3.client.send(new PutObjectCommand({ Bucket: TEST_BUCKET, Key: 'periodic/second.bin', Body: Buffer.alloc(6789, 2) }))
   const second = await listBucket()
   t.equal(second.bytes - first.bytes, 6789)
   const secondAfter = await settles(second)
-  t.ok(secondAfter !== undefined, `a periodic scan set the gauges to ${JSON.stringify(second)} within 2.5 s (in ${secondAfter} ms)`)
+  t.same(secondAfter.gauges, second, `a periodic scan set the gauges to ${JSON.stringify(second)} within 2.5 s (in ${secondAfter.ms} ms)`)
   t.ok(sent().filter((name) => name === 'ListObjectsV2').length >= 2, 'by listing the bucket again')
 
   const metrics = (await app.inject('/metrics')).body
@@ -194,9 +195,12 @@ t.test('the first scan runs when the app is ready, not one interval later', asyn
   t.equal(await gauge(app, 'usageLastScan'), 0, 'r2_usage_last_scan_timestamp_seconds says so: 0')
   await app.ready()
   const started = Date.now()
-  while (Date.now() - started < 2500 && (await gauge(app, 'usageLastScan')) === 0) {
-    await new Promise((resolve) => setTimeout(resolve, 20))
-  }
+  await settled(
+    () => gauge(app, 'usageLastScan'),
+    (lastScan) => lastScan !== 0,
+    2500,
+    20,
+  )
   t.equal(await gauge(app, 'storageObjects'), listed.objects, `r2_storage_objects set in ${Date.now() - started} ms`)
   t.equal(await gauge(app, 'storageBytes'), listed.bytes, 'r2_storage_bytes too')
   t.same(sent(), ['ListObjectsV2'], 'by one listing')

@@ -11,3 +11,17 @@ export async function until(what: string, check: () => boolean | Promise<boolean
     await sleep(10)
   }
 }
+
+/**
+ * Reads `read()` every `intervalMs` until `done` holds of what it read, and returns the last reading, the
+ * one at the deadline too: for a wait whose caller asserts on the state, so that a failure shows the state
+ * it settled in rather than a timeout.
+ */
+export async function settled<T>(read: () => Promise<T>, done: (reading: T) => boolean, timeoutMs = 10_000, intervalMs = 10): Promise<T> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const reading = await read()
+    if (done(reading) || Date.now() > deadline) return reading
+    await sleep(intervalMs)
+  }
+}
