@@ -215,7 +215,10 @@ t.test('503 server_busy: bytes are retried after Retry-After with one Idempotenc
     [...Array(retriedTries.length - 1).fill(503), 201],
     'refused while the slot was held, then stored',
   )
+  await until("the holding upload's whole answer", () => holderAnswer.endsWith('}'))
   t.match(holderAnswer, /^HTTP\/1\.1 201 /, 'the upload that held the slot is stored too')
+  const holderKey = (JSON.parse(holderAnswer.slice(holderAnswer.indexOf('\r\n\r\n') + 4)) as { key: string }).key
+  t.equal(await s3.sha256Of(holderKey), sha256(held), 'byte for byte')
 })
 
 t.test('429 rate_limited whose Retry-After does not fit in the timeout is thrown at once', async (t) => {
@@ -387,7 +390,8 @@ t.test('list and listPages: a page, then every page through the cursors', async 
     t.equal(await paging.sha256Of(image.key), sha256(data), 'stored byte-exact')
     sizes.set(image.key, data.length)
   }
-  await listing.upload(pngOfSize(900, 9), 'g.png', { context: 'general' })
+  const general = pngOfSize(900, 9)
+  t.equal(await paging.sha256Of((await listing.upload(general, 'g.png', { context: 'general' })).key), sha256(general), 'stored byte-exact')
   const portraits = [...sizes.keys()].sort()
 
   const first = await listing.list({ prefix: 'portraits/', limit: 2 })

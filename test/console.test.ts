@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto'
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import net from 'node:net'
 import { tmpdir } from 'node:os'
@@ -7,7 +6,7 @@ import { fileURLToPath } from 'node:url'
 import puppeteer, { type Browser, type ElementHandle, type Page } from 'puppeteer-core'
 import t from 'tap'
 import { buildTestApp, storedFiles } from './helpers/app.js'
-import { png } from './helpers/images.js'
+import { png, sha256 } from './helpers/images.js'
 import { multipartBody } from './helpers/multipart.js'
 import { r2Env } from './helpers/s3.js'
 import { CHROMIUM, haveChromium } from './helpers/system-tools.js'
@@ -19,8 +18,6 @@ const SCREENSHOTS = fileURLToPath(new URL('../.screenshots/console/', import.met
 const TOKENS = { admin: 'admin-'.padEnd(40, 'a'), viewer: 'viewer-'.padEnd(40, 'v') }
 const WRONG_TOKEN = 'wrong-'.padEnd(40, 'w')
 const CHARACTER = 'Thorgar Ø 永久'
-const sha256 = (bytes: Buffer) => createHash('sha256').update(bytes).digest('hex')
-
 async function freePort(): Promise<number> {
   const server = net.createServer()
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))

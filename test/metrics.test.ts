@@ -121,8 +121,10 @@ t.test('every metric is exposed with its type, labels and buckets, and promtool 
   const { app } = await buildTestApp(t, r2Env(s3.endpoint))
   const keys: string[] = []
   for (const [index, size] of [2 * KiB, 40 * KiB, 300 * KiB].entries()) {
-    const response = await app.inject(uploadRequest(pngOfSize(size, index + 1)))
+    const image = pngOfSize(size, index + 1)
+    const response = await app.inject(uploadRequest(image))
     t.equal(response.statusCode, 201, response.body.slice(0, 200))
+    t.equal(await s3.sha256Of(response.json().key), sha256(image), `${size} bytes: stored byte-exact`)
     keys.push(response.json().key)
   }
   // Per-key routes, and a path no route matches, carrying something that must not become a label either.
@@ -198,8 +200,10 @@ t.test('after N uploads of which M were refused, the counters and histograms say
   // Two sizes sit on bucket bounds (le is inclusive): 1024 and 65536.
   const sizes = [600, 1024, 1025, 65_536, MAX]
   for (const [index, size] of sizes.entries()) {
-    const response = await app.inject(uploadRequest(pngOfSize(size, 10 + index)))
+    const image = pngOfSize(size, 10 + index)
+    const response = await app.inject(uploadRequest(image))
     t.equal(response.statusCode, 201, `${size} bytes stored`)
+    t.equal(await s3.sha256Of(response.json().key), sha256(image), `${size} bytes: byte-exact`)
   }
   const refused = [
     { data: Buffer.from('this is plain text, not an image\n'.repeat(20)), status: 415, code: 'unsupported_media_type' },
@@ -263,8 +267,10 @@ t.test('r2_operations_total: one Class A per single-part upload, HEAD is Class B
   // Up to 5 MiB (the boundary included) goes up in one PutObject.
   for (const [index, size] of [1 * KiB, 100_000, 1 * MiB, 5 * MiB].entries()) {
     const before = await classes()
-    const response = await app.inject(uploadRequest(pngOfSize(size, 20 + index)))
+    const image = pngOfSize(size, 20 + index)
+    const response = await app.inject(uploadRequest(image))
     t.equal(response.statusCode, 201, `${size} bytes stored`)
+    t.equal(await s3.sha256Of(response.json().key), sha256(image), `${size} bytes: byte-exact`)
     keys.push(response.json().key)
     const after = await classes()
     t.equal(after.A - before.A, 1, `${size} bytes: Class A rose by exactly 1`)

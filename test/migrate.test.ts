@@ -243,7 +243,7 @@ t.test(
 )
 
 t.test('a run killed midway and restarted ends with every id exactly once in the map', async (t) => {
-  const { s3, source, records, serviceUrl, dir } = await setUp(t)
+  const { s3, app, source, records, serviceUrl, dir } = await setUp(t)
   source.delayMs = 60
   const input = path.join(dir, 'records.jsonl')
   await writeFile(
@@ -284,11 +284,12 @@ t.test('a run killed midway and restarted ends with every id exactly once in the
     t.equal(map.find((final) => final.id === line.id)?.new_url, line.new_url, `${line.id}: the line written before the kill stands`)
   // Imports in flight at the kill were retried with the same Idempotency-Key: replayed, or stored only then.
   t.equal((await s3.imageKeys()).length, RECORDS, `${RECORDS} images stored for ${RECORDS} records, none twice`)
+  await checkStored(t, app, s3, map, records)
   t.same((await readdir(dir)).sort(), ['map.jsonl', 'records.jsonl'], 'no temporary files left')
 })
 
 t.test('SIGINT stops the run after the imports in flight, with a compacted map and exit 130', async (t) => {
-  const { source, records, serviceUrl, dir } = await setUp(t)
+  const { s3, app, source, records, serviceUrl, dir } = await setUp(t)
   source.delayMs = 100
   const input = path.join(dir, 'records.jsonl')
   await writeFile(input, records.map(({ id, url }) => JSON.stringify({ id, url })).join('\n'))
@@ -310,6 +311,7 @@ t.test('SIGINT stops the run after the imports in flight, with a compacted map a
     `Migrated ${map.length}, failed 0, skipped 0 (already migrated), not attempted ${RECORDS - map.length}, of ${RECORDS} records`,
   )
   t.equal(source.fetched.length, map.length, 'nothing was fetched that the map does not name')
+  await checkStored(t, app, s3, map, records)
 })
 
 t.test('the map is compacted: superseded and cut-off lines go; migrated ids are skipped', async (t) => {

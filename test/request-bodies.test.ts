@@ -1,5 +1,4 @@
 import { execFile } from 'node:child_process'
-import { createHash } from 'node:crypto'
 import { once } from 'node:events'
 import { writeFile } from 'node:fs/promises'
 import net from 'node:net'
@@ -8,7 +7,7 @@ import { promisify } from 'node:util'
 import t from 'tap'
 import { buildTestApp } from './helpers/app.js'
 import { listen } from './helpers/http.js'
-import { pngOfSize } from './helpers/images.js'
+import { pngOfSize, sha256 } from './helpers/images.js'
 import { multipartBody } from './helpers/multipart.js'
 import { CURL, haveCurl } from './helpers/system-tools.js'
 
@@ -185,8 +184,6 @@ async function expectingContinue(server: { host: string; port: number }, head: s
     close: () => socket.destroy(),
   }
 }
-
-const sha256 = (data: Buffer) => createHash('sha256').update(data).digest('hex')
 
 t.test('Expect: 100-continue is answered with the refusal when the headers decide it, and 100 only when the body is read', async (t) => {
   const { app } = await buildTestApp(t, { API_KEYS: `bot:${T1}`, MAX_UPLOAD_BYTES: String(4 * MiB) })

@@ -1,5 +1,4 @@
 import { execFile } from 'node:child_process'
-import { createHash } from 'node:crypto'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import Fastify from 'fastify'
@@ -10,7 +9,7 @@ import auth from '../src/plugins/auth.js'
 import clientAddress from '../src/plugins/client-address.js'
 import { buildTestApp } from './helpers/app.js'
 import { listen } from './helpers/http.js'
-import { png } from './helpers/images.js'
+import { png, sha256 } from './helpers/images.js'
 import { LOCAL_SOURCE_ENV, spyNetwork, startSource } from './helpers/import.js'
 import { multipartBody } from './helpers/multipart.js'
 import { r2Env, startS3 } from './helpers/s3.js'
@@ -29,8 +28,6 @@ const API_KEYS = Object.entries(TOKENS)
   .join(',')
 const API_KEY_SCOPES = 'reader:read,uploader:upload,deleter:delete'
 const bearer = (name: KeyName) => ({ authorization: `Bearer ${TOKENS[name]}` })
-const sha256 = (bytes: Buffer) => createHash('sha256').update(bytes).digest('hex')
-
 t.test('API_KEY_SCOPES: an unknown scope or key name stops the start, naming the variable', async (t) => {
   const keys = `viewer:${'v'.repeat(40)},ops:${'o'.repeat(40)}`
   const scoped = loadConfig({ API_KEYS: keys, API_KEY_SCOPES: 'viewer:read, ops:read+delete' }).apiKeys
@@ -79,6 +76,7 @@ t.test('each scope on each route: 403 forbidden without it, the route works with
   const stored = async () => {
     const response = await upload('bot')
     t.equal(response.statusCode, 201)
+    t.equal(await s3.sha256Of(response.json().key), sha256(portrait), 'stored byte-exact')
     return response.json().key as string
   }
   const key = await stored()

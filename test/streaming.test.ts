@@ -66,7 +66,9 @@ t.test('a 100 MiB upload streams through with bounded memory and arrives byte-ex
   const server = service.target
 
   const warmUp = pngStream(6 * MiB) // exercises the multipart path once, so the baseline includes loaded code
-  t.equal((await streamUpload(server, '/v1/images', { 'content-type': 'image/png' }, warmUp.stream)).status, 201)
+  const warmedUp = await streamUpload(server, '/v1/images', { 'content-type': 'image/png' }, warmUp.stream)
+  t.equal(warmedUp.status, 201)
+  t.equal(await s3.sha256Of(JSON.parse(warmedUp.body).key), warmUp.sha256(), 'the warm-up is byte-exact')
   const baseline = await peakRss(service.pid)
 
   const upload = pngStream(100 * MiB)

@@ -147,6 +147,7 @@ t.test('a key flooding the queue does not stop another key: the slots go to the 
   t.equal(await gauge(app, 'uploadsWaiting'), 3, 'three wait: alice-1, alice-2, bob-1')
 
   held.finish()
+  await assertStored(t, await held.answer, pngOfSize(30_000, 10), 'alice-0')
   await assertStored(t, await bob.answer, bobImage, "bob's upload")
   await assertStored(t, await alice[0]!.answer, pngOfSize(30_000, 11), 'alice-1')
   await assertStored(t, await alice[1]!.answer, pngOfSize(30_000, 12), 'alice-2')

@@ -5,7 +5,7 @@ import t from 'tap'
 import { loadConfig } from '../src/config.js'
 import { R2Driver } from '../src/storage/r2.js'
 import { buildTestApp, gauge, storedFiles } from './helpers/app.js'
-import { pngOfSize } from './helpers/images.js'
+import { pngOfSize, sha256 } from './helpers/images.js'
 import { multipartBody } from './helpers/multipart.js'
 import { r2DriverOf, r2Env, recordCommands, startS3, TEST_BUCKET } from './helpers/s3.js'
 import { settled } from './helpers/wait.js'
@@ -51,9 +51,11 @@ t.test('GET /v1/usage after uploads matches the bucket, states the limits and pe
 
   const sizes = [700, 4096, 150_000, 1_200_000]
   for (const [index, size] of sizes.entries()) {
-    const response = await app.inject(uploadRequest(pngOfSize(size, index + 1), bearer))
+    const image = pngOfSize(size, index + 1)
+    const response = await app.inject(uploadRequest(image, bearer))
     t.equal(response.statusCode, 201, `${size} bytes stored`)
     t.equal(response.json().size, size)
+    t.equal(await s3.sha256Of(response.json().key), sha256(image), `${size} bytes: byte-exact`)
   }
   t.equal(await gauge(app, 'storageBytes'), 0, 'no scan has run on its own (USAGE_SCAN_INTERVAL_S=0)')
   t.notOk(sent().includes('ListObjectsV2'), 'nor listed the bucket')
@@ -94,8 +96,10 @@ t.test('GET /v1/usage after uploads matches the bucket, states the limits and pe
   t.equal(await gauge(app, 'storageObjects'), listed.objects, 'and r2_storage_objects')
 
   // Without rescan: the last scan, even though the bucket has changed since; operations are counted live.
-  const extra = await app.inject(uploadRequest(pngOfSize(33_333, 9), bearer))
+  const extraImage = pngOfSize(33_333, 9)
+  const extra = await app.inject(uploadRequest(extraImage, bearer))
   t.equal(extra.statusCode, 201)
+  t.equal(await s3.sha256Of(extra.json().key), sha256(extraImage), 'stored byte-exact')
   const cached = (await app.inject({ url: '/v1/usage', headers: bearer })).json()
   t.equal(cached.scanned_at, report.scanned_at, 'scanned_at unchanged')
   t.equal(cached.storage_bytes, report.storage_bytes, 'storage_bytes of the last scan')
