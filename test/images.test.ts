@@ -3,11 +3,13 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import http from 'node:http'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { promisify } from 'node:util'
 import type { InjectOptions } from 'fastify'
 import t from 'tap'
 import { FsDriver } from '../src/storage/fs.js'
 import { buildTestApp, storedFiles } from './helpers/app.js'
+import { piecesOf, streamUpload } from './helpers/client.js'
 import { listen, rawRequest } from './helpers/http.js'
 import { gif, jpeg, png, pngOfSize, sha256, webp } from './helpers/images.js'
 import { type FormPart, multipartBody } from './helpers/multipart.js'
@@ -110,6 +112,40 @@ t.test('a corrupt header is refused, not stored', async (t) => {
   const response = await app.inject(form(filePart(truncated)))
   t.equal(response.statusCode, 415)
   t.same(await storedFiles(dataDir), [])
+})
+
+t.test("an image's header is read up to 1 MiB, however its chunks fall: a size marker past that is refused", async (t) => {
+  const { app, dataDir } = await buildTestApp(t)
+  const server = await listen(app)
+  // A JPEG whose size marker follows 64 KiB application segments, as large EXIF blocks do. Its first 5,000
+  // bytes arrive alone, so that what is read doubles from there: from 987,144 bytes, just under 1 MiB, the
+  // next doubling would read on to nearly 2 MiB.
+  const segment = Buffer.concat([Buffer.from([0xff, 0xe1, 0xff, 0xfe]), Buffer.alloc(0xfffc, 0x20)])
+  const base = jpeg(800, 600)
+  const after = (segments: number) =>
+    Buffer.concat([base.subarray(0, 2), ...Array.from({ length: segments }, () => segment), base.subarray(2)])
+  async function* firstAlone(image: Buffer) {
+    yield image.subarray(0, 5000)
+    await sleep(100)
+    yield* piecesOf(image.subarray(5000))
+  }
+  const send = (image: Buffer) =>
+    streamUpload(
+      server,
+      '/v1/images?filename=exif.jpg',
+      { 'content-type': 'image/jpeg', 'content-length': image.length },
+      firstAlone(image),
+    )
+
+  const within = after(15)
+  const stored = await send(within)
+  t.equal(stored.status, 201, `a size marker after ${(15 * segment.length) / 1024} KiB: 201`)
+  t.equal(JSON.parse(stored.body).sha256, sha256(within))
+
+  const past = await send(after(19))
+  t.equal(past.status, 415, `a size marker after ${(19 * segment.length) / 1024} KiB: 415 (${past.body.slice(0, 200)})`)
+  t.match(JSON.parse(past.body).detail, /header is corrupt/)
+  t.same(await storedFiles(dataDir), [JSON.parse(stored.body).key], 'and not stored')
 })
 
 t.test('keys follow {context}/{yyyy}/{mm}/{id}_{name}.{ext}', async (t) => {

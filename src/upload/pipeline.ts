@@ -276,8 +276,9 @@ async function readDimensions(reader: CountingReader, type: ImageType): Promise<
     if (reader.ended || reader.bufferedBytes >= MAX_IMAGE_HEADER_BYTES) {
       throw new ApiError('unsupported_media_type', 'The image header is corrupt: its width and height cannot be read.')
     }
-    // Doubling keeps the re-parsing linear in the header size, however small the client's chunks.
-    await reader.fillTo(reader.bufferedBytes * 2)
+    // Doubling keeps the re-parsing linear in the header size, however small the client's chunks; the last
+    // step stops at the limit, so that no header past it is read.
+    await reader.fillTo(Math.min(reader.bufferedBytes * 2, MAX_IMAGE_HEADER_BYTES))
   }
 }
 
