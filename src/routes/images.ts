@@ -1,3 +1,4 @@
+import type { IncomingMessage } from 'node:http'
 import { Readable } from 'node:stream'
 import multipart, { type Multipart } from '@fastify/multipart'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
@@ -62,6 +63,33 @@ function rawUploadSource(request: FastifyRequest<{ Querystring: RawUploadQuery }
   }
 }
 
+/** How often a pending form part is checked on; the parser has one to two of these once the body is in. */
+const PARSER_CHECK_MS = 500
+
+/**
+ * `next`, or a 400 with `detail` if the whole request has arrived and `next` is still pending one to two
+ * checks later. busboy (3.2.6) stops for good, with no error, when the form's last part is one it skips (no
+ * Content-Disposition, padding after its boundary line) and that part's last bytes filled its buffer: its
+ * write callback is never called again, so the request is not read to its end either. Such a request would
+ * otherwise hold its upload slot until IDLE_TIMEOUT_MS and end with no answer. No file is being read while
+ * a part is awaited, so nothing else can hold the parser back once every byte has arrived.
+ */
+async function unlessParserStalls<T>(next: Promise<T>, request: IncomingMessage, detail: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  const stalled = new Promise<never>((_, reject) => {
+    let completeBefore = false
+    timer = setInterval(() => {
+      if (completeBefore) reject(new ApiError('invalid_request', detail))
+      completeBefore = request.complete
+    }, PARSER_CHECK_MS)
+  })
+  try {
+    return await Promise.race([next, stalled])
+  } finally {
+    clearInterval(timer)
+  }
+}
+
 /**
  * multipart/form-data: text fields first, then exactly one file part named `file`, then nothing. With a
  * Content-Length, the file's exact length is worked out from it (see form-length.ts).
@@ -75,11 +103,11 @@ async function multipartUploadSource(request: FastifyRequest, maxBytes: number):
     [Symbol.asyncIterator]()
   let firstPart: Promise<IteratorResult<Multipart>> | undefined = parts.next() // the parser starts reading the body
   const framing = watchFormFraming(request.raw)
-  const nextPart = async (): Promise<Multipart | undefined> => {
+  const nextPart = async (ifStalled: string): Promise<Multipart | undefined> => {
     try {
       const next = firstPart ?? parts.next()
       firstPart = undefined
-      const { value, done } = await next
+      const { value, done } = await unlessParserStalls(next, request.raw, ifStalled)
       return done ? undefined : value
     } catch (error) {
       throw asClientError(error)
@@ -87,7 +115,8 @@ async function multipartUploadSource(request: FastifyRequest, maxBytes: number):
   }
   const fields: [string, string][] = []
   let context: string | undefined
-  for (let part = await nextPart(); part !== undefined; part = await nextPart()) {
+  const noFilePart = 'The form has no file part named "file" that could be read.'
+  for (let part = await nextPart(noFilePart); part !== undefined; part = await nextPart(noFilePart)) {
     if (part.type === 'field') {
       if (part.fieldnameTruncated || part.valueTruncated) {
         throw new ApiError('invalid_metadata', `The form field "${part.fieldname.slice(0, 64)}" is too long.`)
@@ -112,7 +141,7 @@ async function multipartUploadSource(request: FastifyRequest, maxBytes: number):
       body: readClientBody(coalesced(file)),
       declaredLength,
       beforeCommit: async () => {
-        const following = await nextPart()
+        const following = await nextPart('A part the form parser cannot read follows the file part; send text fields first and one file.')
         if (following !== undefined) {
           const what = following.type === 'file' ? 'A second file' : `The field "${following.fieldname.slice(0, 64)}"`
           throw new ApiError('invalid_request', `${what} follows the file part; send text fields first and one file.`)
