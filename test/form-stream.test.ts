@@ -279,34 +279,41 @@ t.test('odd framings of 1 KiB (one buffered PutObject): stored byte-exact or ref
   }
 })
 
-t.test('a form whose last part the parser skips is answered 400, not left unanswered until the idle timeout', async (t) => {
-  // busboy stops, with no error, when a part it skips ends the form and its last bytes fill its buffer
-  // (see unlessParserStalls). Such a request would hold its slot until IDLE_TIMEOUT_MS (60 s) and be cut off.
+t.test('a form whose last part the parser skips is answered, not left unanswered until the idle timeout', async (t) => {
+  // busboy can stop, with no error, when a part it skips ends the form and its last bytes fill its buffer
+  // (see unlessParserStalls): on Node 20 it did for both forms below, on Node 24 (whose streams buffer more)
+  // for neither. Such a request held its slot until IDLE_TIMEOUT_MS (60 s) and was cut off with no answer.
   const boundary = 'skipped-last-boundary'
   const headers = { 'content-type': `multipart/form-data; boundary=${boundary}` }
   const file = pngOfSize(KiB, 83)
   const skipped = Buffer.alloc(300 * KiB, 'skipped ')
-  const forms = {
-    'the only part, with transport padding after its boundary': Buffer.concat([
-      Buffer.from(`--${boundary} \t \r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\nContent-Type: image/png\r\n\r\n`),
-      skipped,
-      Buffer.from(`\r\n--${boundary}--\r\n`),
-    ]),
-    'a part without Content-Disposition after the file': Buffer.concat([
-      Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\nContent-Type: image/png\r\n\r\n`),
-      file,
-      Buffer.from(`\r\n--${boundary}\r\nX-Note: skipped by the parser\r\n\r\n`),
-      skipped,
-      Buffer.from(`\r\n--${boundary}--\r\n`),
-    ]),
-  }
-  for (const [name, payload] of Object.entries(forms)) {
-    const keysBefore = await storedKeys()
-    const started = Date.now()
-    const res = await post(payload, headers)
-    t.equal(res.status, 400, `${name}: 400 after ${Date.now() - started} ms (${res.body.slice(0, 200)})`)
-    t.equal(res.json().code, 'invalid_request', `${name}: invalid_request`)
-    t.same(await settledKeys(keysBefore), keysBefore, `${name}: nothing stored`)
+  const opening = (padding: string) =>
+    `--${boundary}${padding}\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\nContent-Type: image/png\r\n\r\n`
+  const close = `\r\n--${boundary}--\r\n`
+
+  // Padding after the boundary line: the parser reads no headers, so the form has no file.
+  const keysBefore = await storedKeys()
+  const padded = await post(Buffer.concat([Buffer.from(opening(' \t ')), skipped, Buffer.from(close)]), headers)
+  t.equal(padded.status, 400, `a padded boundary line: 400 (${padded.body.slice(0, 200)})`)
+  t.equal(padded.json().code, 'invalid_request')
+  t.same(await settledKeys(keysBefore), keysBefore, 'nothing stored')
+
+  // A part without Content-Disposition after the file: skipped, so the file is stored byte-exact, or the
+  // parser stopped on it and the form is refused with nothing stored.
+  const trailing = Buffer.concat([
+    Buffer.from(opening('')),
+    file,
+    Buffer.from(`\r\n--${boundary}\r\nX-Note: skipped by the parser\r\n\r\n`),
+    skipped,
+    Buffer.from(close),
+  ])
+  const res = await post(trailing, headers)
+  if (res.status === 201) {
+    t.equal(await s3.sha256Of(res.json().key), sha256(file), 'a skipped part after the file: 201, the file stored byte-exact')
+  } else {
+    t.equal(res.status, 400, `a skipped part after the file: 400 (${res.body.slice(0, 200)})`)
+    t.equal(res.json().code, 'invalid_request')
+    t.same(await settledKeys(keysBefore), keysBefore, 'nothing stored')
   }
 })
 
