@@ -389,19 +389,26 @@ interface Sut {
   stop(): Promise<void>
 }
 
+/** Where the systems under test log: files read once each has exited, removed at the end. */
+const sutLogDir = await mkdtemp(path.join(tmpdir(), 'bench-logs-'))
+let sutStarts = 0
+
 /**
  * Starts a system under test with the tests' process starter: node running `entry`, alone on the systems'
- * core (`taskset` execs node, so the pid is node's), ready once it logs the port it listens on. Its log
- * after that line is dropped. The one place the bench starts a process it measures.
+ * core (`taskset` execs node, so the pid is node's), ready once it logs the port it listens on. It logs to
+ * a file, read once it has exited and then only for the lines that can explain a failure: reading its log
+ * as it comes would spend the load core's CPU on the system under test (eighth pass, about 0.1 ms per
+ * upload). The one place the bench starts a process it measures.
  */
 async function startSut(entry: string, env: NodeJS.ProcessEnv, nodeOptions: string[] = []): Promise<Sut> {
   const service = await startServiceProcess({
+    logFile: path.join(sutLogDir, `${++sutStarts}.log`),
     entry: [entry],
     node: SUT_NODE,
     env,
     nodeArgs: [...nodeOptions, ...(CPU_PROF_DIR ? ['--cpu-prof', `--cpu-prof-dir=${CPU_PROF_DIR}`] : [])],
     wrapper: CPUS ? ['taskset', '-c', CPUS.sut] : [],
-    // The rest (a line or two per upload) is dropped.
+    // The rest (a line per upload) is dropped.
     keepLogs: isProblem,
     readyWithinMs: 30_000,
   }).catch((error: Error) => {
@@ -1083,6 +1090,7 @@ try {
   }
 } finally {
   if (imageDir) await rm(imageDir, { recursive: true, force: true })
+  await rm(sutLogDir, { recursive: true, force: true })
 }
 /** Every scenario over all its rounds. */
 const results = selected.map((_, index) => pooled(rounds.map((round) => round[index]!)))

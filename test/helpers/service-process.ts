@@ -1,9 +1,9 @@
-import { type ChildProcessByStdio, execFile, spawn } from 'node:child_process'
-import { cp, mkdtemp, readFile, rm, symlink } from 'node:fs/promises'
+import { type ChildProcess, execFile, spawn } from 'node:child_process'
+import { closeSync, openSync } from 'node:fs'
+import { cp, mkdtemp, open, readFile, rm, symlink } from 'node:fs/promises'
 import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
-import type { Readable } from 'node:stream'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 
@@ -66,6 +66,12 @@ export interface ServiceOptions {
    * the later lines it accepts (a long benchmark).
    */
   keepLogs?: boolean | ((line: LogLine) => boolean)
+  /**
+   * Its stdout goes to this file, not to a pipe this process reads as the lines come: only the file is read
+   * until the ready line, the rest once the process has exited. For the bench, where reading the log as it
+   * comes would spend the load generator's CPU on the system under test's log.
+   */
+  logFile?: string
   /** Copy its stderr to this process's as it comes (the default); it is collected either way. */
   echoStderr?: boolean
   /** SIGKILL it if it still runs after this long. */
@@ -88,7 +94,7 @@ export interface ServiceExit {
 }
 
 /** Service processes still running: killed if this process ends first (a tap timeout skips teardowns). */
-const running = new Set<ChildProcessByStdio<null, Readable, Readable>>()
+const running = new Set<ChildProcess>()
 let killOnExit = false
 
 /** Starts the service in a process of its own and returns at once; `exited` settles when it ends. */
@@ -96,11 +102,13 @@ export function spawnService(options: ServiceOptions = {}) {
   const { entry = 'source', node = process.execPath, nodeArgs = [], wrapper = [], keepLogs = true, echoStderr = true } = options
   const entryArgs = typeof entry === 'string' ? ENTRIES[entry] : entry
   const [command, ...args] = [...wrapper, node, ...nodeArgs, ...entryArgs] as [string, ...string[]]
+  const logFd = options.logFile === undefined ? undefined : openSync(options.logFile, 'w')
   const child = spawn(command, args, {
     cwd: options.cwd ?? ROOT,
     env: serviceEnv({ HOST: '127.0.0.1', PORT: '0', ...options.env }),
-    stdio: ['ignore', 'pipe', 'pipe'],
+    stdio: ['ignore', logFd ?? 'pipe', 'pipe'],
   })
+  if (logFd !== undefined) closeSync(logFd) // the child holds its own
   running.add(child)
   if (!killOnExit) {
     killOnExit = true
@@ -116,13 +124,19 @@ export function spawnService(options: ServiceOptions = {}) {
     clearTimeout(killTimer)
     running.delete(child)
   })
-  const exited = new Promise<ServiceExit>((resolve) => child.once('close', (code, signal) => resolve({ code, signal, at: exitedAt })))
+  const exited = new Promise<ServiceExit>((resolve) =>
+    child.once('close', (code, signal) => {
+      // A log file is read to its end first: then every line is in, as with a pipe.
+      void logTail?.finish().then(() => resolve({ code, signal, at: exitedAt }))
+      if (!logTail) resolve({ code, signal, at: exitedAt })
+    }),
+  )
 
   let stdout = ''
   let stderr = ''
   // A command that cannot be run (a wrapper not installed) is reported where a failed start is.
   child.once('error', (error) => (stderr += `${error.message}\n`))
-  child.stderr.setEncoding('utf8').on('data', (chunk: string) => {
+  child.stderr?.setEncoding('utf8').on('data', (chunk: string) => {
     stderr += chunk
     if (echoStderr) process.stderr.write(chunk)
   })
@@ -153,7 +167,8 @@ export function spawnService(options: ServiceOptions = {}) {
       }
     }
   }
-  child.stdout.setEncoding('utf8').on('data', onLines)
+  child.stdout?.setEncoding('utf8').on('data', onLines)
+  const logTail = options.logFile === undefined ? undefined : tailFile(options.logFile, onLines)
 
   /** The first log line (already written or to come) matching `test`; rejects if the process exits first. */
   const waitForLog = (test: (line: LogLine) => boolean, what: string): Promise<LogLine> => {
@@ -201,9 +216,11 @@ export function spawnService(options: ServiceOptions = {}) {
       })
       const ready = waitForLog((candidate) => candidate.msg === READY_MESSAGE && typeof candidate.address === 'string', 'that it is ready')
       const line = await Promise.race([ready, late]).finally(() => clearTimeout(timer))
+      logTail?.pause()
       if (keepLogs === false) {
-        child.stdout.off('data', onLines)
-        child.stdout.resume()
+        child.stdout?.off('data', onLines)
+        child.stdout?.resume()
+        logTail?.drop()
       } else if (keepLogs !== true) keeps = keepLogs
       return Number(new URL(line.address as string).port)
     },
@@ -211,6 +228,47 @@ export function spawnService(options: ServiceOptions = {}) {
     async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<ServiceExit> {
       kill(signal)
       return exited
+    },
+  }
+}
+
+/**
+ * Hands what is appended to `file` to `onText`: every 20 ms until paused, and all that is left on finish().
+ * drop() skips what is left instead.
+ */
+function tailFile(file: string, onText: (text: string) => void) {
+  let offset = 0
+  let dropped = false
+  const decoder = new TextDecoder()
+  const readOn = async () => {
+    const handle = await open(file, 'r')
+    try {
+      for (;;) {
+        const buffer = Buffer.allocUnsafe(64 * 1024)
+        const { bytesRead } = await handle.read(buffer, 0, buffer.length, offset)
+        if (bytesRead === 0) return
+        offset += bytesRead
+        onText(decoder.decode(buffer.subarray(0, bytesRead), { stream: true }))
+      }
+    } finally {
+      await handle.close()
+    }
+  }
+  let reading = Promise.resolve()
+  // A read that fails leaves the lines unread: a start then times out waiting for its ready line.
+  const readOnQuietly = () => readOn().catch(() => {})
+  const timer = setInterval(() => {
+    reading = reading.then(readOnQuietly)
+  }, 20)
+  return {
+    pause: () => clearInterval(timer),
+    drop: () => {
+      dropped = true
+    },
+    finish: async () => {
+      clearInterval(timer)
+      await reading
+      if (!dropped) await readOnQuietly()
     },
   }
 }
