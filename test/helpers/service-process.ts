@@ -127,8 +127,8 @@ export function spawnService(options: ServiceOptions = {}) {
   const exited = new Promise<ServiceExit>((resolve) =>
     child.once('close', (code, signal) => {
       // A log file is read to its end first: then every line is in, as with a pipe.
-      void logTail?.finish().then(() => resolve({ code, signal, at: exitedAt }))
-      if (!logTail) resolve({ code, signal, at: exitedAt })
+      const allRead = logTail ? logTail.finish() : Promise.resolve()
+      void allRead.then(() => resolve({ code, signal, at: exitedAt }))
     }),
   )
 
