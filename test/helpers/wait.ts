@@ -5,11 +5,12 @@ import { setTimeout as sleep } from 'node:timers/promises'
  * polling loop would wait out the whole test's timeout and say nothing.
  */
 export async function until(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await sleep(10)
-  }
+  const held = await settled(
+    async () => await check(),
+    (holds) => holds,
+    timeoutMs,
+  )
+  if (!held) throw new Error(`timed out waiting for ${what}`)
 }
 
 /**
