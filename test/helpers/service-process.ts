@@ -240,11 +240,11 @@ function tailFile(file: string, onText: (text: string) => void) {
   let offset = 0
   let dropped = false
   const decoder = new TextDecoder()
+  const buffer = Buffer.allocUnsafe(64 * 1024) // decoded before the next read reuses it
   const readOn = async () => {
     const handle = await open(file, 'r')
     try {
       for (;;) {
-        const buffer = Buffer.allocUnsafe(64 * 1024)
         const { bytesRead } = await handle.read(buffer, 0, buffer.length, offset)
         if (bytesRead === 0) return
         offset += bytesRead
